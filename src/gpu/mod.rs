@@ -1,0 +1,462 @@
+//! The GPU context: adapter choice, device creation with the features we can use, a pipeline cache
+//! keyed by shader specialisation, buffer helpers and error capture.
+
+pub mod shader;
+mod readback;
+
+pub use readback::read_buffer;
+pub use shader::{Const, ShaderSpec};
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// How to pick the adapter. The defaults take the best adapter of the backends that
+/// `WGPU_BACKEND` allows (all when unset), or the one `WGPU_ADAPTER_NAME` names.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to these backends (overrides `WGPU_BACKEND`).
+    pub backends: Option<wgpu::Backends>,
+    /// Index into the adapter list that `diffattn adapters` prints.
+    pub adapter_index: Option<usize>,
+    /// Case-insensitive substring of the adapter name (overrides `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Do not request SHADER_F16 even where the adapter has it (to test the f32-only path).
+    pub disable_f16: bool,
+}
+
+/// Parses a backend name as the CLI accepts it.
+pub fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+        "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+        "metal" | "mtl" => Ok(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+        "webgpu" | "browser" => Ok(wgpu::Backends::BROWSER_WEBGPU),
+        other => Err(Error::config(format!(
+            "unknown backend `{other}` (expected vulkan, gl, metal, dx12)"
+        ))),
+    }
+}
+
+/// What `diffattn adapters` prints about one adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_sizes: (u32, u32),
+    pub timestamps: bool,
+    pub cooperative_matrix: bool,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+}
+
+impl AdapterSummary {
+    fn new(index: usize, adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let f = adapter.features();
+        let l = adapter.limits();
+        Self {
+            index,
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+            max_storage_binding: l.max_storage_buffer_binding_size as u64,
+            max_buffer_size: l.max_buffer_size,
+        }
+    }
+}
+
+fn instance(opts: &GpuOptions) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if let Some(backends) = opts.backends {
+        desc.backends = backends;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Higher is better: real GPUs before software ones, native APIs before GL.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 1,
+        wgpu::DeviceType::Other => 0,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::BrowserWebGpu => 2,
+        wgpu::Backend::Gl => 1,
+        _ => 0,
+    };
+    (ty, api)
+}
+
+/// Every adapter of the allowed backends, in a stable order (the order `--adapter N` refers to).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn list_adapters(opts: &GpuOptions) -> Vec<AdapterSummary> {
+    let inst = instance(opts);
+    let backends = inst_backends(opts);
+    inst.enumerate_adapters(backends)
+        .await
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AdapterSummary::new(i, a))
+        .collect()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn inst_backends(opts: &GpuOptions) -> wgpu::Backends {
+    opts.backends
+        .unwrap_or_else(|| wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let inst = instance(opts);
+    let mut adapters = inst.enumerate_adapters(inst_backends(opts)).await;
+    let filter = match &opts.backends {
+        Some(b) => format!(" for backends {b:?}"),
+        None => match std::env::var("WGPU_BACKEND") {
+            Ok(b) => format!(" for WGPU_BACKEND={b}"),
+            Err(_) => String::new(),
+        },
+    };
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(filter));
+    }
+    if let Some(index) = opts.adapter_index {
+        let count = adapters.len();
+        if index >= count {
+            return Err(Error::AdapterIndex { index, count });
+        }
+        return Ok(adapters.swap_remove(index));
+    }
+    let name = opts
+        .adapter_name
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
+    if let Some(name) = name {
+        let needle = name.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .ok_or_else(|| Error::NoAdapter(format!(" whose name contains `{name}`{filter}")));
+    }
+    adapters.sort_by_key(|a| std::cmp::Reverse(adapter_rank(&a.get_info())));
+    Ok(adapters.swap_remove(0))
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let inst = instance(opts);
+    inst.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| {
+        Error::NoAdapter(
+            " (WebGPU is unavailable in this browser: use a browser with WebGPU enabled, e.g. \
+             Chromium with --enable-unsafe-webgpu where the GPU is blocklisted)"
+                .into(),
+        )
+    })
+}
+
+/// Errors the device reported outside an error scope, collected instead of panicking.
+type ErrorSink = Arc<Mutex<Vec<String>>>;
+
+/// An open GPU device with everything the kernels need.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    errors: ErrorSink,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Opens the adapter the options choose, with the optional features we use where present.
+    pub async fn new(opts: &GpuOptions) -> Result<Self> {
+        let adapter = choose_adapter(opts).await?;
+        let info = adapter.get_info();
+        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        if !opts.disable_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("diffattn"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::DeviceRequest {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let errors: ErrorSink = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lost_sink.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+        });
+        Ok(Self {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pipelines: Mutex::default(),
+            errors,
+            lost,
+        })
+    }
+
+    /// Blocking convenience for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: &GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// A one-line description: name, backend, type.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// The compute pipeline for a specialised shader, compiled once per specialisation.
+    pub fn pipeline(&self, spec: &ShaderSpec) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = spec.key();
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let source = spec.source()?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: None,
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster_free_block(scope.pop()) {
+            return Err(Error::Shader {
+                shader: key,
+                message: e.to_string(),
+            });
+        }
+        let pipeline = Arc::new(pipeline);
+        self.pipelines
+            .lock()
+            .unwrap()
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Checks that a buffer of `bytes` fits the adapter's binding and buffer limits.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let checks = [
+            (
+                "max_storage_buffer_binding_size",
+                self.limits.max_storage_buffer_binding_size as u64,
+            ),
+            ("max_buffer_size", self.limits.max_buffer_size),
+        ];
+        for (limit, available) in checks {
+            if bytes > available {
+                return Err(Error::Limit {
+                    what: what.to_string(),
+                    limit,
+                    needed: bytes,
+                    available,
+                    over: bytes - available,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a dispatch fits `max_compute_workgroups_per_dimension`.
+    pub fn check_dispatch(&self, what: &str, groups: [u32; 3]) -> Result<()> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if let Some(&g) = groups.iter().find(|&&g| g > max) {
+            return Err(Error::Unsupported(format!(
+                "{what} needs {g} workgroups in one dimension; the adapter allows {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `bytes` (rounded up to 16), usable as copy source and destination.
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_binding(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer initialised with `data` (padded to 16 bytes).
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_binding(label, data.len() as u64)?;
+        let mut padded;
+        let contents = if data.len() % 16 == 0 && !data.is_empty() {
+            data
+        } else {
+            padded = data.to_vec();
+            padded.resize(data.len().max(16).next_multiple_of(16), 0);
+            &padded[..]
+        };
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// A uniform buffer holding `value`.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order.
+    pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Fills a buffer with NaN, so that any element a kernel fails to write is caught by a check.
+    pub fn poison(&self, buffer: &wgpu::Buffer) {
+        let words = (buffer.size() / 4) as usize;
+        let nan: Vec<f32> = vec![f32::NAN; words];
+        self.queue
+            .write_buffer(buffer, 0, bytemuck::cast_slice(&nan));
+    }
+
+    /// Returns (and clears) errors the device reported since the last call, or a lost device.
+    pub fn take_error(&self, context: &str) -> Result<()> {
+        if let Some(reason) = self.lost.lock().unwrap().clone() {
+            return Err(Error::DeviceLost(reason));
+        }
+        let mut errors = self.errors.lock().unwrap();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        if message.to_lowercase().contains("out of memory") {
+            return Err(Error::OutOfMemory(context.to_string()));
+        }
+        Err(Error::Validation {
+            context: context.to_string(),
+            message,
+        })
+    }
+
+    /// Reads `len` f32 values from the start of `buffer`.
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = read_buffer(self, buffer, 0, (len * 4) as u64).await?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Blocks (natively) until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Error-scope futures resolve as soon as the device has processed the scope; natively that is at
+/// `pop` time, and in the browser the result arrives asynchronously, so there we do not wait.
+fn pollster_free_block<F: std::future::Future<Output = Option<wgpu::Error>>>(fut: F) -> Option<wgpu::Error> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(fut)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(fut);
+        None
+    }
+}

@@ -1,0 +1,75 @@
+//! Reading buffers back to the host, natively and in the browser.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// A single-value channel whose receiver is a future: `map_async` delivers through a callback, which
+/// natively fires inside `Device::poll` and in the browser from the event loop.
+struct Slot<T> {
+    value: Option<T>,
+    waker: Option<Waker>,
+}
+
+struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+
+impl<T> Future for Receiver<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.lock().unwrap();
+        match slot.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn channel<T>() -> (impl FnOnce(T), Receiver<T>) {
+    let slot = Arc::new(Mutex::new(Slot {
+        value: None,
+        waker: None,
+    }));
+    let tx = slot.clone();
+    let send = move |v: T| {
+        let mut s = tx.lock().unwrap();
+        s.value = Some(v);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    };
+    (send, Receiver(slot))
+}
+
+/// Copies `bytes` bytes at `offset` of `buffer` to the host.
+pub async fn read_buffer(gpu: &Gpu, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+    let size = bytes.next_multiple_of(4).max(4);
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+    gpu.queue.submit([enc.finish()]);
+    let (send, recv) = channel();
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, move |r| send(r));
+    gpu.wait()?;
+    recv.await.map_err(|e| Error::Readback(e.to_string()))?;
+    gpu.take_error("read-back")?;
+    let data = staging
+        .slice(..)
+        .get_mapped_range()
+        .map_err(|e| Error::Readback(e.to_string()))?
+        .to_vec();
+    staging.unmap();
+    Ok(data[..bytes as usize].to_vec())
+}

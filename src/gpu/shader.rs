@@ -1,0 +1,164 @@
+//! WGSL sources and their specialisation.
+//!
+//! Every shader in `shaders/` is a complete, valid WGSL module on its own. Its tunables are plain
+//! module-scope constants (`const HEAD_DIM: u32 = 64u;`) with sensible defaults; the host specialises a
+//! shader by giving new values for some of those constants. Nothing else in the source is rewritten, so
+//! what runs is what a reader sees in the file. Private and workgroup array sizes must be
+//! const-expressions in WGSL, which is why these are constants and not pipeline `override`s.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// The shader files compiled into the crate, by name.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("flash_attn", include_str!("../../shaders/flash_attn.wgsl")),
+    ("decode_split", include_str!("../../shaders/decode_split.wgsl")),
+    ("diff_combine", include_str!("../../shaders/diff_combine.wgsl")),
+];
+
+/// A value for one specialisation constant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Const {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+}
+
+impl Const {
+    fn wgsl_type(&self) -> &'static str {
+        match self {
+            Const::U32(_) => "u32",
+            Const::F32(_) => "f32",
+            Const::Bool(_) => "bool",
+        }
+    }
+}
+
+impl fmt::Display for Const {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Const::U32(v) => write!(f, "{v}u"),
+            Const::F32(v) => write!(f, "{v:?}"),
+            Const::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A shader plus the constant values it is specialised with; also the pipeline cache key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShaderSpec {
+    pub name: &'static str,
+    pub entry: &'static str,
+    pub consts: Vec<(&'static str, Const)>,
+}
+
+impl ShaderSpec {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            entry: "main",
+            consts: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: Const) -> Self {
+        self.consts.push((name, value));
+        self
+    }
+
+    pub fn entry(mut self, entry: &'static str) -> Self {
+        self.entry = entry;
+        self
+    }
+
+    /// A stable string that identifies this specialisation.
+    pub fn key(&self) -> String {
+        let mut key = format!("{}::{}", self.name, self.entry);
+        for (name, value) in &self.consts {
+            key.push_str(&format!(";{name}={value}"));
+        }
+        key
+    }
+
+    /// The specialised WGSL source.
+    pub fn source(&self) -> Result<String> {
+        let base = SOURCES
+            .iter()
+            .find(|(name, _)| *name == self.name)
+            .map(|(_, src)| *src)
+            .ok_or_else(|| Error::Shader {
+                shader: self.name.to_string(),
+                message: "no such shader".into(),
+            })?;
+        specialise(self.name, base, &self.consts)
+    }
+}
+
+/// Replaces the values of the named module-scope constants in `source`.
+///
+/// Each constant must be declared exactly once, on its own line, as `const NAME: TYPE = VALUE;`, with
+/// the type the host passes. A constant the shader does not declare is an error, so a renamed constant
+/// cannot silently keep its default.
+pub fn specialise(shader: &str, source: &str, consts: &[(&str, Const)]) -> Result<String> {
+    let mut lines: Vec<String> = source.lines().map(str::to_string).collect();
+    for (name, value) in consts {
+        let prefix = format!("const {name}:");
+        let mut found = 0;
+        for line in lines.iter_mut() {
+            if !line.trim_start().starts_with(&prefix) {
+                continue;
+            }
+            found += 1;
+            let declared = line
+                .split(':')
+                .nth(1)
+                .and_then(|rest| rest.split('=').next())
+                .map(str::trim)
+                .unwrap_or("");
+            if declared != value.wgsl_type() {
+                return Err(Error::Shader {
+                    shader: shader.to_string(),
+                    message: format!(
+                        "constant {name} is declared as {declared}, specialised as {}",
+                        value.wgsl_type()
+                    ),
+                });
+            }
+            *line = format!("const {name}: {declared} = {value};");
+        }
+        if found != 1 {
+            return Err(Error::Shader {
+                shader: shader.to_string(),
+                message: format!("constant {name} is declared {found} times (expected once)"),
+            });
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_declared_constants_only() {
+        let src = "const A: u32 = 1u;\nconst B: bool = false;\nfn f() {}";
+        let out = specialise("t", src, &[("A", Const::U32(7)), ("B", Const::Bool(true))]).unwrap();
+        assert_eq!(out, "const A: u32 = 7u;\nconst B: bool = true;\nfn f() {}");
+    }
+
+    #[test]
+    fn unknown_or_mistyped_constant_is_an_error() {
+        let src = "const A: u32 = 1u;";
+        let err = specialise("t", src, &[("C", Const::U32(1))]).unwrap_err();
+        assert!(err.to_string().contains("constant C is declared 0 times"), "{err}");
+        let err = specialise("t", src, &[("A", Const::Bool(true))]).unwrap_err();
+        assert!(err.to_string().contains("declared as u32"), "{err}");
+    }
+
+    #[test]
+    fn float_constants_keep_a_decimal_point() {
+        let out = specialise("t", "const S: f32 = 0.5;", &[("S", Const::F32(2.0))]).unwrap();
+        assert_eq!(out, "const S: f32 = 2.0;");
+    }
+}

@@ -1,0 +1,19 @@
+//! # diffattn
+//!
+//! Differential Transformer V2 (DIFF V2) attention, and small language models built on it, on any GPU
+//! through WebGPU (wgpu): natively on Vulkan, Metal, DX12 and GL, and in the browser through WASM.
+//!
+//! - [`attention`]: the kernels' host side: [`attention::AttentionOp`] on GPU buffers and
+//!   [`attention::attention`] on host slices.
+//! - [`reference`]: the float64 CPU oracle, where the DIFF V2 math is written out plainly.
+//! - [`gpu`]: adapter and device, pipeline cache, buffers.
+
+pub mod attention;
+pub mod error;
+pub mod gpu;
+pub mod reference;
+pub mod testing;
+
+pub use attention::{AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions};

@@ -1,0 +1,226 @@
+//! Seeded random inputs and the conformance suite that `diffattn verify` and the tests run.
+
+use crate::attention::{self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::reference;
+
+/// A small, fast, seedable generator (SplitMix64) so that every case is reproducible from its seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    pub fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+}
+
+/// One conformance case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub cfg: AttentionConfig,
+    pub call: AttentionCall,
+    pub kernel: Kernel,
+    /// Query scale factor; 1e3 makes logits large enough to overflow a softmax without max subtraction.
+    pub q_scale: f32,
+    pub seed: u64,
+}
+
+impl Case {
+    pub fn name(&self) -> String {
+        let c = &self.cfg;
+        let mode = match c.mode {
+            Mode::Diff => "diff",
+            Mode::Standard => "std",
+        };
+        let kv = match c.kv_dtype {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        };
+        let mask = if self.call.causal {
+            format!(" causal@{}", self.call.past_len)
+        } else {
+            String::new()
+        };
+        let big = if self.q_scale != 1.0 {
+            format!(" q*{}", self.q_scale)
+        } else {
+            String::new()
+        };
+        format!(
+            "{mode} h={} kv={} d={} N={} S={} {kv} {:?}{mask}{big}",
+            c.heads, c.kv_heads, c.head_dim, self.call.n_queries, self.call.seq_len, self.kernel
+        )
+    }
+
+    /// Relative L2 tolerance against float64: f32 K/V reach ~1e-6, f16 storage ~1e-3.
+    ///
+    /// With logits in the hundreds or more, rounding the logits themselves to f32 (about 6e-8 of
+    /// their size) already moves the probabilities by that much relative to float64, whatever the
+    /// kernel does; so the bound grows with the query scale beyond 100.
+    pub fn tolerance(&self) -> f64 {
+        let base = match self.cfg.kv_dtype {
+            KvDtype::F32 => 1e-5,
+            KvDtype::F16 => 3e-3,
+        };
+        base * (self.q_scale as f64 / 100.0).max(1.0)
+    }
+
+    /// Random inputs for this case (q, k, v, lam), from its seed.
+    pub fn inputs(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let sh = attention::shapes(&self.cfg, &self.call);
+        let mut rng = Rng::new(self.seed);
+        let q = rng.normals(sh.q.0, self.q_scale);
+        let k = rng.normals(sh.kv.0, 1.0);
+        let v = rng.normals(sh.kv.0, 1.0);
+        let lam = rng.normals(sh.lam.0, 2.0);
+        (q, k, v, lam)
+    }
+}
+
+/// The result of running one case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub max_abs: f64,
+    pub rel_l2: f64,
+    pub tolerance: f64,
+    pub pass: bool,
+}
+
+/// Runs one case on the GPU and compares it with the float64 reference.
+pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
+    let (q, k, v, lam) = case.inputs();
+    let x = HostInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        lam: &lam,
+    };
+    let got = attention::attention(gpu, &case.cfg, &case.call, &x, case.kernel).await?;
+    let want = reference::attention(&case.cfg, &case.call, &x)?;
+    let (max_abs, rel_l2) = reference::compare(&got, &want);
+    let tolerance = case.tolerance();
+    Ok(CaseResult {
+        case: case.name(),
+        max_abs,
+        rel_l2,
+        tolerance,
+        pass: rel_l2 <= tolerance,
+    })
+}
+
+fn case(
+    mode: Mode,
+    (heads, kv_heads, head_dim): (u32, u32, u32),
+    (n_queries, seq_len): (u32, u32),
+    causal: bool,
+    kv_dtype: KvDtype,
+    kernel: Kernel,
+) -> Case {
+    let past_len = if causal {
+        seq_len.saturating_sub(n_queries)
+    } else {
+        0
+    };
+    Case {
+        cfg: AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            mode,
+            kv_dtype,
+            scale: None,
+        },
+        call: AttentionCall {
+            n_queries,
+            seq_len,
+            causal,
+            past_len,
+        },
+        kernel,
+        q_scale: 1.0,
+        seed: 0,
+    }
+}
+
+/// The fixed conformance list: both modes, head dims 32/64/96/128, GQA ratios 1/2/4,
+/// N in {1, 3, 64, 257}, S up to 8192, causal offsets, f32 and f16 K/V, large logits.
+pub fn conformance_cases() -> Vec<Case> {
+    use KvDtype::{F16, F32};
+    use Mode::{Diff, Standard};
+    let mut cases = Vec::new();
+    // The grid: every head dim x mode x GQA ratio, with sizes and masks rotating through it.
+    let sizes = [(1, 1), (3, 77), (64, 200), (257, 300), (1, 1000), (3, 515)];
+    let mut i = 0;
+    for d in [32, 64, 96, 128] {
+        for mode in [Diff, Standard] {
+            for ratio in [1, 2, 4] {
+                let kv_heads = if i % 2 == 0 { 1 } else { 2 };
+                let (n, s) = sizes[i % sizes.len()];
+                cases.push(case(mode, (ratio * kv_heads, kv_heads, d), (n, s), i % 3 != 1, F32, Kernel::Auto));
+                i += 1;
+            }
+        }
+    }
+    // Long caches, decode and a few-token chunk, f32 and f16.
+    for (mode, d, dt) in [(Diff, 64, F32), (Diff, 128, F16), (Standard, 128, F32), (Diff, 64, F16)] {
+        cases.push(case(mode, (4, 2, d), (1, 8192), true, dt, Kernel::Auto));
+    }
+    cases.push(case(Diff, (8, 2, 128), (3, 8192), true, F32, Kernel::Auto));
+    cases.push(case(Diff, (4, 1, 64), (64, 4096), true, F32, Kernel::Auto));
+    // f16 K/V across shapes and both kernels.
+    for (mode, d, (n, s), causal, kernel) in [
+        (Diff, 32, (64, 64), true, Kernel::Flash),
+        (Diff, 96, (257, 257), true, Kernel::Flash),
+        (Standard, 64, (3, 999), false, Kernel::Decode),
+        (Diff, 128, (1, 2049), true, Kernel::Decode),
+    ] {
+        cases.push(case(mode, (4, 2, d), (n, s), causal, F16, kernel));
+    }
+    // Each kernel outside its usual range: decode for many rows, flash for one.
+    cases.push(case(Diff, (2, 1, 64), (64, 300), true, F32, Kernel::Decode));
+    cases.push(case(Diff, (2, 2, 64), (1, 300), true, F32, Kernel::Flash));
+    cases.push(case(Standard, (6, 2, 32), (3, 100), false, F32, Kernel::Flash));
+    // A model-like shape: h = 6, h_kv = 2, so 12 query heads in groups of 6 (not a power of two).
+    cases.push(case(Diff, (6, 2, 64), (257, 257), true, F32, Kernel::Auto));
+    cases.push(case(Diff, (6, 2, 64), (1, 600), true, F32, Kernel::Auto));
+    // Many heads per KV head: more than one decode workgroup per group.
+    cases.push(case(Diff, (16, 1, 64), (1, 700), true, F32, Kernel::Auto));
+    // Large logits: the online softmax must subtract the running max. q * 30 puts the largest
+    // logits near 100, past the 88.7 where exp overflows f32, at the strict tolerance; q * 1e3
+    // gives logits in the thousands.
+    for (kernel, q_scale) in [(Kernel::Decode, 30.0), (Kernel::Flash, 30.0), (Kernel::Decode, 1e3), (Kernel::Flash, 1e3)] {
+        let mut c = case(Diff, (4, 2, 64), (3, 1024), true, F32, kernel);
+        c.q_scale = q_scale;
+        cases.push(c);
+    }
+    for (i, c) in cases.iter_mut().enumerate() {
+        c.seed = 0x5EED_0000 + i as u64;
+    }
+    cases
+}
