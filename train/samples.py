@@ -34,8 +34,8 @@ def main() -> None:
         # The SDPA path is used for speed; golden.py checks the explicit one.
         out = greedy(model, ids, args.tokens, reference=False)
         text = tok.decode(out, skip_special_tokens=False)
-        print(f"**{p}**{text}\n".replace("\n\n", "\n>\n> ").replace("\n", "\n> ", 1) if False else
-              "> **" + p + "**" + text.replace("\n", "\n> ") + "\n")
+        # Quoted Markdown: the prompt in bold, the model's continuation after it.
+        print("> **" + p + "**" + text.replace("\n", "\n> ") + "\n")
 
 
 if __name__ == "__main__":
