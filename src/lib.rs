@@ -17,3 +17,6 @@ pub mod testing;
 pub use attention::{AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

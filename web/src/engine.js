@@ -1,0 +1,311 @@
+// The language model: loading a model directory with byte-level progress, streaming generation,
+// attention maps. The weights travel fetch -> wasm heap (one copy, written chunk by chunk as the
+// bytes arrive, so JS never holds a whole file) -> GPU buffers; the wasm copy is freed after the
+// upload unless attention maps are wanted.
+import { raw, ready, call, adopt, DiffAttnError } from './core.js';
+
+const CONFIG = 'config.json';
+const INDEX = 'model.safetensors.index.json';
+const SINGLE = 'model.safetensors';
+const TOKENIZER = 'tokenizer.json';
+
+function baseHref(base) {
+  const href = base instanceof URL ? base.href : String(base);
+  const abs = new URL(href, globalThis.location?.href);
+  if (!abs.pathname.endsWith('/')) abs.pathname += '/';
+  return abs;
+}
+
+async function fetchOk(url, signal) {
+  let r;
+  try {
+    r = await fetch(url, { signal });
+  } catch (e) {
+    if (signal?.aborted) throw signal.reason;
+    throw new DiffAttnError(`${url}: fetch failed (${e.message})`, 'Io');
+  }
+  if (!r.ok) throw new DiffAttnError(`${url}: HTTP ${r.status} ${r.statusText}`, r.status === 404 ? 'NotFound' : 'Io');
+  return r;
+}
+
+const isUrlish = (x) => x instanceof URL || (typeof x === 'string' && !x.trimStart().startsWith('{'));
+
+async function asText(x, signal) {
+  if (isUrlish(x)) return (await fetchOk(x, signal)).text();
+  if (typeof x === 'string') return x;
+  if (x instanceof ArrayBuffer || ArrayBuffer.isView(x)) return new TextDecoder().decode(x);
+  return JSON.stringify(x);
+}
+
+function asBytes(x) {
+  if (x instanceof Uint8Array) return x;
+  if (x instanceof ArrayBuffer) return new Uint8Array(x);
+  if (ArrayBuffer.isView(x)) return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  return null;
+}
+
+/** Shard file names from an index's weight_map, in a stable order. */
+function shardNames(indexText, url) {
+  let map;
+  try {
+    map = JSON.parse(indexText).weight_map;
+  } catch (e) {
+    throw new DiffAttnError(`${url}: not valid JSON (${e.message})`, 'Format');
+  }
+  if (!map || typeof map !== 'object') throw new DiffAttnError(`${url}: no weight_map object`, 'Format');
+  return [...new Set(Object.values(map))].sort();
+}
+
+/** Streams one response body into shard `index` of the loader; returns the bytes written. */
+async function streamInto(loader, response, name, onBytes) {
+  const declared = Number(response.headers.get('content-length'));
+  // Content-Length is the body size only when the server did not compress it.
+  const exact = declared > 0 && !response.headers.get('content-encoding');
+  if (!exact) {
+    // Unknown size: the body is buffered in JS once, then copied in.
+    const buf = new Uint8Array(await response.arrayBuffer());
+    const idx = loader.addShard(name, buf.length);
+    loader.write(idx, 0, buf);
+    onBytes(buf.length);
+    return;
+  }
+  const idx = loader.addShard(name, declared);
+  const reader = response.body.getReader();
+  let offset = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    loader.write(idx, offset, value);
+    offset += value.length;
+    onBytes(value.length);
+  }
+  if (offset !== declared) {
+    throw new DiffAttnError(`${name}: received ${offset} bytes but the server announced ${declared}`, 'Io');
+  }
+}
+
+function sampling(opts) {
+  const o = {
+    max_tokens: opts.maxTokens ?? 128,
+    temperature: opts.temperature ?? 0.8,
+    top_k: opts.topK ?? 40,
+    top_p: opts.topP ?? 0.95,
+    repeat_penalty: opts.repeatPenalty ?? 1.1,
+    repeat_last_n: opts.repeatLastN ?? 64,
+    seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
+    stop: opts.stop ?? [],
+    stop_at_eos: opts.stopAtEos ?? true,
+  };
+  for (const [k, v] of Object.entries(o)) {
+    if (k !== 'stop' && k !== 'stop_at_eos' && (typeof v !== 'number' || !Number.isFinite(v) || v < 0)) {
+      throw new DiffAttnError(`generate: ${k} must be a non-negative number (got ${v})`, 'Config');
+    }
+  }
+  return o;
+}
+
+export class Engine {
+  #model;
+  #busy = false;
+  #stats = null;
+
+  constructor(model) {
+    this.#model = model;
+  }
+
+  /**
+   * Loads a model: a directory URL (with config.json, tokenizer.json and model.safetensors or
+   * model.safetensors.index.json plus its shards) or `{config, weights, tokenizer}` given as URLs
+   * or data. `onProgress({phase, loaded, total, file})` sees 'download' then 'upload' bytes.
+   */
+  static async load(source, { onProgress, signal, kvDtype = 'f32', context, attentionMaps = false } = {}) {
+    await ready();
+    const progress = onProgress ?? (() => {});
+    const loader = new raw.ModelLoader();
+    try {
+      let cfgSrc, tokSrc, weightSrc;
+      if (typeof source === 'string' || source instanceof URL) {
+        const base = baseHref(source);
+        cfgSrc = new URL(CONFIG, base);
+        tokSrc = new URL(TOKENIZER, base);
+        weightSrc = base;
+      } else if (source && typeof source === 'object') {
+        ({ config: cfgSrc, tokenizer: tokSrc, weights: weightSrc } = source);
+        if (cfgSrc == null || tokSrc == null || weightSrc == null) {
+          throw new DiffAttnError('Engine.load: the source needs config, weights and tokenizer', 'Config');
+        }
+      } else {
+        throw new DiffAttnError('Engine.load: pass a model directory URL or {config, weights, tokenizer}', 'Config');
+      }
+
+      // The config alone says how large the buffers will be: check it against the adapter's
+      // limits before downloading any weights.
+      const configText = await asText(cfgSrc, signal);
+      await call(() => raw.checkModelConfig(configText, kvDtype === 'f16', context ?? 0));
+      loader.setConfig(configText);
+
+      // Collect the weight sources: responses (streamed) or buffers (copied).
+      const parts = [];
+      if (weightSrc instanceof URL && weightSrc.pathname.endsWith('/')) {
+        const indexUrl = new URL(INDEX, weightSrc);
+        const idx = await fetch(indexUrl, { signal }).catch(() => null);
+        const names = idx?.ok ? shardNames(await idx.text(), indexUrl.href) : [SINGLE];
+        for (const n of names) parts.push({ name: n, url: new URL(n, weightSrc) });
+      } else {
+        for (const w of Array.isArray(weightSrc) ? weightSrc : [weightSrc]) {
+          const bytes = asBytes(w);
+          if (bytes) parts.push({ name: `weights[${parts.length}]`, bytes });
+          else if (isUrlish(w)) parts.push({ name: String(w), url: new URL(String(w), globalThis.location?.href) });
+          else throw new DiffAttnError('Engine.load: weights must be URLs or ArrayBuffer/Uint8Array data', 'Config');
+        }
+      }
+      const tokUrl = isUrlish(tokSrc) ? new URL(String(tokSrc), globalThis.location?.href) : null;
+      const [tokResp, ...responses] = await Promise.all([
+        tokUrl ? fetchOk(tokUrl, signal) : null,
+        ...parts.map((p) => (p.url ? fetchOk(p.url, signal) : null)),
+      ]);
+      const size = (r) => (r && !r.headers.get('content-encoding') ? Number(r.headers.get('content-length')) || 0 : 0);
+      let total = size(tokResp);
+      parts.forEach((p, i) => (total += p.bytes ? p.bytes.length : size(responses[i])));
+      let loaded = 0;
+      const tick = (file) => (n) => {
+        loaded += n;
+        progress({ phase: 'download', loaded, total: Math.max(total, loaded), file });
+      };
+      progress({ phase: 'download', loaded: 0, total, file: null });
+
+      const tokBytes = tokResp ? new Uint8Array(await tokResp.arrayBuffer()) : new TextEncoder().encode(await asText(tokSrc));
+      tick(TOKENIZER)(tokResp ? tokBytes.length : 0);
+      loader.setTokenizer(tokBytes);
+      for (const [i, p] of parts.entries()) {
+        if (p.bytes) {
+          const idx = loader.addShard(p.name, p.bytes.length);
+          loader.write(idx, 0, p.bytes);
+          tick(p.name)(p.bytes.length);
+        } else {
+          await streamInto(loader, responses[i], p.name, tick(p.name));
+        }
+        signal?.throwIfAborted();
+      }
+
+      const model = await call(() =>
+        loader.build(kvDtype === 'f16', context ?? 0, attentionMaps, (done, all) =>
+          progress({ phase: 'upload', loaded: done, total: all, file: null }),
+        ),
+      );
+      return new Engine(model);
+    } catch (e) {
+      throw adopt(e);
+    } finally {
+      loader.free();
+    }
+  }
+
+  /** Adapter, features used (f16 or f32 path), limits and the model config. */
+  info() {
+    return this.#model.info();
+  }
+
+  /** Counts and timings of the last generation (null before the first). */
+  get stats() {
+    return this.#stats;
+  }
+
+  /** Token ids of `text` as the model sees a prompt. */
+  encode(text) {
+    return Array.from(this.#model.encode(text));
+  }
+
+  /**
+   * Streams `{text, id, index}` pieces. Aborting `signal` stops it at the next token and the
+   * iteration throws the signal's reason; breaking out of the loop also stops it. Either way the
+   * engine stays usable.
+   */
+  async *generate(prompt, opts = {}) {
+    if (this.#busy) throw new DiffAttnError('this engine is already generating: finish or abort that first', 'Busy');
+    const { signal } = opts;
+    signal?.throwIfAborted();
+    const params = JSON.stringify(sampling(opts));
+    this.#busy = true;
+    const cancel = new raw.CancelFlag();
+    const queue = [];
+    let wake = null;
+    let finished = false;
+    let error = null;
+    let result = null;
+    const notify = () => {
+      if (wake) wake();
+      wake = null;
+    };
+    const t0 = performance.now();
+    let tFirst = null;
+    let tLast = null;
+    let n = 0;
+    const onPiece = (id, text) => {
+      const now = performance.now();
+      tFirst ??= now;
+      tLast = now;
+      queue.push({ id, text, index: n++ });
+      notify();
+    };
+    const onAbort = () => {
+      cancel.cancel();
+      notify();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const run = this.#model
+      .generate(prompt, params, cancel, onPiece)
+      .then((r) => (result = r), (e) => (error = adopt(e)))
+      .finally(() => {
+        finished = true;
+        notify();
+      });
+    try {
+      for (;;) {
+        signal?.throwIfAborted();
+        if (queue.length) {
+          yield queue.shift();
+          continue;
+        }
+        if (finished) break;
+        await new Promise((r) => (wake = r));
+      }
+      if (error) throw error;
+    } finally {
+      // A no-op after a normal end; stops the Rust loop when the consumer left early.
+      cancel.cancel();
+      await run;
+      cancel.free();
+      signal?.removeEventListener('abort', onAbort);
+      const decodeS = n > 1 ? (tLast - tFirst) / 1000 : 0;
+      this.#stats = {
+        promptTokens: result?.prompt_tokens ?? null,
+        generated: n,
+        stopReason: signal?.aborted ? 'cancelled' : (result?.stop_reason ?? (error ? 'error' : 'cancelled')),
+        firstTokenMs: tFirst === null ? null : tFirst - t0,
+        decodeTokensPerSecond: decodeS > 0 ? (n - 1) / decodeS : null,
+        totalMs: performance.now() - t0,
+      };
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * For one layer and output head over the prompt's tokens: the two softmax maps (query heads
+   * 2*head and 2*head+1), lambda per query token, and their difference p1 - lambda * p2; each
+   * map row-major (T, T). Needs `attentionMaps: true` at load. Computed on the CPU in wasm.
+   */
+  attentionMaps(prompt, { layer = 0, head = 0 } = {}) {
+    if (this.#busy) throw new DiffAttnError('this engine is generating: attention maps can be computed after it', 'Busy');
+    try {
+      return this.#model.attentionMaps(prompt, layer, head);
+    } catch (e) {
+      throw adopt(e);
+    }
+  }
+
+  /** Frees the GPU buffers now instead of at garbage collection. */
+  dispose() {
+    this.#model.free();
+  }
+}

@@ -1,0 +1,3 @@
+// diffattn: DIFF V2 attention and small DIFF V2 language models on WebGPU, from Rust/WebAssembly.
+export { DiffAttnError, checkWebGPU, init, gpuInfo, diffAttention } from './core.js';
+export { Engine } from './engine.js';

@@ -1,0 +1,117 @@
+// Shared by the browser tests: the demo server, Chromium, the native CLI and safetensors files.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { start } from '../../www/serve.mjs';
+
+export const webDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const rootDir = resolve(webDir, '..');
+export const artefacts = join(webDir, 'test-results');
+mkdirSync(artefacts, { recursive: true });
+
+export function tmp() {
+  return mkdtempSync(join(tmpdir(), 'diffattn-web-'));
+}
+
+export async function server() {
+  return start({ port: 0 });
+}
+
+// Chromium blocklists CPU adapters: --enable-unsafe-webgpu is what makes SwiftShader available.
+// Without the background-networking flags Chromium keeps dialling out on a closed network.
+export async function browser({ webgpu = true } = {}) {
+  const args = ['--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+  if (webgpu) args.push('--enable-unsafe-webgpu');
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args });
+}
+
+/** A page with console errors collected (and echoed when DEBUG is set). */
+export async function open(b, url) {
+  const page = await b.newPage();
+  const log = [];
+  page.on('console', (m) => {
+    log.push(`${m.type()}: ${m.text()}`);
+    if (process.env.DEBUG) console.log(`[page] ${m.type()}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`));
+  page.log = log;
+  await page.goto(url);
+  return page;
+}
+
+/** Waits until the page's state is one of `states` (or 'error', which fails with its message). */
+export async function waitState(page, states, timeout = 240_000) {
+  await page.waitForFunction((s) => s.includes(window.__diffattn?.state) || window.__diffattn?.state === 'error', states, { timeout, polling: 100 });
+  const st = await page.evaluate(() => window.__diffattn);
+  if (st.state === 'error' && !states.includes('error')) throw new Error(`page error: ${st.error}\n${page.log.join('\n')}`);
+  return st;
+}
+
+// The native CLI: DIFFATTN_BIN when set, else `cargo run` (the debug build `cargo test` made).
+export function native(args) {
+  const bin = process.env.DIFFATTN_BIN;
+  const [cmd, full] = bin ? [bin, args] : ['cargo', ['run', '--quiet', '--bin', 'diffattn', '--', ...args]];
+  return execFileSync(cmd, full, { cwd: rootDir, encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
+export function writeSafetensors(path, tensors) {
+  const header = {};
+  let offset = 0;
+  for (const [name, { shape, data }] of Object.entries(tensors)) {
+    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + data.byteLength] };
+    offset += data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const buf = Buffer.alloc(8 + json.length + offset);
+  buf.writeBigUInt64LE(BigInt(json.length), 0);
+  buf.write(json, 8, 'utf8');
+  let at = 8 + json.length;
+  for (const { data } of Object.values(tensors)) {
+    Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(buf, at);
+    at += data.byteLength;
+  }
+  writeFileSync(path, buf);
+}
+
+export function readSafetensors(path) {
+  const buf = readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const out = {};
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [a, b] = t.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out[name] = { shape: t.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)) };
+  }
+  return out;
+}
+
+/** Seeded uniform values in [-1, 1): mulberry32. */
+export function random(seed, n) {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((t ^ (t >>> 14)) >>> 0) / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+export function relL2(got, want) {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < want.length; i++) {
+    const d = got[i] - want[i];
+    num += d * d;
+    den += want[i] * want[i];
+  }
+  return Math.sqrt(num / den);
+}
