@@ -12,7 +12,7 @@ const useWorker = params.get('worker') !== '0';
 // What tests (and the curious) can read: the page's state, the last generation and its speed.
 const status = { state: 'starting', error: null, ids: [], text: '', tokensPerSecond: null, maps: null, pieces: 0 };
 window.__diffattn = status;
-window.diffattn = { diffAttention, gpuInfo };
+window.diffattn = { diffAttention, gpuInfo, Engine };
 
 let engine = null;
 let controller = null;

@@ -12,6 +12,9 @@ export const rootDir = resolve(webDir, '..');
 export const artefacts = join(webDir, 'test-results');
 mkdirSync(artefacts, { recursive: true });
 
+// Mesa warns on every start without a private runtime dir (mkdtemp makes it 0700).
+process.env.XDG_RUNTIME_DIR ??= mkdtempSync(join(tmpdir(), 'diffattn-xdg-'));
+
 export function tmp() {
   return mkdtempSync(join(tmpdir(), 'diffattn-web-'));
 }
