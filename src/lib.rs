@@ -11,6 +11,7 @@
 pub mod attention;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod reference;
 pub mod testing;
 
