@@ -72,3 +72,46 @@ fn standard_model_matches_reference() {
 fn f16_kv_cache_stays_close() {
     prefill_and_decode("diff_v2", KvDtype::F16, 3e-3);
 }
+
+fn last_logits(gpu: &Arc<diffattn::Gpu>, source: ModelSource, prompt: &[u32]) -> Vec<f32> {
+    let (cfg, weights, _) = source.parse().unwrap();
+    let mut e = Engine::new(gpu.clone(), &cfg, &weights, EngineOptions::default(), &mut |_, _| {}).unwrap();
+    e.prefill_blocking(prompt).unwrap()
+}
+
+#[test]
+fn sharded_and_single_file_weights_give_identical_logits() {
+    let gpu = Arc::new(common::gpu());
+    let mut m = RandomModel::tiny("diff_v2", 5);
+    let prompt = [3, 1, 4, 1, 5, 9, 2, 6];
+    let single = last_logits(&gpu, m.source(), &prompt);
+    m.shards = 3;
+    assert!(m.files().iter().any(|(n, _)| n == "model.safetensors.index.json"));
+    let sharded = last_logits(&gpu, m.source(), &prompt);
+    assert_eq!(single, sharded);
+    // Through the file system as well, index and all.
+    let dir = std::env::temp_dir().join(format!("diffattn-sharded-{}", std::process::id()));
+    m.write_dir(&dir).unwrap();
+    let from_dir = last_logits(&gpu, ModelSource::read_dir(&dir, &mut |_, _| {}).unwrap(), &prompt);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(single, from_dir);
+}
+
+/// 16-bit files stay 16-bit on the GPU; the reference widens the same stored values.
+#[test]
+fn f16_and_bf16_weights_and_an_untied_head_load_and_match() {
+    let gpu = Arc::new(common::gpu());
+    for (dtype, tied) in [(WeightDtype::F16, true), (WeightDtype::BF16, false), (WeightDtype::F32, false)] {
+        let mut m = RandomModel::tiny("diff_v2", 11);
+        m.dtype = dtype;
+        m.tied = tied;
+        let (mut e, r) = engine(&gpu, &m, EngineOptions::default());
+        let prompt = [7, 70, 100, 33, 2, 250];
+        let got = e.prefill_blocking(&prompt).unwrap();
+        let (_, rel) = compare(&got, &r.last_logits(&prompt));
+        assert!(rel < 1e-4, "{dtype:?} tied={tied}: rel L2 {rel:.3e}");
+        let got = e.step_blocking(42).unwrap();
+        let (_, rel) = compare(&got, &r.last_logits(&[7, 70, 100, 33, 2, 250, 42]));
+        assert!(rel < 1e-4, "{dtype:?} tied={tied} decode: rel L2 {rel:.3e}");
+    }
+}
