@@ -179,6 +179,11 @@ impl Engine {
         let vocab = cfg.vocab_size as usize;
         let diff = cfg.mode() == Mode::Diff;
 
+        // Weights first: when a model is too large, the message names the tensor at fault.
+        for name in weights.names() {
+            let (_, raw) = weights.raw(name)?;
+            g.check_binding(name, raw.len() as u64)?;
+        }
         let total = weights.total_bytes();
         let mut done = 0u64;
         progress(0, total);
