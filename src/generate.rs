@@ -67,7 +67,12 @@ impl TextModel {
     /// Starts generating after `prompt`.
     pub fn generate(&mut self, prompt: &str, opts: GenerateOptions) -> Result<Generation<'_>> {
         let ids = self.encode(prompt)?;
-        Ok(Generation::new(&mut self.engine, &self.tokenizer, ids, opts))
+        Ok(Generation::new(
+            &mut self.engine,
+            &self.tokenizer,
+            ids,
+            opts,
+        ))
     }
 }
 
@@ -184,7 +189,12 @@ pub struct Generation<'a> {
 }
 
 impl<'a> Generation<'a> {
-    pub fn new(engine: &'a mut Engine, tokenizer: &'a Tokenizer, prompt: Vec<u32>, opts: GenerateOptions) -> Self {
+    pub fn new(
+        engine: &'a mut Engine,
+        tokenizer: &'a Tokenizer,
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+    ) -> Self {
         let sampler = Sampler::new(opts.sampling.clone());
         Self {
             detok: StreamDecoder::new(&prompt),

@@ -38,7 +38,10 @@ impl Tokenizer {
             .inner
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
-        Ok(bos.into_iter().chain(enc.get_ids().iter().copied()).collect())
+        Ok(bos
+            .into_iter()
+            .chain(enc.get_ids().iter().copied())
+            .collect())
     }
 
     /// Text of `ids`, special tokens skipped.

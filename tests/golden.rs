@@ -56,25 +56,44 @@ fn shipped_model_matches_the_pytorch_golden_data() {
             continue;
         }
         if loaded.as_ref().is_none_or(|(m, _)| m != &g.model) {
-            let m = TextModel::from_dir(gpu.clone(), &dir, EngineOptions::default(), &mut |_, _| {}).unwrap();
+            let m =
+                TextModel::from_dir(gpu.clone(), &dir, EngineOptions::default(), &mut |_, _| {})
+                    .unwrap();
             loaded = Some((g.model.clone(), m));
         }
         let model = &mut loaded.as_mut().unwrap().1;
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(model.encode(&g.prompt).unwrap(), g.prompt_ids, "{name}: tokenisation differs");
+        assert_eq!(
+            model.encode(&g.prompt).unwrap(),
+            g.prompt_ids,
+            "{name}: tokenisation differs"
+        );
 
         let engine = &mut model.engine;
         engine.reset();
         let mut logits = engine.prefill_blocking(&g.prompt_ids).unwrap();
-        let l2 = logits.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let l2 = logits
+            .iter()
+            .map(|&x| (x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let mut worst = 0.0f64;
         for t in &g.top20 {
             let got = logits[t.id as usize] as f64;
             let rel = (got - t.logit).abs() / t.logit.abs().max(1.0);
             worst = worst.max(rel);
-            assert!(rel <= 1e-3, "{name}: logit of token {}: {got} vs {} (rel {rel:.2e})", t.id, t.logit);
+            assert!(
+                rel <= 1e-3,
+                "{name}: logit of token {}: {got} vs {} (rel {rel:.2e})",
+                t.id,
+                t.logit
+            );
         }
-        assert!((l2 - g.logits_l2).abs() <= 1e-3 * g.logits_l2, "{name}: logits L2 {l2} vs {}", g.logits_l2);
+        assert!(
+            (l2 - g.logits_l2).abs() <= 1e-3 * g.logits_l2,
+            "{name}: logits L2 {l2} vs {}",
+            g.logits_l2
+        );
 
         let mut ids = Vec::new();
         for _ in 0..g.greedy_ids.len() {
@@ -83,7 +102,14 @@ fn shipped_model_matches_the_pytorch_golden_data() {
             logits = engine.step_blocking(next).unwrap();
         }
         assert_eq!(ids, g.greedy_ids, "{name}: greedy continuation differs");
-        assert_eq!(model.tokenizer.decode_with_special(&ids).unwrap(), g.greedy_text, "{name}: text");
-        eprintln!("{name}: top-20 logits within {worst:.1e} relative, {} greedy ids identical", ids.len());
+        assert_eq!(
+            model.tokenizer.decode_with_special(&ids).unwrap(),
+            g.greedy_text,
+            "{name}: text"
+        );
+        eprintln!(
+            "{name}: top-20 logits within {worst:.1e} relative, {} greedy ids identical",
+            ids.len()
+        );
     }
 }

@@ -4,9 +4,9 @@
 mod common;
 
 use diffattn::attention::KvDtype;
+use diffattn::model::files::ModelSource;
 use diffattn::model::random::RandomModel;
 use diffattn::model::{Engine, EngineOptions, WeightDtype};
-use diffattn::model::files::ModelSource;
 use diffattn::reference::compare;
 use diffattn::reference::model::RefModel;
 use std::sync::Arc;
@@ -33,9 +33,15 @@ fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
     let gpu = Arc::new(common::gpu());
     let seed = common::fresh_seed(attention);
     let m = RandomModel::tiny(attention, seed);
-    let opts = EngineOptions { kv_dtype, prefill_chunk: 7, ..Default::default() };
+    let opts = EngineOptions {
+        kv_dtype,
+        prefill_chunk: 7,
+        ..Default::default()
+    };
     let (mut engine, reference) = engine(&gpu, &m, opts);
-    let prompt: Vec<u32> = (0..17).map(|i| (i * 37 + seed as u32 % 100) % m.vocab_size).collect();
+    let prompt: Vec<u32> = (0..17)
+        .map(|i| (i * 37 + seed as u32 % 100) % m.vocab_size)
+        .collect();
     let mut seq = prompt.clone();
     let mut logits = engine.prefill_blocking(&prompt).unwrap();
     let want = reference.forward(&seq);
@@ -50,7 +56,10 @@ fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
         logits = engine.step_blocking(next).unwrap();
         let want = reference.last_logits(&seq);
         let (_, rel) = compare(&logits, &want);
-        assert!(rel <= tol, "{attention} decode step {step}: rel L2 {rel:.3e}");
+        assert!(
+            rel <= tol,
+            "{attention} decode step {step}: rel L2 {rel:.3e}"
+        );
     }
     if kv_dtype == KvDtype::F32 {
         let cpu_ids = reference.greedy(&prompt, 20);
@@ -75,7 +84,14 @@ fn f16_kv_cache_stays_close() {
 
 fn last_logits(gpu: &Arc<diffattn::Gpu>, source: ModelSource, prompt: &[u32]) -> Vec<f32> {
     let (cfg, weights, _) = source.parse().unwrap();
-    let mut e = Engine::new(gpu.clone(), &cfg, &weights, EngineOptions::default(), &mut |_, _| {}).unwrap();
+    let mut e = Engine::new(
+        gpu.clone(),
+        &cfg,
+        &weights,
+        EngineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     e.prefill_blocking(prompt).unwrap()
 }
 
@@ -86,13 +102,21 @@ fn sharded_and_single_file_weights_give_identical_logits() {
     let prompt = [3, 1, 4, 1, 5, 9, 2, 6];
     let single = last_logits(&gpu, m.source(), &prompt);
     m.shards = 3;
-    assert!(m.files().iter().any(|(n, _)| n == "model.safetensors.index.json"));
+    assert!(
+        m.files()
+            .iter()
+            .any(|(n, _)| n == "model.safetensors.index.json")
+    );
     let sharded = last_logits(&gpu, m.source(), &prompt);
     assert_eq!(single, sharded);
     // Through the file system as well, index and all.
     let dir = std::env::temp_dir().join(format!("diffattn-sharded-{}", std::process::id()));
     m.write_dir(&dir).unwrap();
-    let from_dir = last_logits(&gpu, ModelSource::read_dir(&dir, &mut |_, _| {}).unwrap(), &prompt);
+    let from_dir = last_logits(
+        &gpu,
+        ModelSource::read_dir(&dir, &mut |_, _| {}).unwrap(),
+        &prompt,
+    );
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(single, from_dir);
 }
@@ -101,7 +125,11 @@ fn sharded_and_single_file_weights_give_identical_logits() {
 #[test]
 fn f16_and_bf16_weights_and_an_untied_head_load_and_match() {
     let gpu = Arc::new(common::gpu());
-    for (dtype, tied) in [(WeightDtype::F16, true), (WeightDtype::BF16, false), (WeightDtype::F32, false)] {
+    for (dtype, tied) in [
+        (WeightDtype::F16, true),
+        (WeightDtype::BF16, false),
+        (WeightDtype::F32, false),
+    ] {
         let mut m = RandomModel::tiny("diff_v2", 11);
         m.dtype = dtype;
         m.tied = tied;

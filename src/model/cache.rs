@@ -17,10 +17,8 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(gpu: &Gpu, cfg: &Config, context: u32, dtype: KvDtype) -> Result<Self> {
-        let bytes = context as u64
-            * cfg.num_key_value_heads as u64
-            * cfg.head_dim as u64
-            * dtype.bytes();
+        let bytes =
+            context as u64 * cfg.num_key_value_heads as u64 * cfg.head_dim as u64 * dtype.bytes();
         gpu.check_binding("the KV cache of one layer", bytes)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| {

@@ -78,7 +78,10 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::config(format!("{name} must be at least 1")));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::config(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
@@ -91,11 +94,16 @@ impl Config {
             ("head_dim", self.head_dim),
         ] {
             if v % 8 != 0 {
-                return Err(Error::config(format!("{name} = {v} must be a multiple of 8")));
+                return Err(Error::config(format!(
+                    "{name} = {v} must be a multiple of 8"
+                )));
             }
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(Error::config(format!("rope_theta = {} must be positive", self.rope_theta)));
+            return Err(Error::config(format!(
+                "rope_theta = {} must be positive",
+                self.rope_theta
+            )));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             return Err(Error::config(format!(
@@ -103,7 +111,10 @@ impl Config {
                 self.rms_norm_eps
             )));
         }
-        for (name, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
+        for (name, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
             if let Some(id) = id
                 && id >= self.vocab_size
             {

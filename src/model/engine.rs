@@ -274,8 +274,13 @@ impl Engine {
                       last_only: bool,
                       keep: &mut Vec<wgpu::Buffer>|
          -> Result<Op> {
-            let params = params4(g, label, [k as u32, n as u32, accumulate as u32, last_only as u32]);
-            let spec = ShaderSpec::new("matmul").with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()));
+            let params = params4(
+                g,
+                label,
+                [k as u32, n as u32, accumulate as u32, last_only as u32],
+            );
+            let spec =
+                ShaderSpec::new("matmul").with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()));
             let mv = g.pipeline(&spec.clone().entry("matvec"))?;
             let bind = g.bind(&mv, &[su, &params, x, w, y]);
             let gemm = if last_only {
@@ -306,7 +311,12 @@ impl Engine {
             let params = params4(
                 g,
                 "rmsnorm",
-                [d_model as u32, (cfg.rms_norm_eps as f32).to_bits(), last_only as u32, 0],
+                [
+                    d_model as u32,
+                    (cfg.rms_norm_eps as f32).to_bits(),
+                    last_only as u32,
+                    0,
+                ],
             );
             let pipeline = g.pipeline(&ShaderSpec::new("rmsnorm"))?;
             let bind = g.bind(&pipeline, &[su, &params, x, w, out]);
@@ -361,13 +371,59 @@ impl Engine {
             let (kc, vc) = cache.layer(l);
 
             let mut pre = vec![rmsnorm(&ln_in, &act.x, &act.a, false, &mut keep)?];
-            pre.push(matmul("q_proj", &wq, tq, (d_model, q_width), &act.a, &act.q, false, false, &mut keep)?);
-            pre.push(matmul("k_proj", &wk, tk, (d_model, kv_width), &act.a, &act.k, false, false, &mut keep)?);
-            pre.push(matmul("v_proj", &wv, tv, (d_model, kv_width), &act.a, &act.v, false, false, &mut keep)?);
+            pre.push(matmul(
+                "q_proj",
+                &wq,
+                tq,
+                (d_model, q_width),
+                &act.a,
+                &act.q,
+                false,
+                false,
+                &mut keep,
+            )?);
+            pre.push(matmul(
+                "k_proj",
+                &wk,
+                tk,
+                (d_model, kv_width),
+                &act.a,
+                &act.k,
+                false,
+                false,
+                &mut keep,
+            )?);
+            pre.push(matmul(
+                "v_proj",
+                &wv,
+                tv,
+                (d_model, kv_width),
+                &act.a,
+                &act.v,
+                false,
+                false,
+                &mut keep,
+            )?);
             if let (Some((wl, tl)), Some(lam_buf)) = (&lam, &act.lam) {
-                pre.push(matmul("lambda_proj", wl, *tl, (d_model, heads), &act.a, lam_buf, false, false, &mut keep)?);
+                pre.push(matmul(
+                    "lambda_proj",
+                    wl,
+                    *tl,
+                    (d_model, heads),
+                    &act.a,
+                    lam_buf,
+                    false,
+                    false,
+                    &mut keep,
+                )?);
             }
-            pre.push(elementwise("rope", vec![], &rope_q, &[&rope_table, &act.q], cfg.q_heads() * half as u32)?);
+            pre.push(elementwise(
+                "rope",
+                vec![],
+                &rope_q,
+                &[&rope_table, &act.q],
+                cfg.q_heads() * half as u32,
+            )?);
             pre.push(elementwise(
                 "rope",
                 vec![],
@@ -375,15 +431,73 @@ impl Engine {
                 &[&rope_table, &act.k],
                 cfg.num_key_value_heads * half as u32,
             )?);
-            pre.push(elementwise("kv_append", kv_f16.clone(), &kv_params, &[&act.k, kc], kv_items)?);
-            pre.push(elementwise("kv_append", kv_f16.clone(), &kv_params, &[&act.v, vc], kv_items)?);
+            pre.push(elementwise(
+                "kv_append",
+                kv_f16.clone(),
+                &kv_params,
+                &[&act.k, kc],
+                kv_items,
+            )?);
+            pre.push(elementwise(
+                "kv_append",
+                kv_f16.clone(),
+                &kv_params,
+                &[&act.v, vc],
+                kv_items,
+            )?);
 
-            let mut post = vec![matmul("o_proj", &wo, to, (heads * hd, d_model), &act.att, &act.x, true, false, &mut keep)?];
+            let mut post = vec![matmul(
+                "o_proj",
+                &wo,
+                to,
+                (heads * hd, d_model),
+                &act.att,
+                &act.x,
+                true,
+                false,
+                &mut keep,
+            )?];
             post.push(rmsnorm(&ln_post, &act.x, &act.a, false, &mut keep)?);
-            post.push(matmul("gate_proj", &wg, tg, (d_model, inter), &act.a, &act.gate, false, false, &mut keep)?);
-            post.push(matmul("up_proj", &wu, tu, (d_model, inter), &act.a, &act.up, false, false, &mut keep)?);
-            post.push(elementwise("swiglu", vec![], &swiglu_params, &[&act.gate, &act.up], inter as u32)?);
-            post.push(matmul("down_proj", &wd, td, (inter, d_model), &act.gate, &act.x, true, false, &mut keep)?);
+            post.push(matmul(
+                "gate_proj",
+                &wg,
+                tg,
+                (d_model, inter),
+                &act.a,
+                &act.gate,
+                false,
+                false,
+                &mut keep,
+            )?);
+            post.push(matmul(
+                "up_proj",
+                &wu,
+                tu,
+                (d_model, inter),
+                &act.a,
+                &act.up,
+                false,
+                false,
+                &mut keep,
+            )?);
+            post.push(elementwise(
+                "swiglu",
+                vec![],
+                &swiglu_params,
+                &[&act.gate, &act.up],
+                inter as u32,
+            )?);
+            post.push(matmul(
+                "down_proj",
+                &wd,
+                td,
+                (inter, d_model),
+                &act.gate,
+                &act.x,
+                true,
+                false,
+                &mut keep,
+            )?);
             layers.push(LayerOps { pre, post });
             keep.extend([ln_in, ln_post, wq, wk, wv, wo, wg, wu, wd]);
             keep.extend(lam.map(|(b, _)| b));
@@ -392,13 +506,41 @@ impl Engine {
         let norm = upload_f32("model.norm.weight", g)?;
         let mut head = vec![rmsnorm(&norm, &act.x, &act.last, true, &mut keep)?];
         if cfg.tie_word_embeddings {
-            head.push(matmul("lm_head", &embed_buf, embed_dtype, (d_model, vocab), &act.last, &act.logits, false, true, &mut keep)?);
+            head.push(matmul(
+                "lm_head",
+                &embed_buf,
+                embed_dtype,
+                (d_model, vocab),
+                &act.last,
+                &act.logits,
+                false,
+                true,
+                &mut keep,
+            )?);
         } else {
             let (wh, th) = upload("lm_head.weight")?;
-            head.push(matmul("lm_head", &wh, th, (d_model, vocab), &act.last, &act.logits, false, true, &mut keep)?);
+            head.push(matmul(
+                "lm_head",
+                &wh,
+                th,
+                (d_model, vocab),
+                &act.last,
+                &act.logits,
+                false,
+                true,
+                &mut keep,
+            )?);
             keep.push(wh);
         }
-        keep.extend([norm, embed_buf, rope_table, rope_q, rope_k, kv_params, swiglu_params]);
+        keep.extend([
+            norm,
+            embed_buf,
+            rope_table,
+            rope_q,
+            rope_k,
+            kv_params,
+            swiglu_params,
+        ]);
 
         let mut att_cfg = AttentionConfig::new(
             cfg.mode(),
@@ -492,11 +634,8 @@ impl Engine {
         let n_chunks = ids.len().div_ceil(chunk);
         for (i, part) in ids.chunks(chunk).enumerate() {
             let last = i + 1 == n_chunks;
-            if let Err(e) = self.forward_chunk(part, last) {
-                // A failed submit leaves the cache contents unknown from past_len on; keep the
-                // position so what is cached before it stays usable.
-                return Err(e);
-            }
+            // A failed chunk does not advance the position, so the chunks before it stay usable.
+            self.forward_chunk(part, last)?;
         }
         self.read_logits().await
     }
@@ -510,7 +649,8 @@ impl Engine {
         let gpu = self.gpu.clone();
         let n = ids.len() as u32;
         let past = self.past_len;
-        gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
+        gpu.queue
+            .write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
         gpu.queue.write_buffer(
             &self.step_uniform,
             0,
@@ -577,9 +717,7 @@ impl Engine {
     async fn read_logits(&self) -> Result<Vec<f32>> {
         let gpu = &self.gpu;
         let (send, recv) = crate::gpu::readback::channel();
-        self.staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |r| send(r));
+        self.staging.slice(..).map_async(wgpu::MapMode::Read, send);
         gpu.wait()?;
         recv.await.map_err(|e| Error::Readback(e.to_string()))?;
         let logits: Vec<f32> = {

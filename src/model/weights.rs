@@ -176,7 +176,11 @@ impl HostWeights {
         for (name, shape) in &expected {
             let info = self.info(name)?;
             if &info.shape != shape {
-                return Err(Error::shape(name, format!("{shape:?}"), format!("{:?}", info.shape)));
+                return Err(Error::shape(
+                    name,
+                    format!("{shape:?}"),
+                    format!("{:?}", info.shape),
+                ));
             }
         }
         let known: HashMap<&str, ()> = expected.iter().map(|(n, _)| (n.as_str(), ())).collect();
@@ -230,23 +234,38 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
         let p = format!("model.layers.{l}");
         t.push((format!("{p}.input_layernorm.weight"), vec![d_model]));
         t.push((format!("{p}.self_attn.q_proj.weight"), vec![q_out, d_model]));
-        t.push((format!("{p}.self_attn.k_proj.weight"), vec![kv_out, d_model]));
-        t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv_out, d_model]));
-        t.push((format!("{p}.self_attn.o_proj.weight"), vec![d_model, attn_out]));
+        t.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv_out, d_model],
+        ));
+        t.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv_out, d_model],
+        ));
+        t.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![d_model, attn_out],
+        ));
         if cfg.mode() == Mode::Diff {
             t.push((
                 format!("{p}.self_attn.lambda_proj.weight"),
                 vec![cfg.num_attention_heads as usize, d_model],
             ));
         }
-        t.push((format!("{p}.post_attention_layernorm.weight"), vec![d_model]));
+        t.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d_model],
+        ));
         t.push((format!("{p}.mlp.gate_proj.weight"), vec![inter, d_model]));
         t.push((format!("{p}.mlp.up_proj.weight"), vec![inter, d_model]));
         t.push((format!("{p}.mlp.down_proj.weight"), vec![d_model, inter]));
     }
     t.push(("model.norm.weight".to_string(), vec![d_model]));
     if !cfg.tie_word_embeddings {
-        t.push(("lm_head.weight".to_string(), vec![cfg.vocab_size as usize, d_model]));
+        t.push((
+            "lm_head.weight".to_string(),
+            vec![cfg.vocab_size as usize, d_model],
+        ));
     }
     t
 }

@@ -169,9 +169,7 @@ impl RefModel {
                         let l = lam.apply(&a[t]);
                         for i in 0..h {
                             let s = 1.0 / (1.0 + (-l[i]).exp());
-                            for e in 0..d {
-                                c.push(o[2 * i][e] - s * o[2 * i + 1][e]);
-                            }
+                            c.extend(o[2 * i].iter().zip(&o[2 * i + 1]).map(|(p, q)| p - s * q));
                         }
                     }
                     None => o.iter().for_each(|oi| c.extend_from_slice(oi)),

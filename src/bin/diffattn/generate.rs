@@ -83,7 +83,9 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     };
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => String::new(),
     };
     let gpu = Arc::new(Gpu::new_blocking(gpu_opts)?);
@@ -143,7 +145,11 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     while let Some(piece) = generation.next_blocking() {
         let piece = piece?;
         if args.json {
-            writeln!(out, "{}", serde_json::json!({"id": piece.id, "text": piece.text}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"id": piece.id, "text": piece.text})
+            )?;
         } else {
             write!(out, "{}", piece.text)?;
         }
