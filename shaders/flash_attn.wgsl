@@ -119,12 +119,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
 
         if row_live {
+            // Only the keys that exist; a runtime bound also keeps shader compilers from unrolling
+            // tile x head-dim loop nests into huge bodies (Mesa's GL path stalls on those).
+            let tile_len = min(BLOCK_K, kv_end - t0);
             var s: array<f32, BLOCK_K>;
             var m_new = m;
-            for (var j = 0u; j < BLOCK_K; j++) {
+            for (var j = 0u; j < tile_len; j++) {
                 let pos = t0 + j;
                 var score = NEG_BIG;
-                if pos < p.seq_len && (p.causal == 0u || pos <= q_pos) {
+                if p.causal == 0u || pos <= q_pos {
                     var dot4 = vec4<f32>(0.0);
                     for (var c = 0u; c < D4; c++) {
                         dot4 += qr[c] * k_tile[j * D4 + c];
@@ -140,7 +143,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var c = 0u; c < D4; c++) {
                 acc[c] *= alpha;
             }
-            for (var j = 0u; j < BLOCK_K; j++) {
+            for (var j = 0u; j < tile_len; j++) {
                 if s[j] > NEG_BIG {
                     let pj = exp(s[j] - m_new);
                     l += pj;

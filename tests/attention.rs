@@ -162,3 +162,4 @@ fn standard_mode_ignores_lam_and_matches_plain_attention() {
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
 }
+

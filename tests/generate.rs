@@ -276,7 +276,7 @@ fn cli_generate_streams_json_and_reports_speed() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         err.trim(),
         "error: model directory not found: /nonexistent/model"

@@ -1,5 +1,6 @@
 //! `diffattn generate`: stream text from a model directory.
 
+use super::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use diffattn::generate::{GenerateOptions, StopReason, TextModel};
@@ -58,6 +59,23 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+/// Bad model files exit with code 2 (as bad inputs of the other subcommands do); GPU failures,
+/// such as a model over the adapter's limits, with 1.
+fn input_error(e: diffattn::Error) -> anyhow::Error {
+    use diffattn::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::Format { .. }
+        | E::MissingTensor { .. }
+        | E::ConfigMismatch(_)
+        | E::Shape { .. }
+        | E::Tokenizer(_)
+        | E::Io { .. }
+        | E::Config(_) => ExitCode(2, e.into()).into(),
+        e => e.into(),
+    }
+}
+
 /// The shipped model: next to the crate sources, else under the working directory.
 fn default_model() -> Result<PathBuf> {
     let candidates = [
@@ -113,7 +131,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         TextModel::from_source(gpu.clone(), source, opts, &mut progress)
     });
     bar.finish_and_clear();
-    let mut model = loaded?;
+    let mut model = loaded.map_err(input_error)?;
 
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

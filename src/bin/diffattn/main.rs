@@ -1,6 +1,9 @@
 //! `diffattn`: the command-line front end of the diffattn library.
 
+mod attn;
+mod bench;
 mod generate;
+mod verify;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,9 +24,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List every adapter with its backend, features and main limits.
+    Adapters {
+        /// One JSON object per adapter.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the conformance suite against the float64 reference; exit code 1 if any case fails.
+    Verify(verify::VerifyArgs),
+    /// Run the attention kernels on tensors from a safetensors file.
+    Attn(attn::AttnArgs),
     /// Generate text with a model, streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Time the kernels.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
 }
+
+/// An error whose exit code is not the default 1 (bad input files exit with 2).
+#[derive(Debug)]
+pub struct ExitCode(pub i32, pub anyhow::Error);
+
+impl std::fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.1)
+    }
+}
+
+impl std::error::Error for ExitCode {}
 
 fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
     Ok(GpuOptions {
@@ -33,9 +63,56 @@ fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
     })
 }
 
+fn open_gpu(opts: &GpuOptions) -> Result<diffattn::Gpu> {
+    Ok(diffattn::Gpu::new_blocking(opts)?)
+}
+
+fn adapters(opts: &GpuOptions, json: bool) -> Result<()> {
+    let list = pollster::block_on(gpu::list_adapters(opts));
+    if list.is_empty() {
+        return Err(diffattn::Error::NoAdapter(String::new()).into());
+    }
+    for a in &list {
+        if json {
+            println!("{}", serde_json::to_string(a)?);
+            continue;
+        }
+        println!("[{}] {} ({}, {})", a.index, a.name, a.backend, a.device_type);
+        println!("    driver: {} {}", a.driver, a.driver_info);
+        println!(
+            "    shader-f16: {}  subgroups: {}{}  timestamps: {}  cooperative-matrix: {}",
+            yes(a.shader_f16),
+            yes(a.subgroups),
+            if a.subgroups {
+                format!(" (size {}..{})", a.subgroup_sizes.0, a.subgroup_sizes.1)
+            } else {
+                String::new()
+            },
+            yes(a.timestamps),
+            yes(a.cooperative_matrix)
+        );
+        println!(
+            "    workgroup storage: {} B  invocations/workgroup: {}  storage binding: {} MiB  buffer: {} MiB",
+            a.max_workgroup_storage,
+            a.max_invocations_per_workgroup,
+            a.max_storage_binding >> 20,
+            a.max_buffer_size >> 20
+        );
+    }
+    Ok(())
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let opts = gpu_options(&cli)?;
     match cli.command {
+        Command::Adapters { json } => adapters(&opts, json),
+        Command::Verify(args) => verify::run(&args, &opts),
+        Command::Attn(args) => attn::run(&args, &opts),
+        Command::Bench { what } => bench::run(&what, &opts),
         Command::Generate(args) => generate::run(&args, &opts),
     }
 }
@@ -43,7 +120,8 @@ fn run(cli: Cli) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
+        let code = e.downcast_ref::<ExitCode>().map(|c| c.0).unwrap_or(1);
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(code);
     }
 }

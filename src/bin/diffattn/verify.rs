@@ -1,0 +1,55 @@
+//! `diffattn verify`: the conformance suite on the chosen adapter.
+
+use anyhow::Result;
+use diffattn::GpuOptions;
+use diffattn::testing::{conformance_cases, run_case};
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// One JSON object per case, then a summary object.
+    #[arg(long)]
+    json: bool,
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
+    let gpu = super::open_gpu(opts)?;
+    let adapter = gpu.describe();
+    if !args.json {
+        println!("adapter: {adapter}");
+        println!("{:<64} {:>10} {:>10} {:>8}  result", "case", "max abs", "rel L2", "tol");
+    }
+    let cases: Vec<_> = conformance_cases()
+        .into_iter()
+        .filter(|c| args.filter.as_ref().is_none_or(|f| c.name().contains(f.as_str())))
+        .collect();
+    let (mut failed, mut max_rel) = (0usize, 0.0f64);
+    for case in &cases {
+        let r = pollster::block_on(run_case(&gpu, case))?;
+        failed += !r.pass as usize;
+        max_rel = max_rel.max(r.rel_l2);
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            let verdict = if r.pass { "pass" } else { "FAIL" };
+            println!("{:<64} {:>10.3e} {:>10.3e} {:>8.0e}  {verdict}", r.case, r.max_abs, r.rel_l2, r.tolerance);
+        }
+    }
+    let summary = serde_json::json!({
+        "cases": cases.len(),
+        "failed": failed,
+        "max_rel_l2": max_rel,
+        "adapter": adapter,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!("{} cases, {failed} failed, max relative L2 {max_rel:.3e}", cases.len());
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
