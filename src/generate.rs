@@ -58,10 +58,18 @@ impl TextModel {
         Self::from_source(gpu, source, opts, progress)
     }
 
-    /// Prompt ids: the text's tokens after the model's BOS (if it has one).
+    /// Prompt ids: the text's tokens after the model's BOS (if it has one). An empty prompt
+    /// without a BOS starts from the EOS token, which separates documents in training, so the
+    /// model begins a fresh document.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        self.tokenizer
-            .encode(prompt, self.engine.config().bos_token_id)
+        let cfg = self.engine.config();
+        let ids = self.tokenizer.encode(prompt, cfg.bos_token_id)?;
+        if ids.is_empty()
+            && let Some(eos) = cfg.eos_token_id
+        {
+            return Ok(vec![eos]);
+        }
+        Ok(ids)
     }
 
     /// Starts generating after `prompt`.

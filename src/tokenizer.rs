@@ -99,14 +99,16 @@ impl StreamDecoder {
         if now.ends_with('\u{FFFD}') || now.len() <= before.len() {
             return Ok(String::new());
         }
-        match (now.starts_with(&before), now.get(before.len()..)) {
-            (true, Some(new)) => {
+        // Decoders only append as tokens are added, so the new text starts where the old one
+        // ended; `get` guards the rare decoder that rewrites its tail (it then waits a token).
+        match now.get(before.len()..) {
+            Some(new) => {
                 let new = new.to_string();
                 self.prefix = self.read;
                 self.read = self.ids.len();
                 Ok(new)
             }
-            _ => Ok(String::new()),
+            None => Ok(String::new()),
         }
     }
 

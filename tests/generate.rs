@@ -60,6 +60,9 @@ fn generation_streams_ids_and_text_and_matches_the_engine() {
     let text: String = ids.iter().map(|p| p.1.clone()).collect();
     let only_ids: Vec<u32> = ids.iter().map(|p| p.0).collect();
     assert_eq!(text, m.tokenizer.decode(&only_ids).unwrap());
+    // An empty prompt starts from EOS (the document separator).
+    assert_eq!(m.encode("").unwrap(), vec![0]);
+    assert_eq!(m.generate("", greedy(3)).unwrap().count(), 3);
     // Same ids again: generation resets the cache by default.
     let again: Vec<u32> = m
         .generate(prompt, greedy(12))

@@ -1,8 +1,10 @@
 //! A model directory's contents as bytes, and (natively) reading them from disk.
 
 use super::config::Config;
-use super::weights::{HostWeights, Shard, parse_index};
-use crate::error::{Error, Result};
+use super::weights::{HostWeights, Shard};
+use crate::error::Result;
+#[cfg(not(target_arch = "wasm32"))]
+use {super::weights::parse_index, crate::error::Error};
 
 /// The file names of the format (docs/model-format.md).
 pub const CONFIG: &str = "config.json";
