@@ -14,9 +14,12 @@
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16.
 const WEIGHT_DTYPE: u32 = 0u;
-
+// Lanes that share one output row in `matvec` (a power of two up to 64). Many lanes suit GPUs
+// (neighbouring lanes read neighbouring 16-byte words); CPU adapters prefer few lanes and long
+// loops, since each barrier of the reduction costs them a context switch.
 const LANES: u32 = 16u;
-const MV_ROWS: u32 = 4u;
+
+const MV_ROWS: u32 = 64u / LANES;
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 
@@ -104,18 +107,24 @@ fn matvec(
                 acc += dot(wv.a, x[xrow + 2u * k8]) + dot(wv.b, x[xrow + 2u * k8 + 1u]);
             }
         }
-        red[lid] = acc;
-        workgroupBarrier();
-        for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-            if lane < s {
-                red[lid] += red[lid + s];
+        if LANES == 1u {
+            if valid {
+                store(t, o, acc);
+            }
+        } else {
+            red[lid] = acc;
+            workgroupBarrier();
+            for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+                if lane < s {
+                    red[lid] += red[lid + s];
+                }
+                workgroupBarrier();
+            }
+            if valid && lane == 0u {
+                store(t, o, red[lid]);
             }
             workgroupBarrier();
         }
-        if valid && lane == 0u {
-            store(t, o, red[lid]);
-        }
-        workgroupBarrier();
     }
 }
 
@@ -184,6 +193,50 @@ fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
             let o = n0 + tx + 16u * j;
             if t < n_rows && o < p.n {
                 store(t, o, acc[i][j]);
+            }
+        }
+    }
+}
+
+// Many rows without workgroup memory: each invocation computes a 4x4 block (4 tokens x 4 output
+// rows) straight from storage. CPU adapters run this much faster than `gemm` (their barriers are
+// expensive and their caches do the reuse that the tiles do on a GPU).
+@compute @workgroup_size(64)
+fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = gid.y * groups.x * 64u + gid.x;
+    let n_rows = rows();
+    let n_blocks = (p.n + 3u) / 4u;
+    let t0 = (idx / n_blocks) * 4u;
+    let o0 = (idx % n_blocks) * 4u;
+    if t0 >= n_rows {
+        return;
+    }
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    let k8s = p.k / 8u;
+    for (var k8 = 0u; k8 < k8s; k8++) {
+        var wv: array<W8, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            // Rows past the end repeat the last row; their results are not stored.
+            wv[j] = load8(min(o0 + j, p.n - 1u), k8);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
+            let xa = x[xrow];
+            let xb = x[xrow + 1u];
+            for (var j = 0u; j < 4u; j++) {
+                acc[i][j] += dot(wv[j].a, xa) + dot(wv[j].b, xb);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            if t0 + i < n_rows && o0 + j < p.n {
+                store(t0 + i, o0 + j, acc[i][j]);
             }
         }
     }

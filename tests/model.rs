@@ -30,13 +30,27 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Prefill (in several chunks) and 20 decode steps match the reference; greedy ids agree.
 fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
+    // Both kernel families: the adapter's default and the other one.
+    for gpu_kernels in [None, Some(true), Some(false)] {
+        prefill_and_decode_with(attention, kv_dtype, tol, gpu_kernels);
+    }
+}
+
+fn prefill_and_decode_with(
+    attention: &str,
+    kv_dtype: KvDtype,
+    tol: f64,
+    gpu_kernels: Option<bool>,
+) {
     let gpu = Arc::new(common::gpu());
     let seed = common::fresh_seed(attention);
     let m = RandomModel::tiny(attention, seed);
     let opts = EngineOptions {
         kv_dtype,
         prefill_chunk: 7,
-        ..Default::default()
+        matvec_lanes: gpu_kernels.map(|g| if g { 16 } else { 1 }),
+        tiled_gemm: gpu_kernels,
+        context: None,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)
@@ -46,7 +60,7 @@ fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
     let mut logits = engine.prefill_blocking(&prompt).unwrap();
     let want = reference.forward(&seq);
     let (_, rel) = compare(&logits, want.last().unwrap());
-    eprintln!("{attention} {kv_dtype:?}: prefill rel L2 {rel:.3e}");
+    eprintln!("{attention} {kv_dtype:?} gpu kernels {gpu_kernels:?}: prefill rel L2 {rel:.3e}");
     assert!(rel <= tol, "{attention} prefill: rel L2 {rel:.3e}");
     let mut gpu_ids = Vec::new();
     for step in 0..20 {

@@ -26,6 +26,12 @@ pub struct EngineOptions {
     pub context: Option<u32>,
     /// Prompt tokens per forward chunk; bounds the activation buffers.
     pub prefill_chunk: u32,
+    /// Lanes per output row in the decode matrix-vector kernel (1 to 64, a power of two);
+    /// `None` picks by adapter: 16 on GPUs, 1 on CPU adapters.
+    pub matvec_lanes: Option<u32>,
+    /// Prefill with the tiled workgroup-memory kernel (`gemm`) rather than the barrier-free
+    /// `gemm_direct`; `None` picks by adapter: tiled on GPUs, direct on CPU adapters.
+    pub tiled_gemm: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -34,6 +40,8 @@ impl Default for EngineOptions {
             kv_dtype: KvDtype::F32,
             context: None,
             prefill_chunk: 128,
+            matvec_lanes: None,
+            tiled_gemm: None,
         }
     }
 }
@@ -58,7 +66,13 @@ enum Grid {
     /// One workgroup.
     Single,
     /// A matmul with `n` outputs per row: matvec for one row, tiled gemm otherwise.
-    Matmul { n: u32, last_only: bool },
+    Matmul {
+        n: u32,
+        last_only: bool,
+        rows_per_group: u32,
+        /// The many-row kernel is `gemm_direct` rather than the tiled `gemm`.
+        direct: bool,
+    },
 }
 
 /// One prepared dispatch. `gemm` holds the tiled variant of a matmul (its own pipeline, hence
@@ -80,12 +94,21 @@ impl Op {
             }
             Grid::Rows => (&self.pipeline, &self.bind, [n_tokens, 1, 1]),
             Grid::Single => (&self.pipeline, &self.bind, [1, 1, 1]),
-            Grid::Matmul { n, last_only } => {
+            Grid::Matmul {
+                n,
+                last_only,
+                rows_per_group,
+                direct,
+            } => {
                 let rows = if last_only { 1 } else { n_tokens };
                 match &self.gemm {
+                    Some((p, b)) if rows > 1 && direct => {
+                        let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
+                        (p, b, [g[0], g[1], 1])
+                    }
                     Some((p, b)) if rows > 1 => (p, b, [n.div_ceil(64), rows.div_ceil(64), 1]),
                     _ => {
-                        let g = grid_2d(n.div_ceil(4));
+                        let g = grid_2d(n.div_ceil(rows_per_group));
                         (&self.pipeline, &self.bind, [g[0], g[1], 1])
                     }
                 }
@@ -178,6 +201,20 @@ impl Engine {
         let inter = cfg.intermediate_size as usize;
         let vocab = cfg.vocab_size as usize;
         let diff = cfg.mode() == Mode::Diff;
+        // CPU adapters (lavapipe, SwiftShader) pay dearly for barriers: they get one lane per
+        // row and the barrier-free many-row kernel (measured: 2.8x faster decode on lavapipe).
+        let cpu = g.info.device_type == wgpu::DeviceType::Cpu;
+        let lanes = match opts.matvec_lanes {
+            Some(l) if l.is_power_of_two() && l <= 64 => l,
+            Some(l) => {
+                return Err(Error::config(format!(
+                    "matvec_lanes = {l} (expected a power of two from 1 to 64)"
+                )));
+            }
+            None if cpu => 1,
+            None => 16,
+        };
+        let tiled = opts.tiled_gemm.unwrap_or(!cpu);
 
         // Weights first: when a model is too large, the message names the tensor at fault.
         for name in weights.names() {
@@ -279,14 +316,15 @@ impl Engine {
                 label,
                 [k as u32, n as u32, accumulate as u32, last_only as u32],
             );
-            let spec =
-                ShaderSpec::new("matmul").with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()));
+            let spec = ShaderSpec::new("matmul")
+                .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
+                .with("LANES", Const::U32(lanes));
             let mv = g.pipeline(&spec.clone().entry("matvec"))?;
             let bind = g.bind(&mv, &[su, &params, x, w, y]);
             let gemm = if last_only {
                 None
             } else {
-                let p = g.pipeline(&spec.entry("gemm"))?;
+                let p = g.pipeline(&spec.entry(if tiled { "gemm" } else { "gemm_direct" }))?;
                 let b = g.bind(&p, &[su, &params, x, w, y]);
                 Some((p, b))
             };
@@ -299,6 +337,8 @@ impl Engine {
                 grid: Grid::Matmul {
                     n: n as u32,
                     last_only,
+                    rows_per_group: 64 / lanes,
+                    direct: !tiled,
                 },
             })
         };

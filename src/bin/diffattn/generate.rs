@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// Context length to allocate (default: the model's max_position_embeddings).
     #[arg(long)]
     pub context: Option<u32>,
+    /// Lanes per row in the decode matrix-vector kernel (tuning; default by adapter type).
+    #[arg(long, hide = true)]
+    pub matvec_lanes: Option<u32>,
     /// One JSON object per token, then a summary object.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +127,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     let opts = EngineOptions {
         kv_dtype: KvDtype::parse(&args.kv)?,
         context: args.context,
+        matvec_lanes: args.matvec_lanes,
         ..Default::default()
     };
     let loaded = source.and_then(|source| {
