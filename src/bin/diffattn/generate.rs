@@ -179,6 +179,13 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     }
     let stats = generation.stats().clone();
     let reason = generation.stop_reason().unwrap_or(StopReason::MaxTokens);
+    if reason == StopReason::ContextFull && stats.generated == 0 {
+        eprintln!(
+            "note: the prompt ({} tokens) leaves no room in the context of {} positions (see --context)",
+            stats.prompt_tokens,
+            model.engine.context()
+        );
+    }
     if args.json {
         let summary = serde_json::json!({
             "prompt_tokens": stats.prompt_tokens,
