@@ -6,13 +6,19 @@
 // Output head i pairs query heads 2i and 2i+1 (interleaved pairing), never i and i + h. In standard
 // mode (diff = 0) output head i is query head i, passed through.
 //
+// One workgroup per (token, output head). A long cache leaves hundreds of chunks per row, so the
+// workgroup spreads them over its invocations: PARTS invocations per output column, each over every
+// PARTS-th chunk, then a reduction in workgroup memory.
+//
 // Layouts: part_o (N, q_heads, n_chunks, d), part_ml (N, q_heads, n_chunks) as (max, sum),
 // lam (N, out_heads) as raw logits, out (N, out_heads, d).
 
 // Specialisation constants (the host replaces these defaults).
 const HEAD_DIM: u32 = 64u;
 
+const WG: u32 = 128u;
 const D4: u32 = HEAD_DIM / 4u;
+const PARTS: u32 = max(1u, WG / D4);
 const NEG_BIG: f32 = -3.0e38;
 
 struct Params {
@@ -40,44 +46,86 @@ struct Params {
 @group(0) @binding(3) var<storage, read> lam: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
-// Softmax-weighted average of query head `qh` of token `n`, column block `c`, over all chunks.
-fn merged(n: u32, qh: u32, c: u32) -> vec4<f32> {
+var<workgroup> w_max: array<f32, WG>;
+var<workgroup> w_o: array<vec4<f32>, WG>;
+var<workgroup> w_l: array<f32, WG>;
+
+// Softmax-weighted average of query head `qh` of token `n`; the result is valid in invocations with
+// part 0 (lid < D4), for column block `lid`.
+fn merged(n: u32, qh: u32, lid: u32) -> vec4<f32> {
     let first = (n * p.q_heads + qh) * p.n_chunks;
+
+    // The largest running max over all chunks.
     var m = NEG_BIG;
-    for (var ch = 0u; ch < p.n_chunks; ch++) {
+    for (var ch = lid; ch < p.n_chunks; ch += WG) {
         m = max(m, part_ml[first + ch].x);
     }
-    var sum = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var ch = 0u; ch < p.n_chunks; ch++) {
-        let ml = part_ml[first + ch];
-        let w = exp(ml.x - m);
-        sum += ml.y * w;
-        acc += part_o[(first + ch) * D4 + c] * w;
+    w_max[lid] = m;
+    for (var off = WG / 2u; off > 0u; off /= 2u) {
+        workgroupBarrier();
+        if lid < off {
+            w_max[lid] = max(w_max[lid], w_max[lid + off]);
+        }
     }
-    return acc / sum;
+    workgroupBarrier();
+    m = w_max[0];
+
+    // Rescaled sums of outputs and of exponentials, PARTS invocations per column.
+    let c = lid % D4;
+    let part = lid / D4;
+    var acc = vec4<f32>(0.0);
+    var sum = 0.0;
+    if part < PARTS {
+        for (var ch = part; ch < p.n_chunks; ch += PARTS) {
+            let ml = part_ml[first + ch];
+            let w = exp(ml.x - m);
+            sum += ml.y * w;
+            acc += part_o[(first + ch) * D4 + c] * w;
+        }
+    }
+    w_o[lid] = acc;
+    w_l[lid] = sum;
+    workgroupBarrier();
+    var total = vec4<f32>(0.0);
+    var total_sum = 0.0;
+    if lid < D4 {
+        for (var s = 0u; s < PARTS; s++) {
+            total += w_o[s * D4 + lid];
+            total_sum += w_l[s * D4 + lid];
+        }
+    }
+    // The next call reuses the workgroup arrays.
+    workgroupBarrier();
+    return total / total_sum;
 }
 
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    // Large outputs spread over a 2D grid (64 threads per workgroup along x).
-    let idx = gid.y * groups.x * 64u + gid.x;
-    let total = p.n_queries * p.out_heads * D4;
-    if idx >= total {
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // Rows spread over a 2D grid when there are more than fit in one dimension.
+    let row = wg.y * groups.x + wg.x;
+    if row >= p.n_queries * p.out_heads {
         return;
     }
-    let c = idx % D4;
-    let i = (idx / D4) % p.out_heads;
-    let n = idx / (D4 * p.out_heads);
+    let i = row % p.out_heads;
+    let n = row / p.out_heads;
     if p.diff != 0u {
-        let o1 = merged(n, 2u * i, c);
-        let o2 = merged(n, 2u * i + 1u, c);
-        out[idx] = o1 - sigmoid(lam[n * p.out_heads + i]) * o2;
+        let o1 = merged(n, 2u * i, lid);
+        let o2 = merged(n, 2u * i + 1u, lid);
+        if lid < D4 {
+            out[row * D4 + lid] = o1 - sigmoid(lam[row]) * o2;
+        }
     } else {
-        out[idx] = merged(n, i, c);
+        let o = merged(n, i, lid);
+        if lid < D4 {
+            out[row * D4 + lid] = o;
+        }
     }
 }

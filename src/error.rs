@@ -73,6 +73,15 @@ pub enum Error {
 
     #[error("generation was cancelled")]
     Cancelled,
+
+    #[error("{what} not found: {path}")]
+    NotFound { what: String, path: String },
+
+    #[error("missing tensor `{name}` (looked in {files})")]
+    MissingTensor { name: String, files: String },
+
+    #[error("config.json contradicts the weights: {0}")]
+    ConfigMismatch(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,12 +7,19 @@
 //!   [`attention::attention`] on host slices.
 //! - [`reference`]: the float64 CPU oracle, where the DIFF V2 math is written out plainly.
 //! - [`gpu`]: adapter and device, pipeline cache, buffers.
+//! - [`model`]: config, safetensors weights, KV cache and the GPU forward pass ([`model::Engine`]).
+//! - [`sample`], [`tokenizer`], [`generate`]: sampling, streaming detokenisation and the
+//!   generation loop ([`generate::TextModel`], [`generate::Generation`]).
 
 pub mod attention;
 pub mod error;
+pub mod generate;
 pub mod gpu;
+pub mod model;
 pub mod reference;
+pub mod sample;
 pub mod testing;
+pub mod tokenizer;
 
 pub use attention::{AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 pub use error::{Error, Result};

@@ -104,3 +104,5 @@ pub fn compare(got: &[f32], reference: &[f64]) -> (f64, f64) {
     };
     (max_abs, rel)
 }
+
+pub mod model;

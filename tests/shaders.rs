@@ -80,3 +80,18 @@ fn attention_specialisations_translate() {
         }
     }
 }
+
+#[test]
+fn model_shader_specialisations_translate() {
+    let src = |name: &str| diffattn::gpu::shader::SOURCES.iter().find(|(n, _)| *n == name).unwrap().1;
+    for dtype in [0u32, 1, 2] {
+        for name in ["matmul", "embed"] {
+            let s = specialise(name, src(name), &[("WEIGHT_DTYPE", Const::U32(dtype))]).unwrap();
+            translate_everywhere(&format!("{name} dtype={dtype}"), &s);
+        }
+    }
+    for f16 in [false, true] {
+        let s = specialise("kv_append", src("kv_append"), &[("KV_F16", Const::Bool(f16))]).unwrap();
+        translate_everywhere(&format!("kv_append f16={f16}"), &s);
+    }
+}

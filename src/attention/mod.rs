@@ -429,8 +429,7 @@ impl AttentionOp {
         let first_bg = gpu.bind(first, &[&uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]);
         let lam = bufs.lam.unwrap_or(&self.no_lam);
         let combine_bg = gpu.bind(&self.combine, &[&uniform, part_o, part_ml, lam, bufs.out]);
-        let out_vec4s = call.n_queries * cfg.heads * cfg.head_dim / 4;
-        let combine_groups = grid_2d(out_vec4s.div_ceil(64));
+        let combine_groups = grid_2d(call.n_queries * cfg.heads);
 
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("diff attention"),

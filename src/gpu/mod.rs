@@ -2,7 +2,7 @@
 //! keyed by shader specialisation, buffer helpers and error capture.
 
 pub mod shader;
-mod readback;
+pub(crate) mod readback;
 
 pub use readback::read_buffer;
 pub use shader::{Const, ShaderSpec};

@@ -14,7 +14,7 @@ struct Slot<T> {
     waker: Option<Waker>,
 }
 
-struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+pub(crate) struct Receiver<T>(Arc<Mutex<Slot<T>>>);
 
 impl<T> Future for Receiver<T> {
     type Output = T;
@@ -30,7 +30,7 @@ impl<T> Future for Receiver<T> {
     }
 }
 
-fn channel<T>() -> (impl FnOnce(T), Receiver<T>) {
+pub(crate) fn channel<T>() -> (impl FnOnce(T), Receiver<T>) {
     let slot = Arc::new(Mutex::new(Slot {
         value: None,
         waker: None,

@@ -14,6 +14,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("flash_attn", include_str!("../../shaders/flash_attn.wgsl")),
     ("decode_split", include_str!("../../shaders/decode_split.wgsl")),
     ("diff_combine", include_str!("../../shaders/diff_combine.wgsl")),
+    ("embed", include_str!("../../shaders/embed.wgsl")),
+    ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("rope", include_str!("../../shaders/rope.wgsl")),
+    ("kv_append", include_str!("../../shaders/kv_append.wgsl")),
+    ("swiglu", include_str!("../../shaders/swiglu.wgsl")),
 ];
 
 /// A value for one specialisation constant.

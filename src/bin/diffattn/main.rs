@@ -2,6 +2,7 @@
 
 mod attn;
 mod bench;
+mod generate;
 mod verify;
 
 use anyhow::Result;
@@ -33,6 +34,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Run the attention kernels on tensors from a safetensors file.
     Attn(attn::AttnArgs),
+    /// Generate text with a model, streaming it to stdout.
+    Generate(generate::GenerateArgs),
     /// Time the kernels.
     Bench {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify::run(&args, &opts),
         Command::Attn(args) => attn::run(&args, &opts),
         Command::Bench { what } => bench::run(&what, &opts),
+        Command::Generate(args) => generate::run(&args, &opts),
     }
 }
 

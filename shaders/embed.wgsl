@@ -1,0 +1,50 @@
+// Embedding gather: out[t] = table[ids[t]], widened to f32. The table (vocab, D) keeps the file's
+// type: f32, or f16/bf16 as two halves per u32 (low half first). The host checks ids < vocab.
+
+// Specialisation constants (the host replaces these defaults).
+// 0 = f32, 1 = f16, 2 = bf16.
+const WEIGHT_DTYPE: u32 = 0u;
+
+struct Step {
+    n_tokens: u32,
+    past_len: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+struct Params {
+    d: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read> table: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = gid.y * groups.x * 64u + gid.x;
+    if idx >= step.n_tokens * p.d {
+        return;
+    }
+    let t = idx / p.d;
+    let e = ids[t] * p.d + idx % p.d;
+    var v: f32;
+    if WEIGHT_DTYPE == 0u {
+        v = bitcast<f32>(table[e]);
+    } else {
+        let word = table[e / 2u];
+        let odd = (e % 2u) == 1u;
+        if WEIGHT_DTYPE == 1u {
+            let pair = unpack2x16float(word);
+            v = select(pair.x, pair.y, odd);
+        } else {
+            v = bitcast<f32>(select(word << 16u, word & 0xffff0000u, odd));
+        }
+    }
+    out[idx] = v;
+}

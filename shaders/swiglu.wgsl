@@ -1,0 +1,31 @@
+// SwiGLU gate, in place: gate = silu(gate) * up, over (n_tokens, intermediate).
+
+struct Step {
+    n_tokens: u32,
+    past_len: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+struct Params {
+    width: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(3) var<storage, read> up: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = gid.y * groups.x * 64u + gid.x;
+    if idx >= step.n_tokens * p.width {
+        return;
+    }
+    let g = gate[idx];
+    // g / (1 + exp(-g)) tends to -0 for very negative g (exp overflows to +inf): no NaN.
+    gate[idx] = g / (1.0 + exp(-g)) * up[idx];
+}

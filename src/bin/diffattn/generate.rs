@@ -1,0 +1,214 @@
+//! `diffattn generate`: stream text from a model directory.
+
+use super::ExitCode;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use diffattn::generate::{GenerateOptions, StopReason, TextModel};
+use diffattn::gpu::GpuOptions;
+use diffattn::model::{EngineOptions, ModelSource};
+use diffattn::sample::SamplingParams;
+use diffattn::{Gpu, KvDtype};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model directory (config.json, safetensors weights, tokenizer.json); default: the shipped
+    /// models/diffv2-small.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample from the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens with this much probability.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Penalty for tokens among the last 64 (1: none).
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Seed for sampling (default: from the clock; printed with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// KV cache storage: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    pub kv: String,
+    /// Context length to allocate (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub context: Option<u32>,
+    /// Lanes per row in the decode matrix-vector kernel (tuning; default by adapter type).
+    #[arg(long, hide = true)]
+    pub matvec_lanes: Option<u32>,
+    /// One JSON object per token, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Bad model files exit with code 2 (as bad inputs of the other subcommands do); GPU failures,
+/// such as a model over the adapter's limits, with 1.
+fn input_error(e: diffattn::Error) -> anyhow::Error {
+    use diffattn::Error as E;
+    match e {
+        E::NotFound { .. }
+        | E::Format { .. }
+        | E::MissingTensor { .. }
+        | E::ConfigMismatch(_)
+        | E::Shape { .. }
+        | E::Tokenizer(_)
+        | E::Io { .. }
+        | E::Config(_) => ExitCode(2, e.into()).into(),
+        e => e.into(),
+    }
+}
+
+/// The shipped model: next to the crate sources, else under the working directory.
+fn default_model() -> Result<PathBuf> {
+    let candidates = [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/diffv2-small"),
+        PathBuf::from("models/diffv2-small"),
+    ];
+    for c in &candidates {
+        if c.join("config.json").is_file() {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "no --model given and the shipped model is not there ({} or ./models/diffv2-small): \
+         pass --model DIR",
+        candidates[0].display()
+    )
+}
+
+pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => default_model()?,
+    };
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => String::new(),
+    };
+    let gpu = Arc::new(Gpu::new_blocking(gpu_opts)?);
+    let adapter = gpu.describe();
+
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {bytes}/{total_bytes}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    bar.set_message("reading");
+    let source = ModelSource::read_dir(&dir, &mut progress);
+    let opts = EngineOptions {
+        kv_dtype: KvDtype::parse(&args.kv)?,
+        context: args.context,
+        matvec_lanes: args.matvec_lanes,
+        ..Default::default()
+    };
+    let loaded = source.and_then(|source| {
+        bar.set_message("uploading");
+        TextModel::from_source(gpu.clone(), source, opts, &mut progress)
+    });
+    bar.finish_and_clear();
+    let mut model = loaded.map_err(input_error)?;
+
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let gen_opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repeat_penalty: args.repeat_penalty,
+            seed,
+            ..Default::default()
+        },
+        stop: args.stop.clone(),
+        stop_at_eos: !args.ignore_eos,
+        keep_cache: false,
+    };
+    let mut generation = model.generate(&prompt, gen_opts)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    while let Some(piece) = generation.next_blocking() {
+        let piece = piece?;
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"id": piece.id, "text": piece.text})
+            )?;
+        } else {
+            write!(out, "{}", piece.text)?;
+        }
+        out.flush()?;
+    }
+    let stats = generation.stats().clone();
+    let reason = generation.stop_reason().unwrap_or(StopReason::MaxTokens);
+    if reason == StopReason::ContextFull && stats.generated == 0 {
+        eprintln!(
+            "note: the prompt ({} tokens) leaves no room in the context of {} positions (see --context)",
+            stats.prompt_tokens,
+            model.engine.context()
+        );
+    }
+    if args.json {
+        let summary = serde_json::json!({
+            "prompt_tokens": stats.prompt_tokens,
+            "generated": stats.generated,
+            "prefill_tok_s": stats.prefill_tok_s(),
+            "decode_tok_s": stats.decode_tok_s(),
+            "adapter": adapter,
+            "stop_reason": reason,
+            "seed": seed,
+        });
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(out)?;
+        out.flush()?;
+        eprintln!(
+            "[{} prompt tokens, {} generated, stop: {:?}] prefill {:.1} tok/s, decode {:.1} tok/s on {}",
+            stats.prompt_tokens,
+            stats.generated,
+            reason,
+            stats.prefill_tok_s(),
+            stats.decode_tok_s(),
+            adapter
+        );
+    }
+    Ok(())
+}

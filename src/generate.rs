@@ -1,0 +1,371 @@
+//! Text generation: a model plus its tokenizer, and a streaming generation loop that yields
+//! text pieces as tokens are produced.
+//!
+//! ```no_run
+//! # use diffattn::generate::*; use std::sync::Arc;
+//! # fn f(gpu: Arc<diffattn::Gpu>) -> diffattn::Result<()> {
+//! let mut model = TextModel::from_dir(gpu, "models/diffv2-small".as_ref(), Default::default(), &mut |_, _| {})?;
+//! for piece in model.generate("Once upon a time", GenerateOptions::default())? {
+//!     print!("{}", piece?.text);
+//! }
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::{Engine, EngineOptions, ModelSource};
+use crate::sample::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A model ready to generate text.
+pub struct TextModel {
+    pub engine: Engine,
+    pub tokenizer: Tokenizer,
+}
+
+impl TextModel {
+    /// Builds the engine and tokenizer from in-memory files. `progress(done, total)` reports
+    /// weight bytes uploaded to the GPU.
+    pub fn from_source(
+        gpu: Arc<Gpu>,
+        source: ModelSource,
+        opts: EngineOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let origin = source.origin.clone();
+        let (cfg, weights, tokenizer_json) = source.parse()?;
+        let tokenizer_json = tokenizer_json.ok_or_else(|| Error::NotFound {
+            what: "tokenizer.json".into(),
+            path: format!("{origin}/tokenizer.json"),
+        })?;
+        let tokenizer = Tokenizer::from_bytes(&tokenizer_json)?;
+        tokenizer.check_model_vocab(cfg.vocab_size)?;
+        let engine = Engine::new(gpu, &cfg, &weights, opts, progress)?;
+        Ok(Self { engine, tokenizer })
+    }
+
+    /// Reads a model directory and builds it; `progress` sees reading and uploading in turn.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(
+        gpu: Arc<Gpu>,
+        dir: &std::path::Path,
+        opts: EngineOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
+        let source = ModelSource::read_dir(dir, progress)?;
+        Self::from_source(gpu, source, opts, progress)
+    }
+
+    /// Prompt ids: the text's tokens after the model's BOS (if it has one). An empty prompt
+    /// without a BOS starts from the EOS token, which separates documents in training, so the
+    /// model begins a fresh document.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        let cfg = self.engine.config();
+        let ids = self.tokenizer.encode(prompt, cfg.bos_token_id)?;
+        if ids.is_empty()
+            && let Some(eos) = cfg.eos_token_id
+        {
+            return Ok(vec![eos]);
+        }
+        Ok(ids)
+    }
+
+    /// Starts generating after `prompt`.
+    pub fn generate(&mut self, prompt: &str, opts: GenerateOptions) -> Result<Generation<'_>> {
+        let ids = self.encode(prompt)?;
+        Ok(Generation::new(
+            &mut self.engine,
+            &self.tokenizer,
+            ids,
+            opts,
+        ))
+    }
+}
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops when the text contains one of these; the stop string is not emitted.
+    pub stop: Vec<String>,
+    /// Stop when the model produces its eos_token_id (the EOS token is not emitted as text).
+    pub stop_at_eos: bool,
+    /// Continue after what the engine's cache holds instead of starting from an empty cache.
+    pub keep_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_at_eos: true,
+            keep_cache: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    StopString,
+    MaxTokens,
+    /// The KV cache is full: the context limit, a normal end and not an error.
+    ContextFull,
+    Cancelled,
+    /// A call returned an error (the error itself was returned then).
+    Error,
+}
+
+/// One generated token and the text it completes (possibly empty while a character or a
+/// possible stop string is incomplete).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Piece {
+    pub id: u32,
+    pub text: String,
+}
+
+/// Counts and timings of one generation.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated: usize,
+    pub prefill_s: f64,
+    /// Forward passes of generated tokens (one per token after the first).
+    pub decode_steps: usize,
+    pub decode_s: f64,
+}
+
+impl Stats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill_s)
+    }
+
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.decode_steps, self.decode_s)
+    }
+}
+
+fn rate(n: usize, s: f64) -> f64 {
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+// std::time::Instant panics in the browser; timings there come from the JS side.
+#[cfg(target_arch = "wasm32")]
+fn now() {}
+
+#[cfg(target_arch = "wasm32")]
+fn since(_: ()) -> f64 {
+    0.0
+}
+
+/// A generation in progress: call [`Generation::next_piece`] (or iterate, natively) until it
+/// returns `None`, then [`Generation::stop_reason`] says why it ended. Dropping it early, or
+/// setting the cancel flag, leaves the engine usable: its cache holds the prompt and every
+/// generated token except the last.
+pub struct Generation<'a> {
+    engine: &'a mut Engine,
+    tokenizer: &'a Tokenizer,
+    opts: GenerateOptions,
+    sampler: Sampler,
+    detok: StreamDecoder,
+    prompt: Vec<u32>,
+    history: Vec<u32>,
+    logits: Option<Vec<f32>>,
+    /// The last sampled token, not yet fed to the engine.
+    unfed: Option<u32>,
+    held: String,
+    stop: Option<StopReason>,
+    cancel: Arc<AtomicBool>,
+    stats: Stats,
+}
+
+impl<'a> Generation<'a> {
+    pub fn new(
+        engine: &'a mut Engine,
+        tokenizer: &'a Tokenizer,
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+    ) -> Self {
+        let sampler = Sampler::new(opts.sampling.clone());
+        Self {
+            detok: StreamDecoder::new(&prompt),
+            history: prompt.clone(),
+            stats: Stats {
+                prompt_tokens: prompt.len(),
+                ..Default::default()
+            },
+            engine,
+            tokenizer,
+            opts,
+            sampler,
+            prompt,
+            logits: None,
+            unfed: None,
+            held: String::new(),
+            stop: None,
+            cancel: Arc::default(),
+        }
+    }
+
+    /// Uses `flag` as the cancel flag (set it from anywhere to stop at the next token).
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = flag;
+        self
+    }
+
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Prompt and generated ids so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.history
+    }
+
+    fn finish(&mut self, reason: StopReason) -> Result<String> {
+        self.stop = Some(reason);
+        let mut rest = std::mem::take(&mut self.held);
+        rest.push_str(&self.detok.flush(self.tokenizer)?);
+        Ok(rest)
+    }
+
+    /// The next token and its text; `None` once generation has ended.
+    pub async fn next_piece(&mut self) -> Option<Result<Piece>> {
+        match self.advance().await {
+            Ok(p) => p.map(Ok),
+            Err(e) => {
+                self.stop = Some(StopReason::Error);
+                Some(Err(e))
+            }
+        }
+    }
+
+    async fn advance(&mut self) -> Result<Option<Piece>> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            self.stop = Some(StopReason::Cancelled);
+            return Ok(None);
+        }
+        if self.logits.is_none() {
+            if !self.opts.keep_cache {
+                self.engine.reset();
+            }
+            if self.prompt.is_empty() {
+                return Err(Error::config(
+                    "the prompt is empty and the model has no bos_token_id to start from",
+                ));
+            }
+            let needed = self.engine.position() as usize + self.prompt.len();
+            if needed > self.engine.context() as usize {
+                self.stop = Some(StopReason::ContextFull);
+                return Ok(None);
+            }
+            let t = now();
+            self.logits = Some(self.engine.prefill(&self.prompt).await?);
+            self.stats.prefill_s = since(t);
+        } else if let Some(id) = self.unfed.take() {
+            let t = now();
+            self.logits = Some(self.engine.step(id).await?);
+            self.stats.decode_s += since(t);
+            self.stats.decode_steps += 1;
+        }
+        if self.stats.generated >= self.opts.max_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+            return Ok(None);
+        }
+        let logits = self.logits.as_ref().expect("logits computed above");
+        let id = self.sampler.sample(logits, &self.history);
+        self.history.push(id);
+        self.stats.generated += 1;
+        self.unfed = Some(id);
+
+        if self.opts.stop_at_eos && Some(id) == self.engine.config().eos_token_id {
+            let text = self.finish(StopReason::Eos)?;
+            return Ok(Some(Piece { id, text }));
+        }
+        let new = self.detok.push(self.tokenizer, id)?;
+        self.held.push_str(&new);
+        if let Some(cut) = self
+            .opts
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let text = self.held[..cut].to_string();
+            self.held.clear();
+            self.stop = Some(StopReason::StopString);
+            return Ok(Some(Piece { id, text }));
+        }
+        if self.stats.generated >= self.opts.max_tokens {
+            let text = self.finish(StopReason::MaxTokens)?;
+            return Ok(Some(Piece { id, text }));
+        }
+        if self.engine.position() >= self.engine.context() {
+            let text = self.finish(StopReason::ContextFull)?;
+            return Ok(Some(Piece { id, text }));
+        }
+        // Hold back a tail that could still grow into a stop string.
+        let keep = held_tail(&self.held, &self.opts.stop);
+        let emit = self.held.len() - keep;
+        let text = self.held[..emit].to_string();
+        self.held.drain(..emit);
+        Ok(Some(Piece { id, text }))
+    }
+
+    /// Blocking form of [`Generation::next_piece`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn next_blocking(&mut self) -> Option<Result<Piece>> {
+        pollster::block_on(self.next_piece())
+    }
+}
+
+/// Length in bytes of the longest suffix of `text` that is a proper prefix of a stop string.
+fn held_tail(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if i > best && text.ends_with(&s[..i]) {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Iterator for Generation<'_> {
+    type Item = Result<Piece>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_blocking()
+    }
+}

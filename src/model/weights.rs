@@ -1,0 +1,289 @@
+//! Weights on the host: safetensors shards parsed from bytes, checked against the config, and the
+//! few conversions the GPU upload and the float64 reference need.
+//!
+//! Parsing works on byte buffers only, so the browser can hand in what it fetched; reading a
+//! directory is a separate, native-only step (`super::files`).
+
+use super::config::Config;
+use crate::attention::Mode;
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+/// Storage type of a weight tensor. 16-bit types stay 16-bit on the GPU (packed in u32 pairs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl WeightDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    /// The value of the shaders' `WEIGHT_DTYPE` constant.
+    pub fn shader_code(self) -> u32 {
+        match self {
+            WeightDtype::F32 => 0,
+            WeightDtype::F16 => 1,
+            WeightDtype::BF16 => 2,
+        }
+    }
+}
+
+/// Where one tensor lives: shard index, dtype, shape and byte range in that shard.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub shard: usize,
+    pub dtype: WeightDtype,
+    pub shape: Vec<usize>,
+    pub bytes: Range<usize>,
+}
+
+/// One safetensors file's bytes and the name it came from (for error messages).
+pub struct Shard {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// All tensors of a model, validated for format; [`HostWeights::check`] validates them against a
+/// config.
+pub struct HostWeights {
+    shards: Vec<Shard>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+/// Parses `model.safetensors.index.json`: the shard file names it references, in first-use order.
+pub fn parse_index(path: &str, text: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = serde_json::from_str(text).map_err(|e| Error::Format {
+        path: path.to_string(),
+        message: format!("malformed safetensors index: {e}"),
+    })?;
+    let mut files: Vec<String> = index.weight_map.into_values().collect();
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(Error::Format {
+            path: path.to_string(),
+            message: "the safetensors index lists no tensors".into(),
+        });
+    }
+    Ok(files)
+}
+
+fn describe_safetensors_error(e: safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
+            format!("safetensors file is truncated ({e})")
+        }
+        other => format!("safetensors header is damaged ({other})"),
+    }
+}
+
+impl HostWeights {
+    /// Parses safetensors shards. A tensor name in two shards is an error.
+    pub fn from_shards(shards: Vec<Shard>) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let parsed = SafeTensors::deserialize(&shard.bytes).map_err(|e| Error::Format {
+                path: shard.name.clone(),
+                message: describe_safetensors_error(e),
+            })?;
+            let base = shard.bytes.as_ptr() as usize;
+            for (name, view) in parsed.iter() {
+                let dtype = match view.dtype() {
+                    Dtype::F32 => WeightDtype::F32,
+                    Dtype::F16 => WeightDtype::F16,
+                    Dtype::BF16 => WeightDtype::BF16,
+                    other => {
+                        return Err(Error::Format {
+                            path: shard.name.clone(),
+                            message: format!(
+                                "tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"
+                            ),
+                        });
+                    }
+                };
+                let start = view.data().as_ptr() as usize - base;
+                let info = TensorInfo {
+                    shard: i,
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    bytes: start..start + view.data().len(),
+                };
+                if tensors.insert(name.to_string(), info).is_some() {
+                    return Err(Error::Format {
+                        path: shard.name.clone(),
+                        message: format!("tensor `{name}` appears in more than one shard"),
+                    });
+                }
+            }
+        }
+        Ok(Self { shards, tensors })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            files: self.file_list(),
+        })
+    }
+
+    fn file_list(&self) -> String {
+        let names: Vec<&str> = self.shards.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// The raw little-endian bytes of a tensor as stored.
+    pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self.info(name)?;
+        Ok((info, &self.shards[info.shard].bytes[info.bytes.clone()]))
+    }
+
+    /// A tensor widened to f32 (exact for f16 and bf16).
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let (info, raw) = self.raw(name)?;
+        Ok(widen(info.dtype, raw))
+    }
+
+    /// Checks every tensor the config implies (name, shape) and that nothing else is present.
+    pub fn check(&self, cfg: &Config) -> Result<()> {
+        let embed = "model.embed_tokens.weight";
+        let e = self.info(embed)?;
+        let want = [cfg.vocab_size as usize, cfg.hidden_size as usize];
+        if e.shape != want {
+            return Err(Error::ConfigMismatch(format!(
+                "vocab_size = {} and hidden_size = {} imply {embed} of shape {:?}, but it is {:?}",
+                cfg.vocab_size, cfg.hidden_size, want, e.shape
+            )));
+        }
+        let expected = expected_tensors(cfg);
+        for (name, shape) in &expected {
+            let info = self.info(name)?;
+            if &info.shape != shape {
+                return Err(Error::shape(
+                    name,
+                    format!("{shape:?}"),
+                    format!("{:?}", info.shape),
+                ));
+            }
+        }
+        let known: HashMap<&str, ()> = expected.iter().map(|(n, _)| (n.as_str(), ())).collect();
+        if let Some(extra) = self.names().find(|n| !known.contains_key(n)) {
+            return Err(Error::ConfigMismatch(explain_extra(cfg, extra)));
+        }
+        Ok(())
+    }
+
+    /// Total bytes of tensor data (for progress reports).
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.bytes.len() as u64).sum()
+    }
+}
+
+fn explain_extra(cfg: &Config, name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("model.layers.")
+        && let Some(layer) = rest.split('.').next().and_then(|l| l.parse::<u32>().ok())
+        && layer >= cfg.num_hidden_layers
+    {
+        return format!(
+            "num_hidden_layers = {} but the weights have layer {layer} (`{name}`)",
+            cfg.num_hidden_layers
+        );
+    }
+    if name.ends_with("lambda_proj.weight") {
+        return format!(
+            "attention = \"{}\" but the weights have `{name}` (a DIFF V2 tensor)",
+            cfg.attention
+        );
+    }
+    if name == "lm_head.weight" {
+        return format!("tie_word_embeddings = true but the weights have `{name}`");
+    }
+    format!("unexpected tensor `{name}`")
+}
+
+/// Every tensor name the config implies, with its shape (linear weights are (out, in)).
+pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let d_model = cfg.hidden_size as usize;
+    let hd = cfg.head_dim as usize;
+    let q_out = cfg.q_heads() as usize * hd;
+    let kv_out = cfg.num_key_value_heads as usize * hd;
+    let attn_out = cfg.num_attention_heads as usize * hd;
+    let inter = cfg.intermediate_size as usize;
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size as usize, d_model],
+    )];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        t.push((format!("{p}.input_layernorm.weight"), vec![d_model]));
+        t.push((format!("{p}.self_attn.q_proj.weight"), vec![q_out, d_model]));
+        t.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv_out, d_model],
+        ));
+        t.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv_out, d_model],
+        ));
+        t.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![d_model, attn_out],
+        ));
+        if cfg.mode() == Mode::Diff {
+            t.push((
+                format!("{p}.self_attn.lambda_proj.weight"),
+                vec![cfg.num_attention_heads as usize, d_model],
+            ));
+        }
+        t.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d_model],
+        ));
+        t.push((format!("{p}.mlp.gate_proj.weight"), vec![inter, d_model]));
+        t.push((format!("{p}.mlp.up_proj.weight"), vec![inter, d_model]));
+        t.push((format!("{p}.mlp.down_proj.weight"), vec![d_model, inter]));
+    }
+    t.push(("model.norm.weight".to_string(), vec![d_model]));
+    if !cfg.tie_word_embeddings {
+        t.push((
+            "lm_head.weight".to_string(),
+            vec![cfg.vocab_size as usize, d_model],
+        ));
+    }
+    t
+}
+
+/// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift.
+pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
+    match dtype {
+        WeightDtype::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        WeightDtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        WeightDtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .collect(),
+    }
+}

@@ -1,0 +1,220 @@
+//! The whole model in float64 on the CPU: the oracle for the GPU engine. It runs the same
+//! (widened) weights with no cache, no chunking and no fused operations, recomputing the whole
+//! sequence each call, so it shares no logic with the engine beyond the math itself.
+
+use crate::attention::Mode;
+use crate::error::Result;
+use crate::model::{Config, HostWeights};
+
+struct Linear {
+    w: Vec<f64>,
+    n_in: usize,
+    n_out: usize,
+}
+
+impl Linear {
+    fn apply(&self, x: &[f64]) -> Vec<f64> {
+        (0..self.n_out)
+            .map(|o| {
+                let row = &self.w[o * self.n_in..][..self.n_in];
+                row.iter().zip(x).map(|(a, b)| a * b).sum()
+            })
+            .collect()
+    }
+}
+
+struct Layer {
+    ln_in: Vec<f64>,
+    ln_post: Vec<f64>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    lam: Option<Linear>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The float64 model.
+pub struct RefModel {
+    cfg: Config,
+    embed: Vec<f64>,
+    layers: Vec<Layer>,
+    norm: Vec<f64>,
+    head: Linear,
+}
+
+fn f64s(v: Vec<f32>) -> Vec<f64> {
+    v.into_iter().map(f64::from).collect()
+}
+
+fn rmsnorm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(a, b)| a * inv * b).collect()
+}
+
+/// Interleaved RoPE on one head vector at position `pos`.
+fn rope(x: &mut [f64], pos: usize, theta: f64) {
+    let d = x.len();
+    for i in 0..d / 2 {
+        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
+        let (s, c) = angle.sin_cos();
+        let (a, b) = (x[2 * i], x[2 * i + 1]);
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = a * s + b * c;
+    }
+}
+
+impl RefModel {
+    pub fn new(cfg: &Config, weights: &HostWeights) -> Result<Self> {
+        weights.check(cfg)?;
+        let lin = |name: &str| -> Result<Linear> {
+            let info = weights.info(name)?;
+            Ok(Linear {
+                n_out: info.shape[0],
+                n_in: info.shape[1],
+                w: f64s(weights.to_f32(name)?),
+            })
+        };
+        let vec = |name: &str| -> Result<Vec<f64>> { Ok(f64s(weights.to_f32(name)?)) };
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                ln_in: vec(&format!("{p}.input_layernorm.weight"))?,
+                ln_post: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+                q: lin(&format!("{p}.self_attn.q_proj.weight"))?,
+                k: lin(&format!("{p}.self_attn.k_proj.weight"))?,
+                v: lin(&format!("{p}.self_attn.v_proj.weight"))?,
+                o: lin(&format!("{p}.self_attn.o_proj.weight"))?,
+                lam: match cfg.mode() {
+                    Mode::Diff => Some(lin(&format!("{p}.self_attn.lambda_proj.weight"))?),
+                    Mode::Standard => None,
+                },
+                gate: lin(&format!("{p}.mlp.gate_proj.weight"))?,
+                up: lin(&format!("{p}.mlp.up_proj.weight"))?,
+                down: lin(&format!("{p}.mlp.down_proj.weight"))?,
+            });
+        }
+        let head = if cfg.tie_word_embeddings {
+            lin("model.embed_tokens.weight")?
+        } else {
+            lin("lm_head.weight")?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed: vec("model.embed_tokens.weight")?,
+            layers,
+            norm: vec("model.norm.weight")?,
+            head,
+        })
+    }
+
+    /// Logits (vocab) at every position of `ids`.
+    pub fn forward(&self, ids: &[u32]) -> Vec<Vec<f64>> {
+        let cfg = &self.cfg;
+        let dm = cfg.hidden_size as usize;
+        let d = cfg.head_dim as usize;
+        let hq = cfg.q_heads() as usize;
+        let hkv = cfg.num_key_value_heads as usize;
+        let h = cfg.num_attention_heads as usize;
+        let eps = cfg.rms_norm_eps;
+        let t_len = ids.len();
+        let mut x: Vec<Vec<f64>> = ids
+            .iter()
+            .map(|&id| self.embed[id as usize * dm..][..dm].to_vec())
+            .collect();
+        for layer in &self.layers {
+            let a: Vec<Vec<f64>> = x.iter().map(|r| rmsnorm(r, &layer.ln_in, eps)).collect();
+            let mut q: Vec<Vec<f64>> = a.iter().map(|r| layer.q.apply(r)).collect();
+            let mut k: Vec<Vec<f64>> = a.iter().map(|r| layer.k.apply(r)).collect();
+            let v: Vec<Vec<f64>> = a.iter().map(|r| layer.v.apply(r)).collect();
+            for pos in 0..t_len {
+                for head in q[pos].chunks_mut(d) {
+                    rope(head, pos, cfg.rope_theta);
+                }
+                for head in k[pos].chunks_mut(d) {
+                    rope(head, pos, cfg.rope_theta);
+                }
+            }
+            let scale = 1.0 / (d as f64).sqrt();
+            let group = hq / hkv;
+            for t in 0..t_len {
+                // o: every query head's softmax attention over positions 0..=t.
+                let mut o = vec![vec![0.0f64; d]; hq];
+                for (j, oj) in o.iter_mut().enumerate() {
+                    let kv = j / group;
+                    let qj = &q[t][j * d..][..d];
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|s| {
+                            let ks = &k[s][kv * d..][..d];
+                            qj.iter().zip(ks).map(|(a, b)| a * b).sum::<f64>() * scale
+                        })
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (s, w) in e.iter().enumerate() {
+                        for (acc, vv) in oj.iter_mut().zip(&v[s][kv * d..][..d]) {
+                            *acc += w / z * vv;
+                        }
+                    }
+                }
+                // c: output head i = o[2i] - sigmoid(lam_i) o[2i+1] (DIFF V2), or o (standard).
+                let mut c = Vec::with_capacity(h * d);
+                match &layer.lam {
+                    Some(lam) => {
+                        let l = lam.apply(&a[t]);
+                        for i in 0..h {
+                            let s = 1.0 / (1.0 + (-l[i]).exp());
+                            c.extend(o[2 * i].iter().zip(&o[2 * i + 1]).map(|(p, q)| p - s * q));
+                        }
+                    }
+                    None => o.iter().for_each(|oi| c.extend_from_slice(oi)),
+                }
+                for (xv, y) in x[t].iter_mut().zip(layer.o.apply(&c)) {
+                    *xv += y;
+                }
+                let b = rmsnorm(&x[t], &layer.ln_post, eps);
+                let g = layer.gate.apply(&b);
+                let u = layer.up.apply(&b);
+                let m: Vec<f64> = g
+                    .iter()
+                    .zip(&u)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
+                for (xv, y) in x[t].iter_mut().zip(layer.down.apply(&m)) {
+                    *xv += y;
+                }
+            }
+        }
+        x.iter()
+            .map(|r| self.head.apply(&rmsnorm(r, &self.norm, eps)))
+            .collect()
+    }
+
+    /// Logits at the last position of `ids`.
+    pub fn last_logits(&self, ids: &[u32]) -> Vec<f64> {
+        self.forward(ids).pop().unwrap_or_default()
+    }
+
+    /// Greedy continuation of `n` tokens (lowest id wins a tie), no stop at EOS.
+    pub fn greedy(&self, ids: &[u32], n: usize) -> Vec<u32> {
+        let mut seq = ids.to_vec();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let logits = self.last_logits(&seq);
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            out.push(best as u32);
+            seq.push(best as u32);
+        }
+        out
+    }
+}

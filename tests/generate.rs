@@ -1,0 +1,287 @@
+//! Streaming generation: UTF-8-safe pieces, stop conditions, cancellation and reuse, and the CLI.
+
+mod common;
+
+use diffattn::generate::{GenerateOptions, Generation, StopReason, TextModel};
+use diffattn::model::EngineOptions;
+use diffattn::model::random::{RandomModel, byte_tokenizer_json};
+use diffattn::sample::SamplingParams;
+use diffattn::tokenizer::{StreamDecoder, Tokenizer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn model(seed: u64, context: u32) -> TextModel {
+    let gpu = Arc::new(common::gpu());
+    let mut m = RandomModel::tiny("diff_v2", seed);
+    m.context = context;
+    TextModel::from_source(gpu, m.source(), EngineOptions::default(), &mut |_, _| {}).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_at_eos: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn streamed_pieces_never_split_a_character() {
+    let tok = Tokenizer::from_bytes(byte_tokenizer_json().as_bytes()).unwrap();
+    let text = "naïve café — 日本語 ✓ 🦀!";
+    let ids = tok.encode(text, None).unwrap();
+    assert_eq!(ids.len(), text.len(), "one token per byte");
+    let prompt = tok.encode("Say: ", None).unwrap();
+    let mut d = StreamDecoder::new(&prompt);
+    let mut out = String::new();
+    let mut empty = 0;
+    for &id in &ids {
+        let piece = d.push(&tok, id).unwrap();
+        assert!(!piece.contains('\u{FFFD}'), "broken character in {piece:?}");
+        empty += piece.is_empty() as usize;
+        out.push_str(&piece);
+    }
+    out.push_str(&d.flush(&tok).unwrap());
+    assert_eq!(out, text);
+    assert!(empty > 0, "multi-byte characters must be held back");
+}
+
+#[test]
+fn generation_streams_ids_and_text_and_matches_the_engine() {
+    let mut m = model(1, 96);
+    let prompt = "Hi";
+    let ids: Vec<(u32, String)> = m
+        .generate(prompt, greedy(12))
+        .unwrap()
+        .map(|p| p.map(|p| (p.id, p.text)).unwrap())
+        .collect();
+    assert_eq!(ids.len(), 12);
+    let text: String = ids.iter().map(|p| p.1.clone()).collect();
+    let only_ids: Vec<u32> = ids.iter().map(|p| p.0).collect();
+    assert_eq!(text, m.tokenizer.decode(&only_ids).unwrap());
+    // An empty prompt starts from EOS (the document separator).
+    assert_eq!(m.encode("").unwrap(), vec![0]);
+    assert_eq!(m.generate("", greedy(3)).unwrap().count(), 3);
+    // Same ids again: generation resets the cache by default.
+    let again: Vec<u32> = m
+        .generate(prompt, greedy(12))
+        .unwrap()
+        .map(|p| p.unwrap().id)
+        .collect();
+    assert_eq!(again, only_ids);
+}
+
+#[test]
+fn stops_on_max_tokens_eos_stop_string_and_context() {
+    let mut m = model(2, 24);
+    // Max tokens.
+    let mut g = m.generate("ab", greedy(5)).unwrap();
+    assert_eq!(g.by_ref().count(), 5);
+    assert_eq!(g.stop_reason(), Some(StopReason::MaxTokens));
+    drop(g);
+    // Context: 24 positions, a 4-token prompt: 21 tokens can be fed, the 21st sampled last.
+    let mut g = m.generate("abcd", greedy(100)).unwrap();
+    let n = g.by_ref().count();
+    assert_eq!(g.stop_reason(), Some(StopReason::ContextFull));
+    assert_eq!(n, 21);
+    drop(g);
+    // A prompt longer than the context is a clean stop, not an error.
+    let long = "x".repeat(30);
+    let mut g = m.generate(&long, greedy(5)).unwrap();
+    assert!(g.next().is_none());
+    assert_eq!(g.stop_reason(), Some(StopReason::ContextFull));
+    drop(g);
+    // A stop string taken from what greedy produces: generation ends before it, text cut.
+    let full: String = m
+        .generate("ab", greedy(8))
+        .unwrap()
+        .map(|p| p.unwrap().text)
+        .collect();
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[3..5].iter().collect();
+    let cut = full.find(&stop).unwrap();
+    let opts = GenerateOptions {
+        stop: vec![stop.clone()],
+        ..greedy(8)
+    };
+    let mut g = m.generate("ab", opts).unwrap();
+    let text: String = g.by_ref().map(|p| p.unwrap().text).collect();
+    assert_eq!(g.stop_reason(), Some(StopReason::StopString));
+    assert_eq!(text, full[..cut]);
+    drop(g);
+    // EOS: a copy of the model whose eos_token_id is the third token greedy produces.
+    let ids: Vec<u32> = m
+        .generate("ab", greedy(3))
+        .unwrap()
+        .map(|p| p.unwrap().id)
+        .collect();
+    let mut source = RandomModel::tiny("diff_v2", 2).source();
+    let mut cfg: serde_json::Value = serde_json::from_str(&source.config_json).unwrap();
+    cfg["max_position_embeddings"] = 24.into();
+    cfg["eos_token_id"] = ids[2].into();
+    source.config_json = cfg.to_string();
+    let gpu = Arc::new(common::gpu());
+    let mut m =
+        TextModel::from_source(gpu, source, EngineOptions::default(), &mut |_, _| {}).unwrap();
+    let mut g = m
+        .generate(
+            "ab",
+            GenerateOptions {
+                stop_at_eos: true,
+                ..greedy(8)
+            },
+        )
+        .unwrap();
+    let pieces: Vec<_> = g.by_ref().map(|p| p.unwrap()).collect();
+    assert_eq!(g.stop_reason(), Some(StopReason::Eos));
+    let first_eos = ids.iter().position(|&i| i == ids[2]).unwrap();
+    assert_eq!(
+        pieces.iter().map(|p| p.id).collect::<Vec<_>>(),
+        ids[..=first_eos]
+    );
+}
+
+#[test]
+fn cancel_stops_cleanly_and_the_engine_can_continue_or_reset() {
+    let mut m = model(3, 96);
+    let reference: Vec<u32> = m
+        .generate("hello", greedy(10))
+        .unwrap()
+        .map(|p| p.unwrap().id)
+        .collect();
+    let mut g = m.generate("hello", greedy(10)).unwrap();
+    let flag = g.cancel_flag();
+    let mut got = Vec::new();
+    for p in g.by_ref() {
+        got.push(p.unwrap().id);
+        if got.len() == 4 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+    assert_eq!(g.stop_reason(), Some(StopReason::Cancelled));
+    assert_eq!(got, reference[..4]);
+    drop(g);
+    // The cache holds the prompt and the first 3 generated tokens; continuing with the 4th as the
+    // new prompt gives the rest of the uninterrupted run.
+    let prompt_len = m.encode("hello").unwrap().len() as u32;
+    assert_eq!(m.engine.position(), prompt_len + 3);
+    let opts = GenerateOptions {
+        keep_cache: true,
+        ..greedy(6)
+    };
+    let tok = &m.tokenizer;
+    let rest: Vec<u32> = Generation::new(&mut m.engine, tok, vec![reference[3]], opts)
+        .map(|p| p.unwrap().id)
+        .collect();
+    assert_eq!(rest, reference[4..10]);
+    // And after a reset the engine starts over.
+    let again: Vec<u32> = m
+        .generate("hello", greedy(10))
+        .unwrap()
+        .map(|p| p.unwrap().id)
+        .collect();
+    assert_eq!(again, reference);
+}
+
+#[test]
+fn seeded_sampling_repeats_exactly() {
+    let mut m = model(4, 96);
+    let opts = |seed| GenerateOptions {
+        max_tokens: 16,
+        sampling: SamplingParams {
+            temperature: 5.0,
+            top_k: 50,
+            top_p: 0.95,
+            seed,
+            ..Default::default()
+        },
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let run = |m: &mut TextModel, seed| -> Vec<u32> {
+        m.generate("seed", opts(seed))
+            .unwrap()
+            .map(|p| p.unwrap().id)
+            .collect()
+    };
+    let a = run(&mut m, 9);
+    assert_eq!(a, run(&mut m, 9));
+    assert_ne!(a, run(&mut m, 10));
+}
+
+#[test]
+fn cli_generate_streams_json_and_reports_speed() {
+    let dir = std::env::temp_dir().join(format!("diffattn-cli-{}", std::process::id()));
+    RandomModel::tiny("diff_v2", 6).write_dir(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+        .args([
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "6",
+            "--seed",
+            "1",
+            "--json",
+        ])
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or_default(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7);
+    assert!(lines[0]["id"].is_u64() && lines[0]["text"].is_string());
+    let s = &lines[6];
+    assert_eq!(s["prompt_tokens"], 5);
+    assert_eq!(s["generated"], 6);
+    assert!(
+        s["decode_tok_s"].as_f64().unwrap() > 0.0 && s["prefill_tok_s"].as_f64().unwrap() > 0.0
+    );
+    assert!(s["adapter"].is_string());
+    // Plain text mode: the prompt and continuation on stdout, the speeds on stderr.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+        .args([
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Hello"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("decode"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    // A missing model: one line, non-zero exit, no panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+        .args(["generate", "--model", "/nonexistent/model", "--prompt", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        err.trim(),
+        "error: model directory not found: /nonexistent/model"
+    );
+}
