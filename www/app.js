@@ -67,6 +67,7 @@ async function generate() {
   Object.assign(status, { state: 'generating', ids: [], text: '', pieces: 0, error: null });
   const t0 = performance.now();
   let tFirst = null;
+  let final = null;
   try {
     for await (const piece of engine.generate(prompt, { ...options(), signal: controller.signal })) {
       tFirst ??= performance.now();
@@ -78,9 +79,9 @@ async function generate() {
       const s = (performance.now() - tFirst) / 1000;
       if (n > 1 && s > 0) $('tps').textContent = `${n} tokens, ${((n - 1) / s).toFixed(1)} tokens/s`;
     }
-    status.state = 'done';
+    final = 'done';
   } catch (e) {
-    if (e.name === 'AbortError') status.state = 'stopped';
+    if (e.name === 'AbortError') final = 'stopped';
     else return fail(e);
   } finally {
     $('generate').disabled = false;
@@ -91,7 +92,11 @@ async function generate() {
   status.tokensPerSecond = stats?.decodeTokensPerSecond ?? null;
   const first = tFirst === null ? '' : `, first token after ${(tFirst - t0).toFixed(0)} ms`;
   const tps = status.tokensPerSecond ? `${status.tokensPerSecond.toFixed(1)} tokens/s` : '';
-  $('tps').textContent = `${status.ids.length} tokens, ${tps}${first}${status.state === 'stopped' ? ' (stopped)' : ''}`;
+  $('tps').textContent = `${status.ids.length} tokens, ${tps}${first}${final === 'stopped' ? ' (stopped)' : ''}`;
+  // The maps follow the prompt just used; the state changes last, so a test that waits for it
+  // sees the finished page.
+  await showMaps();
+  if (status.state !== 'error') status.state = final;
 }
 
 // Sequential colour ramp for probabilities, diverging (blue < 0 < red) for the difference.
@@ -127,7 +132,7 @@ async function showMaps() {
     draw($('map1'), m.p1, n, false);
     draw($('map2'), m.p2, n, false);
     draw($('mapDiff'), m.diff, n, true);
-    const lam = m.lambda.map((x) => x.toFixed(2));
+    const lam = Array.from(m.lambda, (x) => x.toFixed(2));
     $('lambda').textContent = `λ per query token (layer ${layer}, head ${head}): ${lam.join(' ')}`;
     $('tokens').textContent = `tokens: ${m.tokens.map((t) => JSON.stringify(t)).join(' ')}`;
     status.maps = { layer, head, n };

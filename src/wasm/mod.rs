@@ -4,6 +4,9 @@
 //! Everything is async and never blocks: GPU work completes through `map_async`, which resolves
 //! from the browser's event loop, so neither JSPI nor Asyncify is needed.
 
+mod engine;
+mod maps;
+
 use crate::attention::{self, AttentionCall, AttentionConfig, HostInputs, Kernel, Mode};
 use crate::error::Error;
 use crate::gpu::{Gpu, GpuOptions};
@@ -36,6 +39,8 @@ pub(crate) async fn gpu() -> Result<Arc<Gpu>, JsValue> {
     if let Some(g) = GPU.with(|g| g.borrow().clone()) {
         return Ok(g);
     }
+    // The model API takes Arc<Gpu>; on wasm (one thread) it is never shared across threads.
+    #[allow(clippy::arc_with_non_send_sync)]
     let opened = Arc::new(Gpu::new(&GpuOptions::default()).await.map_err(js_error)?);
     // Two callers may have raced through the await: keep the first device so that buffers and
     // pipelines are never shared across devices.
@@ -100,7 +105,7 @@ pub async fn diff_attention(
     let q_row = (cfg.q_heads() * head_dim) as usize;
     let kv_row = (kv_heads * head_dim) as usize;
     let rows = |name: &str, len: usize, row: usize, what: &str| {
-        if len == 0 || len % row != 0 {
+        if len == 0 || !len.is_multiple_of(row) {
             return Err(js_error(Error::Shape {
                 tensor: name.into(),
                 expected: format!("a non-empty multiple of {row} values ({what})"),

@@ -41,6 +41,12 @@ const ENABLE_HINT =
 const ADAPTER_TIMEOUT_MS = 15000;
 
 let webgpuChecked = null;
+let browserAdapter = null;
+
+/** What the browser says about its adapter (wgpu's view of it on the web has no name). */
+export function browserAdapterInfo() {
+  return browserAdapter;
+}
 
 /**
  * Checks that WebGPU can give us an adapter; throws a DiffAttnError of kind `NoWebGPU` saying what
@@ -73,6 +79,15 @@ export function checkWebGPU() {
         'NoWebGPU',
       );
     }
+    const i = adapter.info ?? {};
+    browserAdapter = {
+      vendor: i.vendor ?? '',
+      architecture: i.architecture ?? '',
+      device: i.device ?? '',
+      description: i.description ?? '',
+      isFallbackAdapter: Boolean(i.isFallbackAdapter ?? adapter.isFallbackAdapter),
+      features: [...adapter.features].sort(),
+    };
   })();
   // A failed check is retried next time: the user may have changed a setting.
   webgpuChecked.catch(() => {
@@ -105,7 +120,16 @@ async function ready() {
 /** The adapter, its features and limits, as the Rust side sees them. */
 export async function gpuInfo() {
   await ready();
-  return call(() => raw.gpuInfo());
+  return withBrowserAdapter(await call(() => raw.gpuInfo()));
+}
+
+/** Adds the browser's adapter description to the Rust side's GPU info. */
+export function withBrowserAdapter(g) {
+  const b = browserAdapter;
+  if (!b) return g;
+  const name = [b.vendor, b.architecture, b.device, b.description].filter(Boolean).join(' ');
+  const fallback = b.isFallbackAdapter ? ', fallback adapter' : '';
+  return { ...g, adapter: g.adapter || name, browser: b, description: `${g.adapter || name || 'unnamed adapter'} (WebGPU${fallback}, ${g.deviceType})` };
 }
 
 function f32(name, a, optional = false) {

@@ -2,7 +2,7 @@
 // attention maps. The weights travel fetch -> wasm heap (one copy, written chunk by chunk as the
 // bytes arrive, so JS never holds a whole file) -> GPU buffers; the wasm copy is freed after the
 // upload unless attention maps are wanted.
-import { raw, ready, call, adopt, DiffAttnError } from './core.js';
+import { raw, ready, call, adopt, DiffAttnError, withBrowserAdapter } from './core.js';
 
 const CONFIG = 'config.json';
 const INDEX = 'model.safetensors.index.json';
@@ -203,7 +203,8 @@ export class Engine {
 
   /** Adapter, features used (f16 or f32 path), limits and the model config. */
   info() {
-    return this.#model.info();
+    const info = this.#model.info();
+    return { ...info, gpu: withBrowserAdapter(info.gpu) };
   }
 
   /** Counts and timings of the last generation (null before the first). */

@@ -1,0 +1,173 @@
+// Types of the diffattn package (ES module).
+
+/** Errors from this package. `kind` names the cause: a Rust error variant such as `Limit`,
+ * `Shape`, `Config`, `Format`, `NotFound`, `Tokenizer`, `Model`, `OutOfMemory`, `DeviceLost`, or
+ * `NoWebGPU`, `Busy`, `Io`, `Panic`. */
+export class DiffAttnError extends Error {
+  name: 'DiffAttnError';
+  kind: string;
+  constructor(message: string, kind: string);
+}
+
+/** Resolves when WebGPU gives an adapter; rejects with kind `NoWebGPU` saying what to enable. */
+export function checkWebGPU(): Promise<void>;
+
+/** Loads the wasm module once (every function calls it; call it to choose the .wasm URL). */
+export function init(options?: { wasm?: string | URL | Response | BufferSource | WebAssembly.Module }): Promise<void>;
+
+export interface GpuInfo {
+  adapter: string;
+  backend: string;
+  deviceType: string;
+  driver: string;
+  description: string;
+  features: { shaderF16: boolean; subgroups: boolean; timestampQuery: boolean };
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupsPerDimension: number;
+  };
+  /** The browser's own description of the adapter (GPUAdapterInfo). */
+  browser?: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter: boolean; features: string[] };
+}
+
+export function gpuInfo(): Promise<GpuInfo>;
+
+export interface DiffAttentionArgs {
+  /** (N, 2h, d) in 'diff' mode, (N, h, d) in 'standard' mode; N follows from the length. */
+  q: Float32Array;
+  /** (S, h_kv, d); S follows from the length. */
+  k: Float32Array;
+  /** (S, h_kv, d). */
+  v: Float32Array;
+  /** (N, h) pre-sigmoid lambda logits; not used in 'standard' mode. */
+  lam?: Float32Array;
+  /** Output heads h. */
+  heads: number;
+  /** KV heads h_kv (default: heads); heads must be a multiple. */
+  kvHeads?: number;
+  /** Head dim d: a multiple of 8 from 8 to 256. */
+  headDim: number;
+  /** Query row n sits at position pastLen + n and sees keys 0..=pastLen + n. */
+  causal?: boolean;
+  pastLen?: number;
+  mode?: 'diff' | 'standard';
+}
+
+/** One attention call on the GPU; returns out (N, h, d). */
+export function diffAttention(args: DiffAttentionArgs): Promise<Float32Array>;
+
+export interface ModelConfig {
+  vocab_size: number;
+  hidden_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  intermediate_size: number;
+  rope_theta: number;
+  rms_norm_eps: number;
+  max_position_embeddings: number;
+  tie_word_embeddings: boolean;
+  attention: 'diff_v2' | 'standard';
+  bos_token_id?: number | null;
+  eos_token_id?: number | null;
+}
+
+export interface LoadProgress {
+  phase: 'download' | 'upload';
+  loaded: number;
+  total: number;
+  file: string | null;
+}
+
+type Url = string | URL;
+type Bytes = ArrayBuffer | ArrayBufferView;
+
+export type ModelSource =
+  | Url
+  | {
+      config: Url | string | ModelConfig;
+      /** One safetensors file, or shards, as URLs or bytes. */
+      weights: Url | Bytes | Array<Url | Bytes>;
+      /** tokenizer.json as a URL, its text, bytes or parsed object. */
+      tokenizer: Url | string | Bytes | object;
+    };
+
+export interface LoadOptions {
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+  /** KV cache storage (default 'f32'). */
+  kvDtype?: 'f32' | 'f16';
+  /** Context to allocate (default: max_position_embeddings). */
+  context?: number;
+  /** Keep a host copy of the weights for attentionMaps() (default false). */
+  attentionMaps?: boolean;
+}
+
+export interface EngineInfo {
+  gpu: GpuInfo;
+  config: ModelConfig;
+  context: number;
+  weightDtype: 'f32' | 'f16' | 'bf16';
+  kvDtype: 'f32' | 'f16';
+  /** The numeric path in use, e.g. "f16 weights unpacked in WGSL, f32 arithmetic, f32 KV cache". */
+  path: string;
+  attentionMaps: boolean;
+}
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** 0 is greedy. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  repeatPenalty?: number;
+  repeatLastN?: number;
+  seed?: number;
+  stop?: string[];
+  stopAtEos?: boolean;
+  /** Aborting stops generation at the next token; the iteration then throws the signal's reason. */
+  signal?: AbortSignal;
+}
+
+export interface Piece {
+  id: number;
+  /** Text this token completes (may be empty while a character is incomplete). */
+  text: string;
+  index: number;
+}
+
+export interface GenerationStats {
+  promptTokens: number | null;
+  generated: number;
+  stopReason: 'eos' | 'stop_string' | 'max_tokens' | 'context_full' | 'cancelled' | 'error';
+  firstTokenMs: number | null;
+  decodeTokensPerSecond: number | null;
+  totalMs: number;
+}
+
+export interface AttentionMaps {
+  tokens: string[];
+  ids: Uint32Array;
+  /** (T, T) row-major: softmax of query head 2*head. */
+  p1: Float32Array;
+  /** (T, T): softmax of query head 2*head + 1. */
+  p2: Float32Array;
+  /** (T): sigmoid lambda per query token. */
+  lambda: Float32Array;
+  /** (T, T): p1 - lambda * p2. */
+  diff: Float32Array;
+}
+
+export class Engine {
+  static load(source: ModelSource, options?: LoadOptions): Promise<Engine>;
+  info(): EngineInfo;
+  readonly stats: GenerationStats | null;
+  encode(text: string): number[];
+  generate(prompt: string, options?: GenerateOptions): AsyncGenerator<Piece, void, undefined>;
+  attentionMaps(prompt: string, options?: { layer?: number; head?: number }): AttentionMaps;
+  dispose(): void;
+}

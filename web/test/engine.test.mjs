@@ -1,0 +1,91 @@
+// The Engine API on the main thread: attention maps, and the limit check before any download.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { browser, server, open, waitState } from './helpers.mjs';
+
+let srv, b, page;
+before(async () => {
+  srv = await server();
+  b = await browser();
+  page = await open(b, `${srv.url}?model=none`);
+  await waitState(page, ['ready']);
+});
+after(async () => {
+  await b?.close();
+  srv?.server.close();
+});
+
+test('a model too large for the adapter fails before downloading, naming the limit', async () => {
+  const e = await page.evaluate(async () => {
+    const config = {
+      vocab_size: 262144, hidden_size: 8192, num_hidden_layers: 2, num_attention_heads: 64, num_key_value_heads: 8,
+      head_dim: 128, intermediate_size: 28672, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
+      tie_word_embeddings: true, attention: 'diff_v2',
+    };
+    try {
+      // The weights URL does not exist: the limit check must fail first.
+      await window.diffattn.Engine.load({ config, weights: '/models/missing.safetensors', tokenizer: '/models/missing.json' });
+      return null;
+    } catch (e) {
+      return { name: e.name, kind: e.kind, message: e.message };
+    }
+  });
+  assert.ok(e, 'no error thrown');
+  assert.equal(e.kind, 'Limit', e.message);
+  assert.match(e.message, /model\.embed_tokens\.weight needs \d+ bytes but the adapter's max_(storage_buffer_binding|buffer)_size is/);
+});
+
+test('attention maps: rows are distributions and the difference is p1 - lambda p2', async () => {
+  const r = await page.evaluate(async () => {
+    const engine = await window.diffattn.Engine.load('/models/diffv2-small/', { attentionMaps: true });
+    const m = engine.attentionMaps('The cat sat on the mat because it was warm.', { layer: 3, head: 2 });
+    const info = engine.info();
+    // Main-thread generation: a second concurrent one is refused, an abort ends the first with
+    // an AbortError, and the engine then generates again.
+    const ac = new AbortController();
+    const it = engine.generate('The cat', { maxTokens: 200, signal: ac.signal, seed: 3 });
+    const first = await it.next();
+    let busy = null;
+    try {
+      await engine.generate('x').next();
+    } catch (e) {
+      busy = e.kind;
+    }
+    ac.abort();
+    let aborted = null;
+    try {
+      while (!(await it.next()).done);
+    } catch (e) {
+      aborted = e.name;
+    }
+    const stopReason = engine.stats.stopReason;
+    const after = [];
+    for await (const p of engine.generate('The cat', { maxTokens: 3, temperature: 0 })) after.push(p.id);
+    engine.dispose();
+    return {
+      n: m.tokens.length, p1: Array.from(m.p1), p2: Array.from(m.p2), lam: Array.from(m.lambda), diff: Array.from(m.diff), info,
+      gen: { first: first.value, busy, aborted, stopReason, after },
+    };
+  });
+  const { n } = r;
+  assert.ok(n > 5);
+  for (let i = 0; i < n; i++) {
+    const s1 = r.p1.slice(i * n, i * n + n).reduce((a, b) => a + b, 0);
+    const s2 = r.p2.slice(i * n, i * n + n).reduce((a, b) => a + b, 0);
+    assert.ok(Math.abs(s1 - 1) < 1e-4 && Math.abs(s2 - 1) < 1e-4, `row ${i}: ${s1}, ${s2}`);
+    assert.ok(r.lam[i] > 0 && r.lam[i] < 1);
+    for (let j = 0; j < n; j++) {
+      const k = i * n + j;
+      if (j > i) assert.equal(r.p1[k], 0);
+      assert.ok(Math.abs(r.diff[k] - (r.p1[k] - r.lam[i] * r.p2[k])) < 1e-6);
+    }
+  }
+  assert.ok(Number.isInteger(r.gen.first.id));
+  assert.equal(r.gen.busy, 'Busy');
+  assert.equal(r.gen.aborted, 'AbortError');
+  assert.equal(r.gen.stopReason, 'cancelled');
+  assert.equal(r.gen.after.length, 3);
+  assert.equal(r.info.config.num_hidden_layers, 6);
+  assert.equal(r.info.weightDtype, 'f16');
+  assert.ok(r.info.gpu.limits.maxStorageBufferBindingSize > 0);
+});
