@@ -28,6 +28,15 @@ pub(crate) fn js_error(e: Error) -> JsValue {
     err.into()
 }
 
+/// Panics abort the module (panic = "abort" in the wasm-release profile); the hook puts the
+/// message on the console first, since the trap JS sees carries none.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        web_sys::console::error_1(&format!("diffattn panicked: {info}").into());
+    }));
+}
+
 thread_local! {
     // One device per wasm instance (per page or worker): opening a device is slow, and every
     // kernel call and model can share it.
