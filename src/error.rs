@@ -12,7 +12,9 @@ pub enum Error {
     )]
     NoAdapter(String),
 
-    #[error("adapter index {index} is out of range: {count} adapter(s) found (see `diffattn adapters`)")]
+    #[error(
+        "adapter index {index} is out of range: {count} adapter(s) found (see `diffattn adapters`)"
+    )]
     AdapterIndex { index: usize, count: usize },
 
     #[error("could not create a GPU device on {adapter}: {reason}")]
@@ -40,7 +42,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    #[error("{what} needs {needed} bytes but the adapter's {limit} is {available} bytes ({over} bytes over)")]
+    #[error(
+        "{what} needs {needed} bytes but the adapter's {limit} is {available} bytes ({over} bytes over)"
+    )]
     Limit {
         what: String,
         limit: &'static str,

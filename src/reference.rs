@@ -12,7 +12,11 @@ fn sigmoid(x: f64) -> f64 {
 ///
 /// Query head j reads KV head j / (q_heads / kv_heads). With a causal mask, query row n sits at
 /// position past_len + n and sees keys 0..=past_len + n.
-pub fn head_outputs(cfg: &AttentionConfig, call: &AttentionCall, x: &HostInputs) -> Result<Vec<f64>> {
+pub fn head_outputs(
+    cfg: &AttentionConfig,
+    call: &AttentionCall,
+    x: &HostInputs,
+) -> Result<Vec<f64>> {
     check_host(cfg, call, x)?;
     let (n_q, s_len) = (call.n_queries as usize, call.seq_len as usize);
     let (qh_n, kv_n, d) = (

@@ -182,13 +182,25 @@ pub fn conformance_cases() -> Vec<Case> {
             for ratio in [1, 2, 4] {
                 let kv_heads = if i % 2 == 0 { 1 } else { 2 };
                 let (n, s) = sizes[i % sizes.len()];
-                cases.push(case(mode, (ratio * kv_heads, kv_heads, d), (n, s), i % 3 != 1, F32, Kernel::Auto));
+                cases.push(case(
+                    mode,
+                    (ratio * kv_heads, kv_heads, d),
+                    (n, s),
+                    i % 3 != 1,
+                    F32,
+                    Kernel::Auto,
+                ));
                 i += 1;
             }
         }
     }
     // Long caches, decode and a few-token chunk, f32 and f16.
-    for (mode, d, dt) in [(Diff, 64, F32), (Diff, 128, F16), (Standard, 128, F32), (Diff, 64, F16)] {
+    for (mode, d, dt) in [
+        (Diff, 64, F32),
+        (Diff, 128, F16),
+        (Standard, 128, F32),
+        (Diff, 64, F16),
+    ] {
         cases.push(case(mode, (4, 2, d), (1, 8192), true, dt, Kernel::Auto));
     }
     cases.push(case(Diff, (8, 2, 128), (3, 8192), true, F32, Kernel::Auto));
@@ -205,7 +217,14 @@ pub fn conformance_cases() -> Vec<Case> {
     // Each kernel outside its usual range: decode for many rows, flash for one.
     cases.push(case(Diff, (2, 1, 64), (64, 300), true, F32, Kernel::Decode));
     cases.push(case(Diff, (2, 2, 64), (1, 300), true, F32, Kernel::Flash));
-    cases.push(case(Standard, (6, 2, 32), (3, 100), false, F32, Kernel::Flash));
+    cases.push(case(
+        Standard,
+        (6, 2, 32),
+        (3, 100),
+        false,
+        F32,
+        Kernel::Flash,
+    ));
     // A model-like shape: h = 6, h_kv = 2, so 12 query heads in groups of 6 (not a power of two).
     cases.push(case(Diff, (6, 2, 64), (257, 257), true, F32, Kernel::Auto));
     cases.push(case(Diff, (6, 2, 64), (1, 600), true, F32, Kernel::Auto));
@@ -214,7 +233,12 @@ pub fn conformance_cases() -> Vec<Case> {
     // Large logits: the online softmax must subtract the running max. q * 30 puts the largest
     // logits near 100, past the 88.7 where exp overflows f32, at the strict tolerance; q * 1e3
     // gives logits in the thousands.
-    for (kernel, q_scale) in [(Kernel::Decode, 30.0), (Kernel::Flash, 30.0), (Kernel::Decode, 1e3), (Kernel::Flash, 1e3)] {
+    for (kernel, q_scale) in [
+        (Kernel::Decode, 30.0),
+        (Kernel::Flash, 30.0),
+        (Kernel::Decode, 1e3),
+        (Kernel::Flash, 1e3),
+    ] {
         let mut c = case(Diff, (4, 2, 64), (3, 1024), true, F32, kernel);
         c.q_scale = q_scale;
         cases.push(c);

@@ -2,7 +2,9 @@
 
 mod common;
 
-use diffattn::attention::{self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
+use diffattn::attention::{
+    self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode,
+};
 use diffattn::reference;
 use diffattn::testing::{Case, Rng, conformance_cases, run_case};
 
@@ -11,12 +13,20 @@ fn run_all(cases: Vec<Case>, seed: u64) {
     let mut failures = Vec::new();
     for (i, mut case) in cases.into_iter().enumerate() {
         case.seed = seed.wrapping_add(i as u64);
-        let r = pollster::block_on(run_case(&gpu, &case)).unwrap_or_else(|e| panic!("{}: {e}", case.name()));
+        let r = pollster::block_on(run_case(&gpu, &case))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name()));
         if !r.pass {
-            failures.push(format!("{}: rel_l2 {:.3e} > {:.0e} (max abs {:.3e})", r.case, r.rel_l2, r.tolerance, r.max_abs));
+            failures.push(format!(
+                "{}: rel_l2 {:.3e} > {:.0e} (max abs {:.3e})",
+                r.case, r.rel_l2, r.tolerance, r.max_abs
+            ));
         }
     }
-    assert!(failures.is_empty(), "failed cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -25,11 +35,23 @@ fn conformance_suite_with_fresh_inputs() {
 }
 
 fn cfg(mode: Mode, heads: u32, kv_heads: u32, head_dim: u32, kv_dtype: KvDtype) -> AttentionConfig {
-    AttentionConfig { heads, kv_heads, head_dim, mode, kv_dtype, scale: None }
+    AttentionConfig {
+        heads,
+        kv_heads,
+        head_dim,
+        mode,
+        kv_dtype,
+        scale: None,
+    }
 }
 
 fn call(n_queries: u32, seq_len: u32, causal: bool, past_len: u32) -> AttentionCall {
-    AttentionCall { n_queries, seq_len, causal, past_len }
+    AttentionCall {
+        n_queries,
+        seq_len,
+        causal,
+        past_len,
+    }
 }
 
 #[test]
@@ -40,10 +62,10 @@ fn edge_sizes_on_both_kernels() {
             (1, 1, false, 0),
             (1, 1, true, 0),
             (5, 1, false, 0),
-            (2, 129, true, 127),  // one key past a decode chunk
-            (7, 33, true, 26),    // not a multiple of any tile
-            (65, 65, true, 0),    // one row past a flash workgroup
-            (3, 10, true, 50),    // offset beyond the cache: sees every key
+            (2, 129, true, 127), // one key past a decode chunk
+            (7, 33, true, 26),   // not a multiple of any tile
+            (65, 65, true, 0),   // one row past a flash workgroup
+            (3, 10, true, 50),   // offset beyond the cache: sees every key
             (4, 300, false, 0),
         ] {
             for mode in [Mode::Diff, Mode::Standard] {
@@ -66,7 +88,13 @@ fn explicit_scale_and_f16_kv_everywhere() {
     for (kernel, d) in [(Kernel::Flash, 64), (Kernel::Decode, 96)] {
         let mut c = cfg(Mode::Diff, 4, 2, d, KvDtype::F16);
         c.scale = Some(0.3);
-        cases.push(Case { cfg: c, call: call(9, 140, true, 131), kernel, q_scale: 1.0, seed: 0 });
+        cases.push(Case {
+            cfg: c,
+            call: call(9, 140, true, 131),
+            kernel,
+            q_scale: 1.0,
+            seed: 0,
+        });
     }
     run_all(cases, common::fresh_seed("scale and f16"));
 }
@@ -95,8 +123,18 @@ fn output_heads_pair_interleaved_query_heads() {
     let k = call(6, 40, true, 34);
     let sh = attention::shapes(&c, &k);
     let mut rng = Rng::new(seed);
-    let (q, kk, v, lam) = (rng.normals(sh.q.0, 1.0), rng.normals(sh.kv.0, 1.0), rng.normals(sh.kv.0, 1.0), rng.normals(sh.lam.0, 1.0));
-    let x = HostInputs { q: &q, k: &kk, v: &v, lam: &lam };
+    let (q, kk, v, lam) = (
+        rng.normals(sh.q.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.lam.0, 1.0),
+    );
+    let x = HostInputs {
+        q: &q,
+        k: &kk,
+        v: &v,
+        lam: &lam,
+    };
     for kernel in [Kernel::Flash, Kernel::Decode] {
         let got = attention::attention_blocking(&gpu, &c, &k, &x, kernel).unwrap();
         let interleaved = reference::attention(&c, &k, &x).unwrap();
@@ -108,14 +146,21 @@ fn output_heads_pair_interleaved_query_heads() {
             for i in 0..h {
                 let l = 1.0 / (1.0 + (-(lam[n * h + i] as f64)).exp());
                 for t in 0..d {
-                    halves[(n * h + i) * d + t] = o[(n * 2 * h + i) * d + t] - l * o[(n * 2 * h + h + i) * d + t];
+                    halves[(n * h + i) * d + t] =
+                        o[(n * 2 * h + i) * d + t] - l * o[(n * 2 * h + h + i) * d + t];
                 }
             }
         }
         let (_, right) = reference::compare(&got, &interleaved);
         let (_, wrong) = reference::compare(&got, &halves);
-        assert!(right < 1e-5, "{kernel:?}: interleaved pairing error {right}");
-        assert!(wrong > 0.1, "{kernel:?}: output also matches halves pairing ({wrong}): pairing not tested");
+        assert!(
+            right < 1e-5,
+            "{kernel:?}: interleaved pairing error {right}"
+        );
+        assert!(
+            wrong > 0.1,
+            "{kernel:?}: output also matches halves pairing ({wrong}): pairing not tested"
+        );
     }
 }
 
@@ -128,22 +173,49 @@ fn wrong_shapes_are_errors_naming_the_tensor() {
     let q = vec![0.5f32; sh.q.0 - 1];
     let kv = vec![0.5f32; sh.kv.0];
     let lam = vec![0.0f32; sh.lam.0];
-    let x = HostInputs { q: &q, k: &kv, v: &kv, lam: &lam };
-    let err = attention::attention_blocking(&gpu, &c, &k, &x, Kernel::Auto).unwrap_err().to_string();
-    assert_eq!(err, "tensor `q` has the wrong shape: expected (3, 4, 32) = 384 values, got 383 values");
+    let x = HostInputs {
+        q: &q,
+        k: &kv,
+        v: &kv,
+        lam: &lam,
+    };
+    let err = attention::attention_blocking(&gpu, &c, &k, &x, Kernel::Auto)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tensor `q` has the wrong shape: expected (3, 4, 32) = 384 values, got 383 values"
+    );
 
     let q = vec![0.5f32; sh.q.0];
     let short_lam = vec![0.0f32; 5];
-    let x = HostInputs { q: &q, k: &kv, v: &kv, lam: &short_lam };
-    let err = attention::attention_blocking(&gpu, &c, &k, &x, Kernel::Auto).unwrap_err().to_string();
-    assert_eq!(err, "tensor `lam` has the wrong shape: expected (3, 2) = 6 values, got 5 values");
+    let x = HostInputs {
+        q: &q,
+        k: &kv,
+        v: &kv,
+        lam: &short_lam,
+    };
+    let err = attention::attention_blocking(&gpu, &c, &k, &x, Kernel::Auto)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "tensor `lam` has the wrong shape: expected (3, 2) = 6 values, got 5 values"
+    );
 
     let bad = cfg(Mode::Diff, 3, 2, 32, KvDtype::F32);
-    let err = attention::attention_blocking(&gpu, &bad, &k, &x, Kernel::Auto).unwrap_err().to_string();
-    assert_eq!(err, "invalid configuration: heads (3) must be a multiple of kv_heads (2)");
+    let err = attention::attention_blocking(&gpu, &bad, &k, &x, Kernel::Auto)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid configuration: heads (3) must be a multiple of kv_heads (2)"
+    );
 
     let bad = cfg(Mode::Diff, 2, 1, 36, KvDtype::F32);
-    let err = attention::attention_blocking(&gpu, &bad, &k, &x, Kernel::Auto).unwrap_err().to_string();
+    let err = attention::attention_blocking(&gpu, &bad, &k, &x, Kernel::Auto)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("head_dim 36"), "{err}");
 }
 
@@ -155,11 +227,19 @@ fn standard_mode_ignores_lam_and_matches_plain_attention() {
     let k = call(17, 50, true, 33);
     let sh = attention::shapes(&c, &k);
     let mut rng = Rng::new(seed);
-    let (q, kk, v) = (rng.normals(sh.q.0, 1.0), rng.normals(sh.kv.0, 1.0), rng.normals(sh.kv.0, 1.0));
-    let x = HostInputs { q: &q, k: &kk, v: &v, lam: &[] };
+    let (q, kk, v) = (
+        rng.normals(sh.q.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+    );
+    let x = HostInputs {
+        q: &q,
+        k: &kk,
+        v: &v,
+        lam: &[],
+    };
     let got = attention::attention_blocking(&gpu, &c, &k, &x, Kernel::Auto).unwrap();
     let want = reference::head_outputs(&c, &k, &x).unwrap();
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
 }
-

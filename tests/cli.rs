@@ -29,7 +29,12 @@ fn tmp(name: &str) -> PathBuf {
 fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
-        .map(|(n, shape, data)| (*n, TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data)).unwrap()))
+        .map(|(n, shape, data)| {
+            (
+                *n,
+                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data)).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -37,7 +42,11 @@ fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) {
 #[test]
 fn adapters_lists_at_least_one_adapter_as_json() {
     let out = diffattn(&["adapters", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert!(first["name"].as_str().is_some_and(|n| !n.is_empty()));
@@ -48,8 +57,15 @@ fn adapters_lists_at_least_one_adapter_as_json() {
 fn verify_json_passes_and_summarises() {
     let out = diffattn(&["verify", "--json"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let summary = lines.last().unwrap();
     let cases = summary["cases"].as_u64().unwrap();
     assert!(cases >= 40, "{summary}");
@@ -62,35 +78,101 @@ fn verify_json_passes_and_summarises() {
 #[test]
 fn attn_matches_the_reference_through_files() {
     let seed = common::fresh_seed("cli attn");
-    let cfg = AttentionConfig { heads: 4, kv_heads: 2, head_dim: 32, mode: Mode::Diff, kv_dtype: KvDtype::F32, scale: None };
-    let call = AttentionCall { n_queries: 5, seq_len: 12, causal: true, past_len: 7 };
+    let cfg = AttentionConfig {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        mode: Mode::Diff,
+        kv_dtype: KvDtype::F32,
+        scale: None,
+    };
+    let call = AttentionCall {
+        n_queries: 5,
+        seq_len: 12,
+        causal: true,
+        past_len: 7,
+    };
     let sh = attention::shapes(&cfg, &call);
     let mut rng = Rng::new(seed);
-    let (q, k, v, lam) = (rng.normals(sh.q.0, 1.0), rng.normals(sh.kv.0, 1.0), rng.normals(sh.kv.0, 1.0), rng.normals(sh.lam.0, 1.0));
+    let (q, k, v, lam) = (
+        rng.normals(sh.q.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.lam.0, 1.0),
+    );
     let input = tmp("attn-in.safetensors");
     let output = tmp("attn-out.safetensors");
-    write_tensors(&input, &[("q", vec![5, 8, 32], &q), ("k", vec![12, 2, 32], &k), ("v", vec![12, 2, 32], &v), ("lam", vec![5, 4], &lam)]);
-    let out = diffattn(&["attn", "--in", input.to_str().unwrap(), "--out", output.to_str().unwrap(), "--causal", "--past-len", "7"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    write_tensors(
+        &input,
+        &[
+            ("q", vec![5, 8, 32], &q),
+            ("k", vec![12, 2, 32], &k),
+            ("v", vec![12, 2, 32], &v),
+            ("lam", vec![5, 4], &lam),
+        ],
+    );
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--causal",
+        "--past-len",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(&output).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("out").unwrap();
     assert_eq!(t.shape(), &[5, 4, 32]);
     assert_eq!(t.dtype(), Dtype::F32);
-    let got: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    let want = reference::attention(&cfg, &call, &HostInputs { q: &q, k: &k, v: &v, lam: &lam }).unwrap();
+    let got: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want = reference::attention(
+        &cfg,
+        &call,
+        &HostInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            lam: &lam,
+        },
+    )
+    .unwrap();
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
 }
 
 fn attn_error(tensors: &[(&str, Vec<usize>, &[f32])], extra: &[&str]) -> String {
-    let input = tmp(&format!("bad-{}.safetensors", tensors.len() * 100 + extra.len()));
+    let input = tmp(&format!(
+        "bad-{}.safetensors",
+        tensors.len() * 100 + extra.len()
+    ));
     write_tensors(&input, tensors);
     let output = tmp("never.safetensors");
-    let mut args = vec!["attn", "--in", input.to_str().unwrap(), "--out", output.to_str().unwrap()];
+    let mut args = vec![
+        "attn",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let out = diffattn(&args);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     err
@@ -101,37 +183,111 @@ fn attn_rejects_bad_files_with_one_line_and_exit_code_2() {
     let x = vec![0.25f32; 2 * 4 * 8];
     let kv = vec![0.5f32; 3 * 2 * 8];
     let lam = vec![0.0f32; 2 * 2];
-    let err = attn_error(&[("q", vec![2, 4, 8], &x), ("k", vec![3, 2, 8], &kv), ("lam", vec![2, 2], &lam)], &[]);
+    let err = attn_error(
+        &[
+            ("q", vec![2, 4, 8], &x),
+            ("k", vec![3, 2, 8], &kv),
+            ("lam", vec![2, 2], &lam),
+        ],
+        &[],
+    );
     assert!(err.contains("missing tensor `v`"), "{err}");
-    let err = attn_error(&[("q", vec![2, 4, 8], &x), ("k", vec![3, 2, 8], &kv), ("v", vec![2, 3, 8], &kv), ("lam", vec![2, 2], &lam)], &[]);
-    assert!(err.contains("`v` has shape [2, 3, 8] but `k` has [3, 2, 8]"), "{err}");
-    let err = attn_error(&[("q", vec![2, 4, 8], &x), ("k", vec![3, 2, 8], &kv), ("v", vec![3, 2, 8], &kv), ("lam", vec![4], &lam)], &[]);
-    assert!(err.contains("`lam` has shape [4]; expected [2, 2]"), "{err}");
-    let err = attn_error(&[("q", vec![64], &x), ("k", vec![3, 2, 8], &kv), ("v", vec![3, 2, 8], &kv)], &["--mode", "standard"]);
+    let err = attn_error(
+        &[
+            ("q", vec![2, 4, 8], &x),
+            ("k", vec![3, 2, 8], &kv),
+            ("v", vec![2, 3, 8], &kv),
+            ("lam", vec![2, 2], &lam),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("`v` has shape [2, 3, 8] but `k` has [3, 2, 8]"),
+        "{err}"
+    );
+    let err = attn_error(
+        &[
+            ("q", vec![2, 4, 8], &x),
+            ("k", vec![3, 2, 8], &kv),
+            ("v", vec![3, 2, 8], &kv),
+            ("lam", vec![4], &lam),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("`lam` has shape [4]; expected [2, 2]"),
+        "{err}"
+    );
+    let err = attn_error(
+        &[
+            ("q", vec![64], &x),
+            ("k", vec![3, 2, 8], &kv),
+            ("v", vec![3, 2, 8], &kv),
+        ],
+        &["--mode", "standard"],
+    );
     assert!(err.contains("expected 3 dimensions"), "{err}");
 
     // A damaged file and a non-f32 tensor.
     let damaged = tmp("damaged.safetensors");
     std::fs::write(&damaged, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"q\": broken").unwrap();
-    let out = diffattn(&["attn", "--in", damaged.to_str().unwrap(), "--out", "/dev/null"]);
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        damaged.to_str().unwrap(),
+        "--out",
+        "/dev/null",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid safetensors file"));
     let halves = vec![half::f16::ONE; 8];
     let f16_file = tmp("f16.safetensors");
     let view = TensorView::new(Dtype::F16, vec![1, 1, 8], bytemuck::cast_slice(&halves)).unwrap();
     safetensors::serialize_to_file([("q", view)], None, &f16_file).unwrap();
-    let out = diffattn(&["attn", "--in", f16_file.to_str().unwrap(), "--out", "/dev/null"]);
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        f16_file.to_str().unwrap(),
+        "--out",
+        "/dev/null",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tensor `q` is F16; expected F32"));
-    let out = diffattn(&["attn", "--in", "/nonexistent/in.safetensors", "--out", "/dev/null"]);
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        "/nonexistent/in.safetensors",
+        "--out",
+        "/dev/null",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn bench_prints_both_variants_and_their_ratio() {
-    let out = diffattn(&["bench", "attention", "--seq", "512", "--heads", "4", "--kv-heads", "2", "--repeats", "3", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = diffattn(&[
+        "bench",
+        "attention",
+        "--seq",
+        "512",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--repeats",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["variant"], "diff");
     assert_eq!(rows[1]["variant"], "standard");

@@ -7,7 +7,8 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn translate_everywhere(name: &str, source: &str) {
-    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     // unpack2x16float (f16 K/V widened in the shader) is core WGSL; naga files it under
     // SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on every WebGPU-compliant adapter.
     let caps = Capabilities::default() | Capabilities::SHADER_FLOAT16_IN_FLOAT32;
@@ -16,21 +17,51 @@ fn translate_everywhere(name: &str, source: &str) {
         .unwrap_or_else(|e| panic!("{name}: validation: {}", e.emit_to_string(source)));
     assert!(!module.entry_points.is_empty(), "{name}: no entry point");
 
-    spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
-    msl::write_string(&module, &info, &msl::Options::default(), &msl::PipelineOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+    spv::write_vec(&module, &info, &spv::Options::default(), None)
+        .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+    msl::write_string(
+        &module,
+        &info,
+        &msl::Options::default(),
+        &msl::PipelineOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
     let mut hlsl_out = String::new();
-    hlsl::Writer::new(&mut hlsl_out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
-        .write(&module, &info, None)
-        .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+    hlsl::Writer::new(
+        &mut hlsl_out,
+        &hlsl::Options::default(),
+        &hlsl::PipelineOptions::default(),
+    )
+    .write(&module, &info, None)
+    .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
     for ep in &module.entry_points {
         let mut glsl_out = String::new();
-        let options = glsl::Options { version: glsl::Version::Embedded { version: 310, is_webgl: false }, ..Default::default() };
-        let pipeline = glsl::PipelineOptions { shader_stage: ep.stage, entry_point: ep.name.clone(), multiview: None };
-        glsl::Writer::new(&mut glsl_out, &module, &info, &options, &pipeline, Default::default())
-            .and_then(|mut w| w.write())
-            .unwrap_or_else(|e| panic!("{name}: GLSL ({}): {e}", ep.name));
-        assert!(glsl_out.contains("void main()"), "{name}: GLSL output has no main");
+        let options = glsl::Options {
+            version: glsl::Version::Embedded {
+                version: 310,
+                is_webgl: false,
+            },
+            ..Default::default()
+        };
+        let pipeline = glsl::PipelineOptions {
+            shader_stage: ep.stage,
+            entry_point: ep.name.clone(),
+            multiview: None,
+        };
+        glsl::Writer::new(
+            &mut glsl_out,
+            &module,
+            &info,
+            &options,
+            &pipeline,
+            Default::default(),
+        )
+        .and_then(|mut w| w.write())
+        .unwrap_or_else(|e| panic!("{name}: GLSL ({}): {e}", ep.name));
+        assert!(
+            glsl_out.contains("void main()"),
+            "{name}: GLSL output has no main"
+        );
     }
 }
 
@@ -40,7 +71,12 @@ fn shader_files() -> Vec<(String, String)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     files
@@ -49,7 +85,11 @@ fn shader_files() -> Vec<(String, String)> {
 #[test]
 fn every_shader_file_translates_to_every_backend() {
     let files = shader_files();
-    assert!(files.len() >= 3, "expected the shader files, found {}", files.len());
+    assert!(
+        files.len() >= 3,
+        "expected the shader files, found {}",
+        files.len()
+    );
     for (name, source) in &files {
         translate_everywhere(name, source);
     }
@@ -67,7 +107,10 @@ fn every_compiled_in_shader_is_a_file_in_shaders() {
 #[test]
 fn attention_specialisations_translate() {
     for name in ["flash_attn", "decode_split"] {
-        let (_, src) = diffattn::gpu::shader::SOURCES.iter().find(|(n, _)| *n == name).unwrap();
+        let (_, src) = diffattn::gpu::shader::SOURCES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap();
         for d in [32u32, 64, 96, 128, 256] {
             for f16 in [false, true] {
                 let mut consts = vec![("HEAD_DIM", Const::U32(d)), ("KV_F16", Const::Bool(f16))];
@@ -83,7 +126,13 @@ fn attention_specialisations_translate() {
 
 #[test]
 fn model_shader_specialisations_translate() {
-    let src = |name: &str| diffattn::gpu::shader::SOURCES.iter().find(|(n, _)| *n == name).unwrap().1;
+    let src = |name: &str| {
+        diffattn::gpu::shader::SOURCES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+    };
     for dtype in [0u32, 1, 2] {
         for name in ["matmul", "embed"] {
             let s = specialise(name, src(name), &[("WEIGHT_DTYPE", Const::U32(dtype))]).unwrap();
@@ -91,7 +140,12 @@ fn model_shader_specialisations_translate() {
         }
     }
     for f16 in [false, true] {
-        let s = specialise("kv_append", src("kv_append"), &[("KV_F16", Const::Bool(f16))]).unwrap();
+        let s = specialise(
+            "kv_append",
+            src("kv_append"),
+            &[("KV_F16", Const::Bool(f16))],
+        )
+        .unwrap();
         translate_everywhere(&format!("kv_append f16={f16}"), &s);
     }
 }

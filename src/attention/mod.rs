@@ -111,8 +111,7 @@ impl AttentionConfig {
     }
 
     pub fn scale(&self) -> f32 {
-        self.scale
-            .unwrap_or(1.0 / (self.head_dim as f32).sqrt())
+        self.scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// Query heads per KV head.
@@ -346,7 +345,13 @@ impl AttentionOp {
     }
 
     /// Checks buffer sizes against the call, and dispatch sizes against the adapter.
-    fn check(&self, gpu: &Gpu, call: &AttentionCall, plan: &Plan, bufs: &AttentionBuffers) -> Result<()> {
+    fn check(
+        &self,
+        gpu: &Gpu,
+        call: &AttentionCall,
+        plan: &Plan,
+        bufs: &AttentionBuffers,
+    ) -> Result<()> {
         call.validate()?;
         let sh = shapes(&self.cfg, call);
         let kv_bytes = sh.kv.0 as u64 * self.cfg.kv_dtype.bytes();
@@ -377,7 +382,8 @@ impl AttentionOp {
         let rows = call.n_queries as u64 * self.cfg.q_heads() as u64 * plan.n_chunks as u64;
         let o_bytes = rows * self.cfg.head_dim as u64 * 4;
         let ml_bytes = rows * 8;
-        let fits = matches!(&self.scratch, Some((o, ml)) if o.size() >= o_bytes && ml.size() >= ml_bytes);
+        let fits =
+            matches!(&self.scratch, Some((o, ml)) if o.size() >= o_bytes && ml.size() >= ml_bytes);
         if !fits {
             self.scratch = Some((
                 gpu.storage("attention partials (o)", o_bytes)?,

@@ -1,8 +1,8 @@
 //! The GPU context: adapter choice, device creation with the features we can use, a pipeline cache
 //! keyed by shader specialisation, buffer helpers and error capture.
 
-pub mod shader;
 pub(crate) mod readback;
+pub mod shader;
 
 pub use readback::read_buffer;
 pub use shader::{Const, ShaderSpec};
@@ -300,10 +300,7 @@ impl Gpu {
             });
         }
         let pipeline = Arc::new(pipeline);
-        self.pipelines
-            .lock()
-            .unwrap()
-            .insert(key, pipeline.clone());
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok(pipeline)
     }
 
@@ -387,7 +384,11 @@ impl Gpu {
     }
 
     /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order.
-    pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    pub fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -449,7 +450,9 @@ impl Gpu {
 
 /// Error-scope futures resolve as soon as the device has processed the scope; natively that is at
 /// `pop` time, and in the browser the result arrives asynchronously, so there we do not wait.
-fn pollster_free_block<F: std::future::Future<Output = Option<wgpu::Error>>>(fut: F) -> Option<wgpu::Error> {
+fn pollster_free_block<F: std::future::Future<Output = Option<wgpu::Error>>>(
+    fut: F,
+) -> Option<wgpu::Error> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         pollster::block_on(fut)

@@ -47,7 +47,12 @@ pub(crate) fn channel<T>() -> (impl FnOnce(T), Receiver<T>) {
 }
 
 /// Copies `bytes` bytes at `offset` of `buffer` to the host.
-pub async fn read_buffer(gpu: &Gpu, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+pub async fn read_buffer(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Result<Vec<u8>> {
     let size = bytes.next_multiple_of(4).max(4);
     let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),

@@ -12,8 +12,14 @@ use std::fmt;
 /// The shader files compiled into the crate, by name.
 pub const SOURCES: &[(&str, &str)] = &[
     ("flash_attn", include_str!("../../shaders/flash_attn.wgsl")),
-    ("decode_split", include_str!("../../shaders/decode_split.wgsl")),
-    ("diff_combine", include_str!("../../shaders/diff_combine.wgsl")),
+    (
+        "decode_split",
+        include_str!("../../shaders/decode_split.wgsl"),
+    ),
+    (
+        "diff_combine",
+        include_str!("../../shaders/diff_combine.wgsl"),
+    ),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
@@ -157,7 +163,10 @@ mod tests {
     fn unknown_or_mistyped_constant_is_an_error() {
         let src = "const A: u32 = 1u;";
         let err = specialise("t", src, &[("C", Const::U32(1))]).unwrap_err();
-        assert!(err.to_string().contains("constant C is declared 0 times"), "{err}");
+        assert!(
+            err.to_string().contains("constant C is declared 0 times"),
+            "{err}"
+        );
         let err = specialise("t", src, &[("A", Const::Bool(true))]).unwrap_err();
         assert!(err.to_string().contains("declared as u32"), "{err}");
     }

@@ -2,8 +2,10 @@
 
 use super::ExitCode;
 use anyhow::{Context, Result, anyhow};
-use diffattn::attention::{self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 use diffattn::GpuOptions;
+use diffattn::attention::{
+    self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode,
+};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
@@ -46,27 +48,40 @@ fn tensor(st: &SafeTensors, name: &str, path: &std::path::Path) -> Result<Tensor
         .tensor(name)
         .map_err(|_| bad_input(path, format!("missing tensor `{name}`")))?;
     if view.dtype() != Dtype::F32 {
-        return Err(bad_input(path, format!("tensor `{name}` is {:?}; expected F32", view.dtype())));
+        return Err(bad_input(
+            path,
+            format!("tensor `{name}` is {:?}; expected F32", view.dtype()),
+        ));
     }
     let data = view
         .data()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    Ok(Tensor { shape: view.shape().to_vec(), data })
+    Ok(Tensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 fn rank3(t: &Tensor, name: &str, path: &std::path::Path) -> Result<[usize; 3]> {
     match t.shape[..] {
         [a, b, c] => Ok([a, b, c]),
-        _ => Err(bad_input(path, format!("tensor `{name}` has shape {:?}; expected 3 dimensions", t.shape))),
+        _ => Err(bad_input(
+            path,
+            format!(
+                "tensor `{name}` has shape {:?}; expected 3 dimensions",
+                t.shape
+            ),
+        )),
     }
 }
 
 pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
     let path = &args.input;
     let bytes = std::fs::read(path).map_err(|e| bad_input(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad_input(path, format!("not a valid safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad_input(path, format!("not a valid safetensors file ({e})")))?;
     let mode = Mode::parse(&args.mode).map_err(|e| ExitCode(2, e.into()))?;
     let kv_dtype = KvDtype::parse(&args.kv_dtype).map_err(|e| ExitCode(2, e.into()))?;
 
@@ -76,14 +91,23 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
     let [n, q_heads, d] = rank3(&q, "q", path)?;
     let [s, kv_heads, dk] = rank3(&k, "k", path)?;
     if v.shape != k.shape {
-        return Err(bad_input(path, format!("`v` has shape {:?} but `k` has {:?}", v.shape, k.shape)));
+        return Err(bad_input(
+            path,
+            format!("`v` has shape {:?} but `k` has {:?}", v.shape, k.shape),
+        ));
     }
     if dk != d {
-        return Err(bad_input(path, format!("`q` has head dim {d} but `k` has {dk}")));
+        return Err(bad_input(
+            path,
+            format!("`q` has head dim {d} but `k` has {dk}"),
+        ));
     }
     let heads = match mode {
         Mode::Diff if q_heads % 2 != 0 => {
-            return Err(bad_input(path, format!("`q` has {q_heads} heads; DIFF V2 needs an even number (2h)")));
+            return Err(bad_input(
+                path,
+                format!("`q` has {q_heads} heads; DIFF V2 needs an even number (2h)"),
+            ));
         }
         Mode::Diff => q_heads / 2,
         Mode::Standard => q_heads,
@@ -93,13 +117,18 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
             let lam = tensor(&st, "lam", path)?;
             let ok = lam.shape == [n, heads] || lam.shape == [n, heads, 1];
             if !ok {
-                return Err(bad_input(path, format!("`lam` has shape {:?}; expected [{n}, {heads}]", lam.shape)));
+                return Err(bad_input(
+                    path,
+                    format!("`lam` has shape {:?}; expected [{n}, {heads}]", lam.shape),
+                ));
             }
             lam.data
         }
         Mode::Standard => Vec::new(),
     };
-    let to_u32 = |x: usize, what: &str| u32::try_from(x).map_err(|_| bad_input(path, format!("{what} {x} is too large")));
+    let to_u32 = |x: usize, what: &str| {
+        u32::try_from(x).map_err(|_| bad_input(path, format!("{what} {x} is too large")))
+    };
     let cfg = AttentionConfig {
         heads: to_u32(heads, "heads")?,
         kv_heads: to_u32(kv_heads, "kv heads")?,
@@ -114,7 +143,12 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
         causal: args.causal,
         past_len: args.past_len,
     };
-    let x = HostInputs { q: &q.data, k: &k.data, v: &v.data, lam: &lam };
+    let x = HostInputs {
+        q: &q.data,
+        k: &k.data,
+        v: &v.data,
+        lam: &lam,
+    };
     attention::check_host(&cfg, &call, &x).map_err(|e| bad_input(path, e))?;
 
     let gpu = super::open_gpu(opts)?;
@@ -123,6 +157,10 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
     let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![n, heads, d], out_bytes)?;
     safetensors::serialize_to_file([("out", view)], None, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote out ({n}, {heads}, {d}) to {} on {}", args.out.display(), gpu.describe());
+    eprintln!(
+        "wrote out ({n}, {heads}, {d}) to {} on {}",
+        args.out.display(),
+        gpu.describe()
+    );
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `diffattn bench`: kernel timings, with GPU timestamps where the adapter has them.
 
 use anyhow::Result;
-use diffattn::attention::{self, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel, KvDtype, Mode};
+use diffattn::attention::{
+    self, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel, KvDtype, Mode,
+};
 use diffattn::testing::Rng;
 use diffattn::{Gpu, GpuOptions};
 
@@ -47,7 +49,13 @@ struct Timing {
 }
 
 /// Times `repeats` runs of one call, one compute pass each.
-fn time_call(gpu: &Gpu, op: &mut AttentionOp, call: &AttentionCall, bufs: &AttentionBuffers, repeats: u32) -> Result<Timing> {
+fn time_call(
+    gpu: &Gpu,
+    op: &mut AttentionOp,
+    call: &AttentionCall,
+    bufs: &AttentionBuffers,
+    repeats: u32,
+) -> Result<Timing> {
     for _ in 0..3 {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         op.encode(gpu, &mut enc, call, Kernel::Auto, bufs, None)?;
@@ -80,7 +88,12 @@ fn time_call(gpu: &Gpu, op: &mut AttentionOp, call: &AttentionCall, bufs: &Atten
         }
         enc.resolve_query_set(&set, 0..count, &resolve, 0);
         gpu.queue.submit([enc.finish()]);
-        let raw = pollster::block_on(diffattn::gpu::read_buffer(gpu, &resolve, 0, count as u64 * 8))?;
+        let raw = pollster::block_on(diffattn::gpu::read_buffer(
+            gpu,
+            &resolve,
+            0,
+            count as u64 * 8,
+        ))?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         let period = gpu.queue.get_timestamp_period() as f64;
         for r in 0..repeats as usize {
@@ -100,7 +113,11 @@ fn time_call(gpu: &Gpu, op: &mut AttentionOp, call: &AttentionCall, bufs: &Atten
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(Timing {
         median_s: times[times.len() / 2],
-        timer: if gpu.has_timestamps() { "gpu-timestamps" } else { "wall-clock" },
+        timer: if gpu.has_timestamps() {
+            "gpu-timestamps"
+        } else {
+            "wall-clock"
+        },
     })
 }
 
@@ -115,14 +132,26 @@ struct Row {
 
 fn bench_variant(gpu: &Gpu, b: &AttentionBench, mode: Mode, variant: &'static str) -> Result<Row> {
     let kv_dtype = KvDtype::parse(&b.kv_dtype)?;
-    let cfg = AttentionConfig { heads: b.heads, kv_heads: b.kv_heads, head_dim: b.head_dim, mode, kv_dtype, scale: None };
+    let cfg = AttentionConfig {
+        heads: b.heads,
+        kv_heads: b.kv_heads,
+        head_dim: b.head_dim,
+        mode,
+        kv_dtype,
+        scale: None,
+    };
     let prefill = match b.mode.as_str() {
         "prefill" => true,
         "decode" => false,
         other => anyhow::bail!("unknown bench mode `{other}` (expected decode or prefill)"),
     };
     let n = b.queries.unwrap_or(if prefill { b.seq } else { 1 });
-    let call = AttentionCall { n_queries: n, seq_len: b.seq, causal: true, past_len: if prefill { 0 } else { b.seq.saturating_sub(n) } };
+    let call = AttentionCall {
+        n_queries: n,
+        seq_len: b.seq,
+        causal: true,
+        past_len: if prefill { 0 } else { b.seq.saturating_sub(n) },
+    };
     cfg.validate()?;
     call.validate()?;
     let sh = attention::shapes(&cfg, &call);
@@ -131,15 +160,26 @@ fn bench_variant(gpu: &Gpu, b: &AttentionBench, mode: Mode, variant: &'static st
     let kv = rng.normals(sh.kv.0, 1.0);
     let k = gpu.storage_init("k", &attention::kv_bytes(&kv, kv_dtype))?;
     let v = gpu.storage_init("v", &attention::kv_bytes(&kv, kv_dtype))?;
-    let lam = gpu.storage_init("lam", bytemuck::cast_slice(&rng.normals(sh.lam.0.max(1), 1.0)))?;
+    let lam = gpu.storage_init(
+        "lam",
+        bytemuck::cast_slice(&rng.normals(sh.lam.0.max(1), 1.0)),
+    )?;
     let out = gpu.storage("out", sh.out.0 as u64 * 4)?;
     let mut op = AttentionOp::new(gpu, cfg)?;
-    let bufs = AttentionBuffers { q: &q, k: &k, v: &v, lam: Some(&lam), out: &out };
+    let bufs = AttentionBuffers {
+        q: &q,
+        k: &k,
+        v: &v,
+        lam: Some(&lam),
+        out: &out,
+    };
     let plan = attention::plan(&cfg, &call, Kernel::Auto);
     let t = time_call(gpu, &mut op, &call, &bufs, b.repeats.max(1))?;
 
     // Work actually done: each query row attends to the keys its causal mask lets it see.
-    let visible: f64 = (0..n as u64).map(|r| (call.past_len as u64 + r + 1).min(b.seq as u64) as f64).sum();
+    let visible: f64 = (0..n as u64)
+        .map(|r| (call.past_len as u64 + r + 1).min(b.seq as u64) as f64)
+        .sum();
     let flops = 4.0 * visible * cfg.q_heads() as f64 * b.head_dim as f64;
     let kv_bytes = 2.0 * sh.kv.0 as f64 * kv_dtype.bytes() as f64;
     let io_bytes = 4.0 * (sh.q.0 + sh.out.0 + sh.lam.0) as f64;
@@ -162,7 +202,10 @@ pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
         "both" => vec![(Mode::Diff, "diff"), (Mode::Standard, "standard")],
         other => anyhow::bail!("unknown variant `{other}` (expected diff, standard or both)"),
     };
-    let rows: Vec<Row> = variants.iter().map(|&(m, name)| bench_variant(&gpu, b, m, name)).collect::<Result<_>>()?;
+    let rows: Vec<Row> = variants
+        .iter()
+        .map(|&(m, name)| bench_variant(&gpu, b, m, name))
+        .collect::<Result<_>>()?;
     let adapter = gpu.describe();
     for r in &rows {
         if b.json {
@@ -179,15 +222,28 @@ pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
         } else {
             println!(
                 "{:<8} {:<6} {} h={} kv={} d={} S={} {}: {:>10.1} us  {:>8.1} GB/s  {:>7.3} TFLOP/s  ({})",
-                r.variant, r.kernel, b.mode, b.heads, b.kv_heads, b.head_dim, b.seq, b.kv_dtype,
-                r.seconds * 1e6, r.gb_s, r.tflop_s, r.timer
+                r.variant,
+                r.kernel,
+                b.mode,
+                b.heads,
+                b.kv_heads,
+                b.head_dim,
+                b.seq,
+                b.kv_dtype,
+                r.seconds * 1e6,
+                r.gb_s,
+                r.tflop_s,
+                r.timer
             );
         }
     }
     if let [d, s] = &rows[..] {
         let ratio = d.seconds / s.seconds;
         if b.json {
-            println!("{}", serde_json::json!({"ratio_diff_over_standard": ratio, "adapter": adapter}));
+            println!(
+                "{}",
+                serde_json::json!({"ratio_diff_over_standard": ratio, "adapter": adapter})
+            );
         } else {
             println!("diff / standard time: {ratio:.3} (same h_kv, same run) on {adapter}");
         }

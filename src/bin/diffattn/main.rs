@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use diffattn::gpu::{self, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "diffattn", version, about = "DIFF V2 attention and language models on any GPU through WebGPU")]
+#[command(
+    name = "diffattn",
+    version,
+    about = "DIFF V2 attention and language models on any GPU through WebGPU"
+)]
 struct Cli {
     /// Use the adapter with this index in `diffattn adapters`.
     #[arg(long, global = true)]
@@ -77,7 +81,10 @@ fn adapters(opts: &GpuOptions, json: bool) -> Result<()> {
             println!("{}", serde_json::to_string(a)?);
             continue;
         }
-        println!("[{}] {} ({}, {})", a.index, a.name, a.backend, a.device_type);
+        println!(
+            "[{}] {} ({}, {})",
+            a.index, a.name, a.backend, a.device_type
+        );
         println!("    driver: {} {}", a.driver, a.driver_info);
         println!(
             "    shader-f16: {}  subgroups: {}{}  timestamps: {}  cooperative-matrix: {}",

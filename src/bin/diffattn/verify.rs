@@ -19,11 +19,18 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
     let adapter = gpu.describe();
     if !args.json {
         println!("adapter: {adapter}");
-        println!("{:<64} {:>10} {:>10} {:>8}  result", "case", "max abs", "rel L2", "tol");
+        println!(
+            "{:<64} {:>10} {:>10} {:>8}  result",
+            "case", "max abs", "rel L2", "tol"
+        );
     }
     let cases: Vec<_> = conformance_cases()
         .into_iter()
-        .filter(|c| args.filter.as_ref().is_none_or(|f| c.name().contains(f.as_str())))
+        .filter(|c| {
+            args.filter
+                .as_ref()
+                .is_none_or(|f| c.name().contains(f.as_str()))
+        })
         .collect();
     let (mut failed, mut max_rel) = (0usize, 0.0f64);
     for case in &cases {
@@ -34,7 +41,10 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             let verdict = if r.pass { "pass" } else { "FAIL" };
-            println!("{:<64} {:>10.3e} {:>10.3e} {:>8.0e}  {verdict}", r.case, r.max_abs, r.rel_l2, r.tolerance);
+            println!(
+                "{:<64} {:>10.3e} {:>10.3e} {:>8.0e}  {verdict}",
+                r.case, r.max_abs, r.rel_l2, r.tolerance
+            );
         }
     }
     let summary = serde_json::json!({
@@ -46,7 +56,10 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
     if args.json {
         println!("{summary}");
     } else {
-        println!("{} cases, {failed} failed, max relative L2 {max_rel:.3e}", cases.len());
+        println!(
+            "{} cases, {failed} failed, max relative L2 {max_rel:.3e}",
+            cases.len()
+        );
     }
     if failed > 0 {
         std::process::exit(1);
