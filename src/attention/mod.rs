@@ -123,13 +123,13 @@ impl AttentionConfig {
         if self.heads == 0 || self.kv_heads == 0 {
             return Err(Error::config("heads and kv_heads must be at least 1"));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::config(format!(
                 "heads ({}) must be a multiple of kv_heads ({})",
                 self.heads, self.kv_heads
             )));
         }
-        if self.head_dim % 8 != 0 || !(8..=256).contains(&self.head_dim) {
+        if !self.head_dim.is_multiple_of(8) || !(8..=256).contains(&self.head_dim) {
             return Err(Error::Unsupported(format!(
                 "head_dim {} (supported: multiples of 8 from 8 to 256)",
                 self.head_dim

@@ -79,7 +79,7 @@ impl AdapterSummary {
             cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             max_workgroup_storage: l.max_compute_workgroup_storage_size,
             max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
-            max_storage_binding: l.max_storage_buffer_binding_size as u64,
+            max_storage_binding: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
         }
     }
@@ -309,7 +309,7 @@ impl Gpu {
         let checks = [
             (
                 "max_storage_buffer_binding_size",
-                self.limits.max_storage_buffer_binding_size as u64,
+                self.limits.max_storage_buffer_binding_size,
             ),
             ("max_buffer_size", self.limits.max_buffer_size),
         ];
@@ -355,7 +355,7 @@ impl Gpu {
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
         let mut padded;
-        let contents = if data.len() % 16 == 0 && !data.is_empty() {
+        let contents = if data.len().is_multiple_of(16) && !data.is_empty() {
             data
         } else {
             padded = data.to_vec();

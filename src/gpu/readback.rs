@@ -66,7 +66,7 @@ pub async fn read_buffer(
     let (send, recv) = channel();
     staging
         .slice(..)
-        .map_async(wgpu::MapMode::Read, move |r| send(r));
+        .map_async(wgpu::MapMode::Read, send);
     gpu.wait()?;
     recv.await.map_err(|e| Error::Readback(e.to_string()))?;
     gpu.take_error("read-back")?;
