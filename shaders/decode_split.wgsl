@@ -19,6 +19,7 @@ const WG: u32 = 128u;
 const D4: u32 = HEAD_DIM / 4u;
 // Invocations that share one output column in the value phase, each over every SPLITS-th position.
 const SPLITS: u32 = max(1u, WG / D4);
+const STEPS: u32 = (CHUNK + SPLITS - 1u) / SPLITS;
 // Lanes per head in the reductions over the chunk.
 const LANES: u32 = WG / MAX_GW;
 const PER_LANE: u32 = CHUNK / LANES;
@@ -175,9 +176,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let working = part < SPLITS;
     var out: array<vec4<f32>, MAX_GW>;
     if working {
-        for (var j = part; j < CHUNK; j += SPLITS) {
+        // A constant trip count lets the compiler unroll and keep several V loads in flight.
+        for (var t = 0u; t < STEPS; t++) {
+            let j = part + t * SPLITS;
             let pj = start + j;
-            if pj < visible_end {
+            if j < CHUNK && pj < visible_end {
                 let vv = load_v(pj * p.kv_heads + kv_head, col);
                 for (var g = 0u; g < MAX_GW; g++) {
                     out[g] += w_p[g * CHUNK + j] * vv;

@@ -76,7 +76,22 @@ fn merged(n: u32, qh: u32, lid: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     var sum = 0.0;
     if part < PARTS {
-        for (var ch = part; ch < p.n_chunks; ch += PARTS) {
+        // Four chunks per iteration: independent loads in flight instead of one at a time.
+        var ch = part;
+        for (; ch + 3u * PARTS < p.n_chunks; ch += 4u * PARTS) {
+            let ml0 = part_ml[first + ch];
+            let ml1 = part_ml[first + ch + PARTS];
+            let ml2 = part_ml[first + ch + 2u * PARTS];
+            let ml3 = part_ml[first + ch + 3u * PARTS];
+            let o0 = part_o[(first + ch) * D4 + c];
+            let o1 = part_o[(first + ch + PARTS) * D4 + c];
+            let o2 = part_o[(first + ch + 2u * PARTS) * D4 + c];
+            let o3 = part_o[(first + ch + 3u * PARTS) * D4 + c];
+            let w = exp(vec4<f32>(ml0.x, ml1.x, ml2.x, ml3.x) - m);
+            sum += dot(vec4<f32>(ml0.y, ml1.y, ml2.y, ml3.y), w);
+            acc += o0 * w.x + o1 * w.y + o2 * w.z + o3 * w.w;
+        }
+        for (; ch < p.n_chunks; ch += PARTS) {
             let ml = part_ml[first + ch];
             let w = exp(ml.x - m);
             sum += ml.y * w;
