@@ -48,6 +48,9 @@ pub struct Case {
     /// Query scale factor; 1e3 makes logits large enough to overflow a softmax without max subtraction.
     pub q_scale: f32,
     pub seed: u64,
+    /// Workgroups the decode split count aims for, where a case must force long chunks (several
+    /// sub-chunks per workgroup); `None` takes the adapter's default.
+    pub target_workgroups: Option<u32>,
 }
 
 impl Case {
@@ -71,9 +74,18 @@ impl Case {
         } else {
             String::new()
         };
+        let split = match self.target_workgroups {
+            Some(t) => format!(" wg~{t}"),
+            None => String::new(),
+        };
         format!(
-            "{mode} h={} kv={} d={} N={} S={} {kv} {:?}{mask}{big}",
-            c.heads, c.kv_heads, c.head_dim, self.call.n_queries, self.call.seq_len, self.kernel
+            "{mode} h={} kv={} d={} N={} S={} {kv} {}{mask}{big}{split}",
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            self.call.n_queries,
+            self.call.seq_len,
+            self.kernel.name()
         )
     }
 
@@ -106,6 +118,8 @@ impl Case {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CaseResult {
     pub case: String,
+    /// The kernel that ran (what `auto` resolved to on this adapter).
+    pub path: String,
     pub max_abs: f64,
     pub rel_l2: f64,
     pub tolerance: f64,
@@ -121,12 +135,22 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
         v: &v,
         lam: &lam,
     };
-    let got = attention::attention(gpu, &case.cfg, &case.call, &x, case.kernel).await?;
+    let mut op = attention::AttentionOp::new(gpu, case.cfg)?;
+    if let Some(target_workgroups) = case.target_workgroups {
+        let tuning = attention::DecodeTuning {
+            target_workgroups,
+            ..attention::DecodeTuning::for_adapter(&gpu.info)
+        };
+        op.set_decode_tuning(gpu, tuning)?;
+    }
+    let path = op.plan(&case.call, case.kernel)?.kernel.name().to_string();
+    let got = attention::attention_with(gpu, &mut op, &case.call, &x, case.kernel).await?;
     let want = reference::attention(&case.cfg, &case.call, &x)?;
     let (max_abs, rel_l2) = reference::compare(&got, &want);
     let tolerance = case.tolerance();
     Ok(CaseResult {
         case: case.name(),
+        path,
         max_abs,
         rel_l2,
         tolerance,
@@ -165,7 +189,62 @@ fn case(
         kernel,
         q_scale: 1.0,
         seed: 0,
+        target_workgroups: None,
     }
+}
+
+/// The conformance list for one adapter: [`conformance_cases`] plus cases for each fast path the
+/// adapter has, so that `diffattn verify` checks every kernel it can run.
+pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
+    let mut cases = conformance_cases();
+    let probe = AttentionConfig {
+        kv_dtype: KvDtype::F16,
+        ..AttentionConfig::new(Mode::Diff, 4, 2, 64)
+    };
+    if attention::coop_decode_unavailable(gpu, &probe, 256).is_none() {
+        cases.extend(coop_decode_cases());
+    }
+    cases
+}
+
+/// Cases for the cooperative-matrix decode kernel (f16 K/V): head dims that are multiples of 16,
+/// groups of 1 to 32 query heads (more than one workgroup per group past 16), partial 16-key tiles,
+/// one and several sub-chunks per workgroup, several query rows, large logits.
+pub fn coop_decode_cases() -> Vec<Case> {
+    use KvDtype::F16;
+    use Mode::{Diff, Standard};
+    let k = Kernel::DecodeCoop;
+    let mut cases = vec![
+        case(Diff, (4, 2, 64), (1, 1), true, F16, k),
+        case(Diff, (4, 2, 64), (1, 15), true, F16, k),
+        case(Diff, (4, 2, 64), (1, 16), true, F16, k),
+        case(Diff, (4, 2, 64), (1, 17), true, F16, k),
+        case(Diff, (6, 2, 64), (1, 1000), true, F16, k),
+        case(Standard, (6, 2, 64), (1, 1000), true, F16, k),
+        case(Diff, (32, 8, 128), (1, 4099), true, F16, k),
+        case(Standard, (32, 8, 128), (1, 4099), true, F16, k),
+        case(Diff, (16, 4, 32), (3, 777), true, F16, k),
+        case(Diff, (4, 2, 96), (4, 513), true, F16, k),
+        case(Diff, (4, 2, 256), (1, 300), true, F16, k),
+        case(Diff, (16, 1, 64), (1, 700), true, F16, k),
+        case(Standard, (4, 4, 64), (2, 1500), false, F16, k),
+        case(Diff, (8, 2, 128), (1, 8192), true, F16, k),
+    ];
+    let mut long = case(Diff, (8, 2, 128), (1, 8191), true, F16, k);
+    long.target_workgroups = Some(4);
+    cases.push(long);
+    let mut long = case(Standard, (4, 1, 64), (3, 5000), true, F16, k);
+    long.target_workgroups = Some(1);
+    cases.push(long);
+    for q_scale in [30.0, 1e3] {
+        let mut c = case(Diff, (4, 2, 64), (3, 1024), true, F16, k);
+        c.q_scale = q_scale;
+        cases.push(c);
+    }
+    for (i, c) in cases.iter_mut().enumerate() {
+        c.seed = 0xC00B_0000 + i as u64;
+    }
+    cases
 }
 
 /// The fixed conformance list: both modes, head dims 32/64/96/128, GQA ratios 1/2/4,

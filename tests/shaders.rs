@@ -6,7 +6,43 @@ use diffattn::gpu::shader::{Const, specialise};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
+/// Native fast paths (cooperative matrices: Vulkan and Metal only) say so in their first lines.
+fn is_native_only(source: &str) -> bool {
+    source.contains("enable wgpu_cooperative_matrix;")
+}
+
+/// What a native-only shader needs: f16 arithmetic, subgroups, cooperative matrices. Checked for the
+/// two backends that offer cooperative matrices, SPIR-V and MSL.
+fn translate_native(name: &str, source: &str) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let caps = Capabilities::SHADER_FLOAT16
+        | Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        | Capabilities::SUBGROUP
+        | Capabilities::COOPERATIVE_MATRIX;
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: validation: {}", e.emit_to_string(source)));
+    let spv_options = spv::Options {
+        lang_version: (1, 6),
+        ..Default::default()
+    };
+    spv::write_vec(&module, &info, &spv_options, None)
+        .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+    let msl_options = msl::Options {
+        lang_version: (2, 3),
+        ..Default::default()
+    };
+    msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+}
+
 fn translate_everywhere(name: &str, source: &str) {
+    if is_native_only(source) {
+        return translate_native(name, source);
+    }
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     // unpack2x16float (f16 K/V widened in the shader) is core WGSL; naga files it under

@@ -59,12 +59,35 @@ impl KvDtype {
 }
 
 /// Which first-pass kernel to run. `Auto` takes split-KV decoding for up to
-/// [`DECODE_MAX_QUERIES`] query rows and the tiled flash kernel otherwise.
+/// [`DECODE_MAX_QUERIES`] query rows and the tiled flash kernel otherwise, each on the fastest path
+/// the adapter offers (see [`AttentionOp::paths`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Auto,
+    /// Tiled online softmax, portable WGSL (`flash_attn.wgsl`).
     Flash,
+    /// Split-KV decoding, portable WGSL (`decode_split.wgsl`).
     Decode,
+    /// Split-KV decoding on cooperative matrices, f16 K/V (`decode_coop.wgsl`; native adapters
+    /// with 16x16 f16 tiles).
+    DecodeCoop,
+}
+
+impl Kernel {
+    /// The name `diffattn verify` and the benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Auto => "auto",
+            Kernel::Flash => "flash",
+            Kernel::Decode => "decode",
+            Kernel::DecodeCoop => "decode-coop",
+        }
+    }
+
+    /// Whether this is one of the split-KV decoding kernels.
+    pub fn is_decode(self) -> bool {
+        matches!(self, Kernel::Decode | Kernel::DecodeCoop)
+    }
 }
 
 /// Up to this many query rows, `Kernel::Auto` decodes with split-KV partials.
@@ -72,6 +95,10 @@ pub const DECODE_MAX_QUERIES: u32 = 4;
 /// KV positions per workgroup in the decode kernel (fixed by `decode_split.wgsl`).
 pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
+/// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
+const COOP_ROWS: u32 = 16;
+/// Keys per sub-chunk of the cooperative-matrix decode kernel (its default; see [`DecodeTuning`]).
+const COOP_SUB_KEYS: u32 = 256;
 const FLASH_WG: u32 = 64;
 /// Workgroup memory the flash kernel plans for: the WebGPU default, portable everywhere.
 const FLASH_WORKGROUP_BYTES: u32 = 16 * 1024;
@@ -213,26 +240,43 @@ fn check_len(tensor: &str, got: usize, want: usize, dims: &[u32]) -> Result<()> 
     Ok(())
 }
 
-/// The uniform block every attention shader reads (same field order as the WGSL `Params`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n_queries: u32,
-    seq_len: u32,
-    q_heads: u32,
-    kv_heads: u32,
-    group: u32,
-    heads_per_wg: u32,
-    head_splits: u32,
-    rows_per_wg: u32,
-    past_len: u32,
-    causal: u32,
-    n_chunks: u32,
-    out_heads: u32,
-    scale: f32,
-    diff: u32,
-    chunk_len: u32,
-    pad0: u32,
+crate::gpu::shader_struct! {
+    /// The uniform block every attention shader reads. This is its one definition: each shader's
+    /// WGSL `Params` is checked against [`Params::FIELDS`] by the shader tests (names, types, order).
+    pub struct Params {
+        /// Query rows N of the call.
+        n_queries: u32,
+        /// Keys S in the cache.
+        seq_len: u32,
+        /// Query heads (2h in DIFF V2).
+        q_heads: u32,
+        /// KV heads.
+        kv_heads: u32,
+        /// Query heads per KV head.
+        group: u32,
+        /// Query heads one workgroup serves.
+        heads_per_wg: u32,
+        /// Workgroups that share one GQA group's heads.
+        head_splits: u32,
+        /// Query rows per workgroup (flash kernel).
+        rows_per_wg: u32,
+        /// Position of query row 0 (causal mask).
+        past_len: u32,
+        /// 1 for a causal mask.
+        causal: u32,
+        /// KV chunks per query row, i.e. partials to merge.
+        n_chunks: u32,
+        /// Output heads h.
+        out_heads: u32,
+        /// Softmax scale.
+        scale: f32,
+        /// 1 for DIFF V2, 0 for standard attention.
+        diff: u32,
+        /// Keys per chunk.
+        chunk_len: u32,
+        /// Padding to 16-byte alignment.
+        pad0: u32,
+    }
 }
 
 /// How one call is dispatched.
@@ -243,17 +287,71 @@ pub struct Plan {
     pub heads_per_wg: u32,
     pub head_splits: u32,
     pub rows_per_wg: u32,
+    /// Keys per chunk (decode kernels).
+    pub chunk_len: u32,
     pub groups: [u32; 3],
 }
 
-/// Builds the dispatch plan for a call (`kernel` is resolved: never `Auto` in the result).
+/// How the cooperative-matrix decode kernel cuts the cache: keys per sub-chunk (a specialisation
+/// constant, a multiple of 16 and at least the head dim) and how many workgroups a call aims to
+/// spread over (the split count follows from it). WebGPU does not report a GPU's core count, so the
+/// default comes from the adapter type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeTuning {
+    /// Keys per sub-chunk.
+    pub sub_keys: u32,
+    /// Workgroups per call the split count aims for.
+    pub target_workgroups: u32,
+}
+
+impl DecodeTuning {
+    /// Defaults for an adapter: enough workgroups for several per core on a large discrete GPU.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        let target_workgroups = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 1024,
+            wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => 256,
+            _ => 64,
+        };
+        Self {
+            sub_keys: COOP_SUB_KEYS,
+            target_workgroups,
+        }
+    }
+}
+
+/// Keys per chunk for the cooperative decode kernel: whole sub-chunks, as many chunks as the target
+/// workgroup count asks for (at least one per sub-chunk of keys never splits finer).
+fn coop_chunk_len(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -> u32 {
+    let subs = seq_len.div_ceil(tuning.sub_keys).max(1);
+    let want_chunks = tuning
+        .target_workgroups
+        .div_ceil(workgroups_per_chunk.max(1))
+        .clamp(1, subs);
+    subs.div_ceil(want_chunks) * tuning.sub_keys
+}
+
+/// Builds the dispatch plan of a portable kernel for a call (`Auto` resolves to the portable
+/// kernels here; [`AttentionOp::plan`] also knows the adapter's fast paths).
 pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan {
-    let group = cfg.group();
     let kernel = match kernel {
         Kernel::Auto if call.n_queries <= DECODE_MAX_QUERIES => Kernel::Decode,
         Kernel::Auto => Kernel::Flash,
         k => k,
     };
+    let tuning = DecodeTuning {
+        sub_keys: COOP_SUB_KEYS,
+        target_workgroups: 1024,
+    };
+    plan_resolved(cfg, call, kernel, &tuning)
+}
+
+fn plan_resolved(
+    cfg: &AttentionConfig,
+    call: &AttentionCall,
+    kernel: Kernel,
+    tuning: &DecodeTuning,
+) -> Plan {
+    let group = cfg.group();
     match kernel {
         Kernel::Decode => {
             let heads_per_wg = group.min(DECODE_MAX_HEADS_PER_WG);
@@ -265,6 +363,23 @@ pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan
                 heads_per_wg,
                 head_splits,
                 rows_per_wg: 1,
+                chunk_len: DECODE_CHUNK,
+                groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
+            }
+        }
+        Kernel::DecodeCoop => {
+            let heads_per_wg = group.min(COOP_ROWS);
+            let head_splits = group.div_ceil(heads_per_wg);
+            let per_chunk = cfg.kv_heads * head_splits * call.n_queries;
+            let chunk_len = coop_chunk_len(call.seq_len, per_chunk, tuning);
+            let n_chunks = call.seq_len.div_ceil(chunk_len);
+            Plan {
+                kernel,
+                n_chunks,
+                heads_per_wg,
+                head_splits,
+                rows_per_wg: 1,
+                chunk_len,
                 groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
             }
         }
@@ -278,6 +393,7 @@ pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan
                 heads_per_wg,
                 head_splits,
                 rows_per_wg,
+                chunk_len: call.seq_len,
                 groups: [
                     call.n_queries.div_ceil(rows_per_wg),
                     cfg.kv_heads * head_splits,
@@ -307,9 +423,47 @@ pub struct AttentionOp {
     cfg: AttentionConfig,
     flash: Arc<wgpu::ComputePipeline>,
     decode: Arc<wgpu::ComputePipeline>,
+    /// The cooperative-matrix decode kernel, where the adapter and the layer allow it.
+    decode_coop: Option<Arc<wgpu::ComputePipeline>>,
     combine: Arc<wgpu::ComputePipeline>,
+    tuning: DecodeTuning,
     scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
     no_lam: wgpu::Buffer,
+}
+
+/// Why the cooperative-matrix decode kernel cannot serve a layer on an adapter, or `None` if it can.
+pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) -> Option<String> {
+    if !gpu.coop_f16 {
+        return Some("the adapter has no 16x16 f16 cooperative matrices".into());
+    }
+    if cfg.kv_dtype != KvDtype::F16 {
+        return Some("K/V are f32 (the tensor-core kernel reads f16)".into());
+    }
+    if !cfg.head_dim.is_multiple_of(16) {
+        return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
+    }
+    if gpu.fixed_subgroup_size().is_none_or(|s| s < 8) {
+        return Some("subgroups are not of one fixed size of at least 8".into());
+    }
+    if !sub_keys.is_multiple_of(16) || sub_keys < cfg.head_dim || sub_keys > 1024 {
+        return Some(format!(
+            "sub-chunk of {sub_keys} keys (needs a multiple of 16, from head_dim to 1024)"
+        ));
+    }
+    let bytes = coop_workgroup_bytes(cfg.head_dim, sub_keys);
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
+    if bytes > limit {
+        return Some(format!(
+            "needs {bytes} bytes of workgroup memory; the adapter has {limit}"
+        ));
+    }
+    None
+}
+
+/// Workgroup memory of decode_coop.wgsl (keep in step with its arrays).
+fn coop_workgroup_bytes(head_dim: u32, sub_keys: u32) -> u32 {
+    let rows = COOP_ROWS;
+    rows * head_dim * 2 + rows * (sub_keys + 8) * 4 + rows * (sub_keys + 8) * 2 + 16 * head_dim * 2 + rows * 4
 }
 
 impl AttentionOp {
@@ -326,18 +480,94 @@ impl AttentionOp {
         let decode = gpu.pipeline(
             &ShaderSpec::new("decode_split")
                 .with("HEAD_DIM", d)
-                .with("KV_F16", f16),
+                .with("KV_F16", f16)
+                // The kernel's reductions split its invocations evenly over MAX_GW heads.
+                .with(
+                    "MAX_GW",
+                    Const::U32(cfg.group().min(DECODE_MAX_HEADS_PER_WG).next_power_of_two()),
+                ),
         )?;
         let combine = gpu.pipeline(&ShaderSpec::new("diff_combine").with("HEAD_DIM", d))?;
         let no_lam = gpu.storage("lam (unused)", 16)?;
-        Ok(Self {
+        let mut op = Self {
             cfg,
             flash,
             decode,
+            decode_coop: None,
             combine,
+            tuning: DecodeTuning::for_adapter(&gpu.info),
             scratch: None,
             no_lam,
-        })
+        };
+        op.build_coop(gpu)?;
+        Ok(op)
+    }
+
+    fn build_coop(&mut self, gpu: &Gpu) -> Result<()> {
+        self.decode_coop = None;
+        if coop_decode_unavailable(gpu, &self.cfg, self.tuning.sub_keys).is_none() {
+            self.decode_coop = Some(
+                gpu.pipeline(
+                    &ShaderSpec::new("decode_coop")
+                        .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
+                        .with("SUB", Const::U32(self.tuning.sub_keys)),
+                )?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Changes how the cooperative decode kernel cuts the cache (benchmarks and tuning); an invalid
+    /// sub-chunk size is refused with the reason.
+    pub fn set_decode_tuning(&mut self, gpu: &Gpu, tuning: DecodeTuning) -> Result<()> {
+        if self.decode_coop.is_some()
+            && let Some(why) = coop_decode_unavailable(gpu, &self.cfg, tuning.sub_keys)
+        {
+            return Err(Error::config(format!("decode tuning: {why}")));
+        }
+        let rebuild = tuning.sub_keys != self.tuning.sub_keys;
+        self.tuning = DecodeTuning {
+            target_workgroups: tuning.target_workgroups.max(1),
+            ..tuning
+        };
+        if rebuild && self.decode_coop.is_some() {
+            self.build_coop(gpu)?;
+        }
+        Ok(())
+    }
+
+    /// The first-pass kernels this op can run on its adapter, fastest first per family.
+    pub fn paths(&self) -> Vec<Kernel> {
+        let mut paths = vec![];
+        if self.decode_coop.is_some() {
+            paths.push(Kernel::DecodeCoop);
+        }
+        paths.extend([Kernel::Decode, Kernel::Flash]);
+        paths
+    }
+
+    /// The dispatch plan for a call: `Auto` takes the fastest available kernel; asking for a kernel
+    /// the adapter cannot run is an error naming why.
+    pub fn plan(&self, call: &AttentionCall, kernel: Kernel) -> Result<Plan> {
+        let kernel = match kernel {
+            Kernel::Auto if call.n_queries <= DECODE_MAX_QUERIES => {
+                if self.decode_coop.is_some() {
+                    Kernel::DecodeCoop
+                } else {
+                    Kernel::Decode
+                }
+            }
+            Kernel::Auto => Kernel::Flash,
+            Kernel::DecodeCoop if self.decode_coop.is_none() => {
+                return Err(Error::Unsupported(
+                    "the cooperative-matrix decode kernel is not available for this layer on this \
+                     adapter (see `diffattn adapters`)"
+                        .into(),
+                ));
+            }
+            k => k,
+        };
+        Ok(plan_resolved(&self.cfg, call, kernel, &self.tuning))
     }
 
     pub fn config(&self) -> &AttentionConfig {
@@ -404,7 +634,7 @@ impl AttentionOp {
         bufs: &AttentionBuffers,
         timestamps: Option<wgpu::ComputePassTimestampWrites>,
     ) -> Result<Plan> {
-        let plan = plan(&self.cfg, call, kernel);
+        let plan = self.plan(call, kernel)?;
         self.check(gpu, call, &plan, bufs)?;
         self.ensure_scratch(gpu, call, &plan)?;
         let (part_o, part_ml) = self.scratch.as_ref().expect("scratch allocated above");
@@ -424,12 +654,13 @@ impl AttentionOp {
             out_heads: cfg.heads,
             scale: cfg.scale(),
             diff: (cfg.mode == Mode::Diff) as u32,
-            chunk_len: DECODE_CHUNK,
+            chunk_len: plan.chunk_len,
             pad0: 0,
         };
         let uniform = gpu.uniform("attention params", &params);
         let first = match plan.kernel {
             Kernel::Decode => &self.decode,
+            Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
             _ => &self.flash,
         };
         let first_bg = gpu.bind(first, &[&uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]);
@@ -503,6 +734,19 @@ pub async fn attention(
 ) -> Result<Vec<f32>> {
     check_host(cfg, call, x)?;
     let mut op = AttentionOp::new(gpu, *cfg)?;
+    attention_with(gpu, &mut op, call, x, kernel).await
+}
+
+/// [`attention`] through an existing op (with its tuning).
+pub async fn attention_with(
+    gpu: &Gpu,
+    op: &mut AttentionOp,
+    call: &AttentionCall,
+    x: &HostInputs<'_>,
+    kernel: Kernel,
+) -> Result<Vec<f32>> {
+    let cfg = &op.config().clone();
+    check_host(cfg, call, x)?;
     let q = gpu.storage_init("q", bytemuck::cast_slice(x.q))?;
     let k = gpu.storage_init("k", &kv_bytes(x.k, cfg.kv_dtype))?;
     let v = gpu.storage_init("v", &kv_bytes(x.v, cfg.kv_dtype))?;

@@ -6,6 +6,7 @@ pub mod shader;
 
 pub use readback::read_buffer;
 pub use shader::{Const, ShaderSpec};
+pub(crate) use shader::shader_struct;
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Do not request SHADER_F16 even where the adapter has it (to test the f32-only path).
     pub disable_f16: bool,
+    /// Do not use cooperative matrices even where the adapter has them (to test the portable path).
+    pub disable_coop: bool,
 }
 
 /// Parses a backend name as the CLI accepts it.
@@ -54,6 +57,8 @@ pub struct AdapterSummary {
     pub subgroup_sizes: (u32, u32),
     pub timestamps: bool,
     pub cooperative_matrix: bool,
+    /// The 16x16x16 f16 x f16 -> f32 cooperative-matrix shape the tensor-core kernels use.
+    pub coop_f16_16x16: bool,
     pub max_workgroup_storage: u32,
     pub max_invocations_per_workgroup: u32,
     pub max_storage_binding: u64,
@@ -77,11 +82,28 @@ impl AdapterSummary {
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            coop_f16_16x16: has_coop_f16_16x16(adapter),
             max_workgroup_storage: l.max_compute_workgroup_storage_size,
             max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             max_storage_binding: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
         }
+    }
+}
+
+impl AdapterSummary {
+    /// The attention kernels diffattn runs on this adapter, fastest first (what `Kernel::Auto`
+    /// picks from, given the layer's K/V type).
+    pub fn attention_paths(&self) -> Vec<&'static str> {
+        let mut paths = vec![];
+        let fixed_subgroups = self.subgroups
+            && self.subgroup_sizes.0 == self.subgroup_sizes.1
+            && self.subgroup_sizes.0 >= 8;
+        if self.coop_f16_16x16 && self.shader_f16 && fixed_subgroups {
+            paths.push("decode-coop (tensor cores, f16 K/V)");
+        }
+        paths.extend(["decode (portable)", "flash (portable)"]);
+        paths
     }
 }
 
@@ -183,6 +205,20 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
     })
 }
 
+/// Whether the adapter multiplies 16x16 f16 tiles into f32 accumulators on cooperative matrices.
+fn has_coop_f16_16x16(adapter: &wgpu::Adapter) -> bool {
+    if !adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return false;
+    }
+    use wgpu::CooperativeScalarType as T;
+    adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16) && p.ab_type == T::F16 && p.cr_type == T::F32
+    })
+}
+
 /// Errors the device reported outside an error scope, collected instead of panicking.
 type ErrorSink = Arc<Mutex<Vec<String>>>;
 
@@ -193,6 +229,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Cooperative matrices with 16x16x16 f16 -> f32 tiles are enabled on this device.
+    pub coop_f16: bool,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     errors: ErrorSink,
     lost: Arc<Mutex<Option<String>>>,
@@ -207,13 +245,29 @@ impl Gpu {
         if !opts.disable_f16 {
             wanted |= wgpu::Features::SHADER_F16;
         }
+        // Cooperative matrices are experimental in wgpu (native only); the kernels that use them are
+        // checked against the float64 reference by `diffattn verify` on every adapter that has them.
+        let coop_f16 = !opts.disable_coop && !opts.disable_f16 && has_coop_f16_16x16(&adapter);
+        if coop_f16 {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let features = adapter.features() & wanted;
+        let coop_f16 = coop_f16
+            && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
         let limits = adapter.limits();
+        let experimental_features = if coop_f16 {
+            // SAFETY: wgpu asks callers to opt in to experimental features; the only one we request
+            // is cooperative matrices, used by shaders that respect their uniformity rules.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("diffattn"),
                 required_features: features,
                 required_limits: limits.clone(),
+                experimental_features,
                 ..Default::default()
             })
             .await
@@ -237,6 +291,7 @@ impl Gpu {
             info,
             features,
             limits,
+            coop_f16,
             pipelines: Mutex::default(),
             errors,
             lost,
@@ -259,6 +314,13 @@ impl Gpu {
 
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Subgroups of one fixed size of at least `min` invocations, laid out linearly (what the
+    /// subgroup-shuffle reductions of the fast kernels assume).
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let (lo, hi) = (self.info.subgroup_min_size, self.info.subgroup_max_size);
+        (self.has_subgroups() && lo == hi && lo > 0).then_some(lo)
     }
 
     /// A one-line description: name, backend, type.

@@ -17,10 +17,15 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/decode_split.wgsl"),
     ),
     (
+        "decode_coop",
+        include_str!("../../shaders/decode_coop.wgsl"),
+    ),
+    (
         "diff_combine",
         include_str!("../../shaders/diff_combine.wgsl"),
     ),
     ("embed", include_str!("../../shaders/embed.wgsl")),
+    ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
@@ -177,3 +182,29 @@ mod tests {
         assert_eq!(out, "const S: f32 = 2.0;");
     }
 }
+
+/// Defines a `#[repr(C)]` struct that shaders read as a uniform block, with `FIELDS` listing each
+/// field's name and WGSL type in order, so that tests can hold every shader's copy of the struct
+/// against this one definition.
+macro_rules! shader_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty ),*
+        }
+
+        impl $name {
+            /// Field names and WGSL types, in declaration order.
+            pub const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), stringify!($ty))),*];
+        }
+    };
+}
+pub(crate) use shader_struct;

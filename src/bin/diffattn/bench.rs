@@ -1,9 +1,11 @@
 //! `diffattn bench`: kernel timings, with GPU timestamps where the adapter has them.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use diffattn::attention::{
-    self, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel, KvDtype, Mode,
+    self, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, DecodeTuning, Kernel,
+    KvDtype, Mode,
 };
+use diffattn::gpu::ShaderSpec;
 use diffattn::testing::Rng;
 use diffattn::{Gpu, GpuOptions};
 
@@ -11,6 +13,8 @@ use diffattn::{Gpu, GpuOptions};
 pub enum BenchCommand {
     /// Time one attention call (both passes).
     Attention(AttentionBench),
+    /// Measure the read and copy bandwidth the attention rows are compared with.
+    Bandwidth(BandwidthBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -39,26 +43,56 @@ pub struct AttentionBench {
     /// Timed repetitions (after 3 warm-up runs); the median is reported.
     #[arg(long, default_value_t = 20)]
     repeats: u32,
+    /// Copies of K/V cycled through between repeats, so that no repeat finds the cache in L2:
+    /// a number, or `auto` (enough copies for 256 MiB, at most 512).
+    #[arg(long, default_value = "1")]
+    rotate: String,
+    /// First-pass kernel: auto (fastest available), decode, decode-coop or flash.
+    #[arg(long, default_value = "auto")]
+    kernel: String,
+    /// Keys per sub-chunk of the cooperative decode kernel (tuning).
+    #[arg(long)]
+    sub_keys: Option<u32>,
+    /// Workgroups per call the decode split count aims for (tuning).
+    #[arg(long)]
+    target_workgroups: Option<u32>,
     #[arg(long)]
     json: bool,
 }
 
-struct Timing {
-    median_s: f64,
-    timer: &'static str,
+#[derive(clap::Args, Clone)]
+pub struct BandwidthBench {
+    /// Buffer size in MiB (capped by the adapter's binding limit).
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    #[arg(long, default_value_t = 20)]
+    repeats: u32,
+    #[arg(long)]
+    json: bool,
 }
 
-/// Times `repeats` runs of one call, one compute pass each.
-fn time_call(
+fn parse_kernel(name: &str) -> Result<Kernel> {
+    Ok(match name {
+        "auto" => Kernel::Auto,
+        "decode" => Kernel::Decode,
+        "decode-coop" => Kernel::DecodeCoop,
+        "flash" => Kernel::Flash,
+        other => {
+            anyhow::bail!("unknown kernel `{other}` (expected auto, decode, decode-coop or flash)")
+        }
+    })
+}
+
+/// GPU timestamps of `repeats` compute passes recorded by `record(pass_index, timestamp_writes)`,
+/// or wall-clock times per submit where the adapter has no timestamps.
+fn time_passes(
     gpu: &Gpu,
-    op: &mut AttentionOp,
-    call: &AttentionCall,
-    bufs: &AttentionBuffers,
     repeats: u32,
-) -> Result<Timing> {
-    for _ in 0..3 {
+    mut record: impl FnMut(u32, &mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) -> Result<()>,
+) -> Result<(f64, &'static str)> {
+    for r in 0..3 {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        op.encode(gpu, &mut enc, call, Kernel::Auto, bufs, None)?;
+        record(r, &mut enc, None)?;
         gpu.queue.submit([enc.finish()]);
     }
     gpu.wait()?;
@@ -84,7 +118,7 @@ fn time_call(
                 beginning_of_pass_write_index: Some(2 * r),
                 end_of_pass_write_index: Some(2 * r + 1),
             };
-            op.encode(gpu, &mut enc, call, Kernel::Auto, bufs, Some(writes))?;
+            record(r, &mut enc, Some(writes))?;
         }
         enc.resolve_query_set(&set, 0..count, &resolve, 0);
         gpu.queue.submit([enc.finish()]);
@@ -100,10 +134,10 @@ fn time_call(
             times.push(ticks[2 * r + 1].saturating_sub(ticks[2 * r]) as f64 * period * 1e-9);
         }
     } else {
-        for _ in 0..repeats {
+        for r in 0..repeats {
             let start = std::time::Instant::now();
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            op.encode(gpu, &mut enc, call, Kernel::Auto, bufs, None)?;
+            record(r, &mut enc, None)?;
             gpu.queue.submit([enc.finish()]);
             gpu.wait()?;
             times.push(start.elapsed().as_secs_f64());
@@ -111,26 +145,65 @@ fn time_call(
     }
     gpu.take_error("bench")?;
     times.sort_by(|a, b| a.total_cmp(b));
-    Ok(Timing {
-        median_s: times[times.len() / 2],
-        timer: if gpu.has_timestamps() {
-            "gpu-timestamps"
-        } else {
-            "wall-clock"
-        },
-    })
+    let timer = if gpu.has_timestamps() {
+        "gpu-timestamps"
+    } else {
+        "wall-clock"
+    };
+    Ok((times[times.len() / 2], timer))
 }
 
 struct Row {
     variant: &'static str,
-    kernel: String,
+    kernel: &'static str,
     seconds: f64,
     gb_s: f64,
     tflop_s: f64,
+    kv_bytes: f64,
+    chunks: u32,
     timer: &'static str,
 }
 
-fn bench_variant(gpu: &Gpu, b: &AttentionBench, mode: Mode, variant: &'static str) -> Result<Row> {
+/// The K/V copies every variant of one run reads, allocated once before any of them so that all
+/// variants time the same memory (and no variant's buffers are carved from what another freed).
+struct KvSet {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+}
+
+fn rotate_count(spec: &str, kv_bytes: u64) -> Result<usize> {
+    if spec == "auto" {
+        return Ok(((256u64 << 20).div_ceil(kv_bytes.max(1))).clamp(1, 512) as usize);
+    }
+    let n: usize = spec
+        .parse()
+        .with_context(|| format!("--rotate {spec}: expected a number or auto"))?;
+    Ok(n.max(1))
+}
+
+fn kv_set(gpu: &Gpu, b: &AttentionBench, kv_dtype: KvDtype, copies: usize) -> Result<KvSet> {
+    let elems = b.seq as usize * b.kv_heads as usize * b.head_dim as usize;
+    let mut rng = Rng::new(7);
+    let kv = attention::kv_bytes(&rng.normals(elems, 1.0), kv_dtype);
+    let mut set = KvSet {
+        k: vec![],
+        v: vec![],
+    };
+    for _ in 0..copies {
+        set.k.push(gpu.storage_init("k", &kv)?);
+        set.v.push(gpu.storage_init("v", &kv)?);
+    }
+    gpu.wait()?;
+    Ok(set)
+}
+
+fn bench_variant(
+    gpu: &Gpu,
+    b: &AttentionBench,
+    kvs: &KvSet,
+    mode: Mode,
+    variant: &'static str,
+) -> Result<Row> {
     let kv_dtype = KvDtype::parse(&b.kv_dtype)?;
     let cfg = AttentionConfig {
         heads: b.heads,
@@ -140,43 +213,46 @@ fn bench_variant(gpu: &Gpu, b: &AttentionBench, mode: Mode, variant: &'static st
         kv_dtype,
         scale: None,
     };
-    let prefill = match b.mode.as_str() {
-        "prefill" => true,
-        "decode" => false,
-        other => anyhow::bail!("unknown bench mode `{other}` (expected decode or prefill)"),
-    };
-    let n = b.queries.unwrap_or(if prefill { b.seq } else { 1 });
-    let call = AttentionCall {
-        n_queries: n,
-        seq_len: b.seq,
-        causal: true,
-        past_len: if prefill { 0 } else { b.seq.saturating_sub(n) },
-    };
+    let call = bench_call(b)?;
     cfg.validate()?;
     call.validate()?;
     let sh = attention::shapes(&cfg, &call);
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::new(11);
     let q = gpu.storage_init("q", bytemuck::cast_slice(&rng.normals(sh.q.0, 1.0)))?;
-    let kv = rng.normals(sh.kv.0, 1.0);
-    let k = gpu.storage_init("k", &attention::kv_bytes(&kv, kv_dtype))?;
-    let v = gpu.storage_init("v", &attention::kv_bytes(&kv, kv_dtype))?;
     let lam = gpu.storage_init(
         "lam",
         bytemuck::cast_slice(&rng.normals(sh.lam.0.max(1), 1.0)),
     )?;
     let out = gpu.storage("out", sh.out.0 as u64 * 4)?;
     let mut op = AttentionOp::new(gpu, cfg)?;
-    let bufs = AttentionBuffers {
-        q: &q,
-        k: &k,
-        v: &v,
-        lam: Some(&lam),
-        out: &out,
-    };
-    let plan = attention::plan(&cfg, &call, Kernel::Auto);
-    let t = time_call(gpu, &mut op, &call, &bufs, b.repeats.max(1))?;
+    if b.sub_keys.is_some() || b.target_workgroups.is_some() {
+        let default = DecodeTuning::for_adapter(&gpu.info);
+        op.set_decode_tuning(
+            gpu,
+            DecodeTuning {
+                sub_keys: b.sub_keys.unwrap_or(default.sub_keys),
+                target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
+            },
+        )?;
+    }
+    let kernel = parse_kernel(&b.kernel)?;
+    let plan = op.plan(&call, kernel)?;
+    let copies = kvs.k.len();
+    let (median_s, timer) = time_passes(gpu, b.repeats.max(1), |r, enc, ts| {
+        let i = r as usize % copies;
+        let bufs = AttentionBuffers {
+            q: &q,
+            k: &kvs.k[i],
+            v: &kvs.v[i],
+            lam: Some(&lam),
+            out: &out,
+        };
+        op.encode(gpu, enc, &call, kernel, &bufs, ts)?;
+        Ok(())
+    })?;
 
     // Work actually done: each query row attends to the keys its causal mask lets it see.
+    let n = call.n_queries;
     let visible: f64 = (0..n as u64)
         .map(|r| (call.past_len as u64 + r + 1).min(b.seq as u64) as f64)
         .sum();
@@ -185,16 +261,32 @@ fn bench_variant(gpu: &Gpu, b: &AttentionBench, mode: Mode, variant: &'static st
     let io_bytes = 4.0 * (sh.q.0 + sh.out.0 + sh.lam.0) as f64;
     Ok(Row {
         variant,
-        kernel: format!("{:?}", plan.kernel).to_lowercase(),
-        seconds: t.median_s,
-        gb_s: (kv_bytes + io_bytes) / t.median_s / 1e9,
-        tflop_s: flops / t.median_s / 1e12,
-        timer: t.timer,
+        kernel: plan.kernel.name(),
+        seconds: median_s,
+        gb_s: (kv_bytes + io_bytes) / median_s / 1e9,
+        tflop_s: flops / median_s / 1e12,
+        kv_bytes,
+        chunks: plan.n_chunks,
+        timer,
     })
 }
 
-pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
-    let BenchCommand::Attention(b) = cmd;
+fn bench_call(b: &AttentionBench) -> Result<AttentionCall> {
+    let prefill = match b.mode.as_str() {
+        "prefill" => true,
+        "decode" => false,
+        other => anyhow::bail!("unknown bench mode `{other}` (expected decode or prefill)"),
+    };
+    let n = b.queries.unwrap_or(if prefill { b.seq } else { 1 });
+    Ok(AttentionCall {
+        n_queries: n,
+        seq_len: b.seq,
+        causal: true,
+        past_len: if prefill { 0 } else { b.seq.saturating_sub(n) },
+    })
+}
+
+fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
     let gpu = super::open_gpu(opts)?;
     let variants: Vec<(Mode, &'static str)> = match b.variant.as_str() {
         "diff" => vec![(Mode::Diff, "diff")],
@@ -202,26 +294,32 @@ pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
         "both" => vec![(Mode::Diff, "diff"), (Mode::Standard, "standard")],
         other => anyhow::bail!("unknown variant `{other}` (expected diff, standard or both)"),
     };
+    let kv_dtype = KvDtype::parse(&b.kv_dtype)?;
+    let kv_bytes = 2 * b.seq as u64 * b.kv_heads as u64 * b.head_dim as u64 * kv_dtype.bytes();
+    let copies = rotate_count(&b.rotate, kv_bytes)?;
+    let kvs = kv_set(&gpu, b, kv_dtype, copies)?;
     let rows: Vec<Row> = variants
         .iter()
-        .map(|&(m, name)| bench_variant(&gpu, b, m, name))
+        .map(|&(m, name)| bench_variant(&gpu, b, &kvs, m, name))
         .collect::<Result<_>>()?;
     let adapter = gpu.describe();
+    let queries = bench_call(b)?.n_queries;
     for r in &rows {
         if b.json {
             println!(
                 "{}",
                 serde_json::json!({
                     "bench": "attention", "mode": b.mode, "variant": r.variant, "kernel": r.kernel,
-                    "heads": b.heads, "kv_heads": b.kv_heads, "head_dim": b.head_dim, "seq": b.seq,
-                    "queries": b.queries.unwrap_or(if b.mode == "prefill" { b.seq } else { 1 }),
+                    "path": r.kernel, "heads": b.heads, "kv_heads": b.kv_heads,
+                    "head_dim": b.head_dim, "seq": b.seq, "queries": queries,
                     "kv_dtype": b.kv_dtype, "median_us": r.seconds * 1e6, "gb_s": r.gb_s,
-                    "tflop_s": r.tflop_s, "timer": r.timer, "adapter": adapter,
+                    "tflop_s": r.tflop_s, "kv_bytes": r.kv_bytes, "rotate": copies,
+                    "chunks": r.chunks, "timer": r.timer, "adapter": adapter,
                 })
             );
         } else {
             println!(
-                "{:<8} {:<6} {} h={} kv={} d={} S={} {}: {:>10.1} us  {:>8.1} GB/s  {:>7.3} TFLOP/s  ({})",
+                "{:<8} {:<11} {} h={} kv={} d={} S={} {} x{copies}: {:>10.1} us  {:>8.1} GB/s  {:>7.3} TFLOP/s  ({} chunks, {})",
                 r.variant,
                 r.kernel,
                 b.mode,
@@ -233,6 +331,7 @@ pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
                 r.seconds * 1e6,
                 r.gb_s,
                 r.tflop_s,
+                r.chunks,
                 r.timer
             );
         }
@@ -249,4 +348,57 @@ pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_bandwidth(b: &BandwidthBench, opts: &GpuOptions) -> Result<()> {
+    let gpu = super::open_gpu(opts)?;
+    let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+    let bytes = (b.mib << 20).min(limit) / 16 * 16;
+    let src = gpu.storage("bandwidth src", bytes)?;
+    let dst = gpu.storage("bandwidth dst", bytes)?;
+    let ones = vec![1.0f32; (bytes / 4) as usize];
+    gpu.queue.write_buffer(&src, 0, bytemuck::cast_slice(&ones));
+    drop(ones);
+    let read = gpu.pipeline(&ShaderSpec::new("bandwidth").entry("read_sum"))?;
+    let copy = gpu.pipeline(&ShaderSpec::new("bandwidth").entry("copy"))?;
+    let groups = 4096u32.min(gpu.limits.max_compute_workgroups_per_dimension);
+    let time = |pipeline: &wgpu::ComputePipeline| -> Result<f64> {
+        let bg = gpu.bind(pipeline, &[&src, &dst]);
+        let (t, _) = time_passes(&gpu, b.repeats.max(1), |_, enc, ts| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bandwidth"),
+                timestamp_writes: ts,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups, 1, 1);
+            Ok(())
+        })?;
+        Ok(t)
+    };
+    let read_s = time(&read)?;
+    let copy_s = time(&copy)?;
+    let read_gb_s = bytes as f64 / read_s / 1e9;
+    let copy_gb_s = 2.0 * bytes as f64 / copy_s / 1e9;
+    let adapter = gpu.describe();
+    if b.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "bandwidth", "read_gb_s": read_gb_s,
+                "copy_gb_s": copy_gb_s, "bytes": bytes, "adapter": adapter})
+        );
+    } else {
+        println!(
+            "read {read_gb_s:.1} GB/s, copy {copy_gb_s:.1} GB/s (read + write) over {} MiB on {adapter}",
+            bytes >> 20
+        );
+    }
+    Ok(())
+}
+
+pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
+    match cmd {
+        BenchCommand::Attention(b) => run_attention(b, opts),
+        BenchCommand::Bandwidth(b) => run_bandwidth(b, opts),
+    }
 }

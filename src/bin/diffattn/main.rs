@@ -22,6 +22,9 @@ struct Cli {
     /// Restrict to one backend: vulkan, gl, metal or dx12 (default: WGPU_BACKEND, else all).
     #[arg(long, global = true)]
     backend: Option<String>,
+    /// Do not use cooperative matrices (tensor cores) even where the adapter has them.
+    #[arg(long, global = true)]
+    no_coop: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +66,7 @@ fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
     Ok(GpuOptions {
         backends: cli.backend.as_deref().map(gpu::parse_backend).transpose()?,
         adapter_index: cli.adapter,
+        disable_coop: cli.no_coop,
         ..Default::default()
     })
 }
@@ -105,6 +109,7 @@ fn adapters(opts: &GpuOptions, json: bool) -> Result<()> {
             a.max_storage_binding >> 20,
             a.max_buffer_size >> 20
         );
+        println!("    attention paths: {}", a.attention_paths().join(", "));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use diffattn::GpuOptions;
-use diffattn::testing::{conformance_cases, run_case};
+use diffattn::testing::{conformance_cases_for, run_case};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -20,11 +20,11 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
     if !args.json {
         println!("adapter: {adapter}");
         println!(
-            "{:<64} {:>10} {:>10} {:>8}  result",
-            "case", "max abs", "rel L2", "tol"
+            "{:<72} {:<12} {:>10} {:>10} {:>8}  result",
+            "case", "path", "max abs", "rel L2", "tol"
         );
     }
-    let cases: Vec<_> = conformance_cases()
+    let cases: Vec<_> = conformance_cases_for(&gpu)
         .into_iter()
         .filter(|c| {
             args.filter
@@ -42,8 +42,8 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
         } else {
             let verdict = if r.pass { "pass" } else { "FAIL" };
             println!(
-                "{:<64} {:>10.3e} {:>10.3e} {:>8.0e}  {verdict}",
-                r.case, r.max_abs, r.rel_l2, r.tolerance
+                "{:<72} {:<12} {:>10.3e} {:>10.3e} {:>8.0e}  {verdict}",
+                r.case, r.path, r.max_abs, r.rel_l2, r.tolerance
             );
         }
     }

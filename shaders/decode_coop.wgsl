@@ -1,0 +1,277 @@
+// Split-KV attention for one query token over a long f16 KV cache, on cooperative matrices (tensor
+// cores). The native fast path of decode_split.wgsl: same inputs, same partials, same merge pass.
+//
+// A workgroup takes one query token, the query heads of one GQA group (up to 16: the rows of a
+// 16x16 matrix tile; unused rows are zero) and one chunk of the cache, which it walks in sub-chunks
+// of SUB keys. Per sub-chunk:
+//   1. scores S = Q K^T (16 x SUB), each subgroup a share of the 16-key tiles, K tiles loaded
+//      straight from the cache, accumulated in f32, stored to workgroup memory;
+//   2. online softmax on S: each row's running max and sum in f32, P = exp(S - max) as f16;
+//   3. O_sub = P V (16 x HEAD_DIM), each subgroup a share of the 16-column blocks, V tiles loaded
+//      straight from the cache; the running output is rescaled and summed in registers.
+// Every K and V element is read from memory once, by whole 16x16 tiles, for all heads of the group,
+// so DIFF V2 (twice the query heads per KV head) costs the same memory traffic as standard attention,
+// and the tensor cores keep the arithmetic off the critical path.
+//
+// The cache's last tile of a chunk may be partial: it is staged through workgroup memory with zeros
+// past the visible keys, so nothing past the end is ever read and no garbage reaches a product.
+//
+// Cooperative operations run per subgroup; naga's uniformity analysis treats subgroup_id as
+// divergent, hence the diagnostic filter below: every branch around a cooperative operation here
+// depends only on the workgroup, the uniforms and the subgroup id, so each subgroup stays converged.
+// The row reductions use subgroup shuffles across 8 consecutive invocations, so the host takes this
+// path only where subgroups are at least 8 wide and laid out linearly (NVIDIA: 32).
+//
+// Layouts as decode_split.wgsl: q (N, q_heads, d) f32; k, v (S, kv_heads, d) f16;
+// part_o (N, q_heads, n_chunks, d) f32; part_ml (N, q_heads, n_chunks) as (max, sum).
+
+enable f16;
+enable wgpu_cooperative_matrix;
+diagnostic(off, derivative_uniformity);
+
+// Specialisation constants (the host replaces these defaults).
+const HEAD_DIM: u32 = 64u;
+const SUB: u32 = 256u;
+
+const WG: u32 = 128u;
+const TILE: u32 = 16u;
+// Query heads per workgroup: the rows of one matrix tile.
+const ROWS: u32 = 16u;
+const DC: u32 = HEAD_DIM / TILE;
+const KT: u32 = SUB / TILE;
+const LANES_PER_ROW: u32 = WG / ROWS;
+const KEYS_PER_LANE: u32 = SUB / LANES_PER_ROW;
+// Output elements of the 16 x HEAD_DIM accumulator each invocation keeps.
+const ACC: u32 = ROWS * HEAD_DIM / WG;
+// Row strides in workgroup memory, padded so that the 4 rows a subgroup touches at once in the
+// softmax fall in different banks.
+const S_STRIDE: u32 = SUB + 8u;
+const P_STRIDE: u32 = SUB + 8u;
+const O_STRIDE: u32 = HEAD_DIM + 8u;
+const NEG_BIG: f32 = -3.0e38;
+
+struct Params {
+    n_queries: u32,
+    seq_len: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    group: u32,
+    heads_per_wg: u32,
+    head_splits: u32,
+    rows_per_wg: u32,
+    past_len: u32,
+    causal: u32,
+    n_chunks: u32,
+    out_heads: u32,
+    scale: f32,
+    diff: u32,
+    chunk_len: u32,
+    pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f16>;
+@group(0) @binding(3) var<storage, read> v: array<f16>;
+@group(0) @binding(4) var<storage, read_write> part_o: array<f32>;
+@group(0) @binding(5) var<storage, read_write> part_ml: array<vec2<f32>>;
+
+// Pre-scaled queries, row-major (ROWS x HEAD_DIM).
+var<workgroup> w_q: array<f16, ROWS * HEAD_DIM>;
+// Scores of the sub-chunk (ROWS x SUB); after the softmax, the sub-chunk's P V (ROWS x HEAD_DIM).
+var<workgroup> w_s: array<f32, ROWS * S_STRIDE>;
+var<workgroup> w_p: array<f16, ROWS * P_STRIDE>;
+// A partial 16-key tile of K, then of V, key-major, zero past the visible keys.
+var<workgroup> w_tail: array<f16, TILE * HEAD_DIM>;
+// Per row: exp(old max - new max), the factor that rescales the running output.
+var<workgroup> w_alpha: array<f32, ROWS>;
+
+// Copies keys key0 .. key0 + count (count < TILE) of one KV head into w_tail, zero-padded.
+fn stage_tail(from_v: bool, key0: u32, count: u32, kv_head: u32, lid: u32) {
+    for (var e = lid; e < TILE * HEAD_DIM; e += WG) {
+        let j = e / HEAD_DIM;
+        var x = f16(0.0);
+        if j < count {
+            let i = ((key0 + j) * p.kv_heads + kv_head) * HEAD_DIM + e % HEAD_DIM;
+            if from_v {
+                x = v[i];
+            } else {
+                x = k[i];
+            }
+        }
+        w_tail[e] = x;
+    }
+}
+
+// Scores of key tile `kt` (keys key0 .. key0 + 16) against all ROWS queries, into w_s.
+fn score_tile(kt: u32, key0: u32, kv_head: u32, from_tail: bool) {
+    var s = coop_mat16x16<f32, C>();
+    let ks = p.kv_heads * HEAD_DIM;
+    let ts = HEAD_DIM;
+    let qs = HEAD_DIM;
+    for (var dc = 0u; dc < DC; dc++) {
+        let qi = dc * TILE;
+        let a = coopLoadT<coop_mat16x16<f16, A>>(&w_q[qi], qs);
+        // K^T as a (HEAD_DIM x keys) operand: column j is key j's row, so column-major.
+        if from_tail {
+            let ti = dc * TILE;
+            let b = coopLoad<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
+            s = coopMultiplyAdd(a, b, s);
+        } else {
+            let ki = (key0 * p.kv_heads + kv_head) * HEAD_DIM + dc * TILE;
+            let b = coopLoad<coop_mat16x16<f16, B>>(&k[ki], ks);
+            s = coopMultiplyAdd(a, b, s);
+        }
+    }
+    let si = kt * TILE;
+    let ss = S_STRIDE;
+    coopStoreT(s, &w_s[si], ss);
+}
+
+// Column block `dc` of P V over the sub-chunk starting at key `sub`, into w_s (ROWS x HEAD_DIM).
+fn value_block(dc: u32, sub: u32, full: u32, partial: bool, kv_head: u32) {
+    var o = coop_mat16x16<f32, C>();
+    let vs = p.kv_heads * HEAD_DIM;
+    let ps = P_STRIDE;
+    let ts = HEAD_DIM;
+    for (var kt = 0u; kt < full; kt++) {
+        let pi = kt * TILE;
+        let a = coopLoadT<coop_mat16x16<f16, A>>(&w_p[pi], ps);
+        let vi = ((sub + kt * TILE) * p.kv_heads + kv_head) * HEAD_DIM + dc * TILE;
+        let b = coopLoadT<coop_mat16x16<f16, B>>(&v[vi], vs);
+        o = coopMultiplyAdd(a, b, o);
+    }
+    if partial {
+        let pi = full * TILE;
+        let a = coopLoadT<coop_mat16x16<f16, A>>(&w_p[pi], ps);
+        let ti = dc * TILE;
+        let b = coopLoadT<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
+        o = coopMultiplyAdd(a, b, o);
+    }
+    let oi = dc * TILE;
+    let os = O_STRIDE;
+    coopStoreT(o, &w_s[oi], os);
+}
+
+fn row_max8(x: f32) -> f32 {
+    var m = max(x, subgroupShuffleXor(x, 1u));
+    m = max(m, subgroupShuffleXor(m, 2u));
+    return max(m, subgroupShuffleXor(m, 4u));
+}
+
+fn row_sum8(x: f32) -> f32 {
+    var s = x + subgroupShuffleXor(x, 1u);
+    s += subgroupShuffleXor(s, 2u);
+    return s + subgroupShuffleXor(s, 4u);
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(num_subgroups) n_sg: u32,
+) {
+    let chunk = wg.x;
+    let kv_head = wg.y / p.head_splits;
+    let split = wg.y % p.head_splits;
+    let n = wg.z;
+    let first_head = kv_head * p.group + split * p.heads_per_wg;
+    let n_heads = min(p.heads_per_wg, p.group - split * p.heads_per_wg);
+    var visible_end = p.seq_len;
+    if p.causal != 0u {
+        visible_end = min(p.seq_len, p.past_len + n + 1u);
+    }
+    let begin = chunk * p.chunk_len;
+    let end = min(begin + p.chunk_len, visible_end);
+
+    for (var e = lid; e < ROWS * HEAD_DIM; e += WG) {
+        let r = e / HEAD_DIM;
+        var x = 0.0;
+        if r < n_heads {
+            x = q[(n * p.q_heads + first_head + r) * HEAD_DIM + e % HEAD_DIM] * p.scale;
+        }
+        w_q[e] = f16(x);
+    }
+
+    // This invocation's row in the softmax, and its running statistics (the 8 invocations of a row
+    // hold identical copies).
+    let r = lid / LANES_PER_ROW;
+    let lr = lid % LANES_PER_ROW;
+    var m_run = NEG_BIG;
+    var l_run = 0.0;
+    var acc: array<f32, ACC>;
+
+    for (var sub = begin; sub < end; sub += SUB) {
+        let keys = min(SUB, end - sub);
+        let full = keys / TILE;
+        let partial = full * TILE < keys;
+        if partial {
+            stage_tail(false, sub + full * TILE, keys - full * TILE, kv_head, lid);
+        }
+        workgroupBarrier();
+
+        for (var kt = sg; kt < full; kt += n_sg) {
+            score_tile(kt, sub + kt * TILE, kv_head, false);
+        }
+        if partial && sg == full % n_sg {
+            score_tile(full, 0u, kv_head, true);
+        }
+        workgroupBarrier();
+
+        if partial {
+            stage_tail(true, sub + full * TILE, keys - full * TILE, kv_head, lid);
+        }
+        var tmax = NEG_BIG;
+        for (var t = 0u; t < KEYS_PER_LANE; t++) {
+            let j = lr + t * LANES_PER_ROW;
+            if j < keys {
+                tmax = max(tmax, w_s[r * S_STRIDE + j]);
+            }
+        }
+        let m_new = max(m_run, row_max8(tmax));
+        var tsum = 0.0;
+        for (var t = 0u; t < KEYS_PER_LANE; t++) {
+            let j = lr + t * LANES_PER_ROW;
+            var e = f16(0.0);
+            if j < keys {
+                e = f16(exp(w_s[r * S_STRIDE + j] - m_new));
+            }
+            w_p[r * P_STRIDE + j] = e;
+            // The sum takes the rounded weights, so that it normalises exactly what P V sums.
+            tsum += f32(e);
+        }
+        let alpha = exp(m_run - m_new);
+        l_run = l_run * alpha + row_sum8(tsum);
+        m_run = m_new;
+        if lr == 0u {
+            w_alpha[r] = alpha;
+        }
+        workgroupBarrier();
+
+        for (var dc = sg; dc < DC; dc += n_sg) {
+            value_block(dc, sub, full, partial, kv_head);
+        }
+        workgroupBarrier();
+
+        for (var i = 0u; i < ACC; i++) {
+            let e = lid + i * WG;
+            let row = e / HEAD_DIM;
+            acc[i] = acc[i] * w_alpha[row] + w_s[row * O_STRIDE + e % HEAD_DIM];
+        }
+        // The next sub-chunk overwrites w_s, w_tail and w_alpha.
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < ACC; i++) {
+        let e = lid + i * WG;
+        let row = e / HEAD_DIM;
+        if row < n_heads {
+            let out_row = (n * p.q_heads + first_head + row) * p.n_chunks + chunk;
+            part_o[out_row * HEAD_DIM + e % HEAD_DIM] = acc[i];
+        }
+    }
+    if lr == 0u && r < n_heads {
+        part_ml[(n * p.q_heads + first_head + r) * p.n_chunks + chunk] = vec2<f32>(m_run, l_run);
+    }
+}
