@@ -139,7 +139,7 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
     if let Some(target_workgroups) = case.target_workgroups {
         let tuning = attention::DecodeTuning {
             target_workgroups,
-            ..attention::DecodeTuning::for_adapter(&gpu.info)
+            ..attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim)
         };
         op.set_decode_tuning(gpu, tuning)?;
     }
@@ -201,7 +201,7 @@ pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
         kv_dtype: KvDtype::F16,
         ..AttentionConfig::new(Mode::Diff, 4, 2, 64)
     };
-    if attention::coop_decode_unavailable(gpu, &probe, 256).is_none() {
+    if attention::coop_decode_unavailable(gpu, &probe, 64).is_none() {
         cases.extend(coop_decode_cases());
     }
     cases

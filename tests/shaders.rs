@@ -185,3 +185,52 @@ fn model_shader_specialisations_translate() {
         translate_everywhere(&format!("kv_append f16={f16}"), &s);
     }
 }
+
+/// The attention shaders' `Params` blocks are copies of one Rust definition: same field names,
+/// types and order, same size.
+#[test]
+fn attention_params_match_the_rust_definition() {
+    let rust = diffattn::attention::Params::FIELDS;
+    let mut checked = 0;
+    for (name, source) in diffattn::gpu::shader::SOURCES {
+        if !source.contains("struct Params") || !source.contains("out_heads") {
+            continue;
+        }
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .unwrap_or_else(|| panic!("{name}: no Params type"));
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{name}: Params is not a struct");
+        };
+        let wgsl: Vec<(String, String)> = members
+            .iter()
+            .map(|m| {
+                let scalar = match module.types[m.ty].inner {
+                    naga::TypeInner::Scalar(s) => match s.kind {
+                        naga::ScalarKind::Uint => "u32",
+                        naga::ScalarKind::Float => "f32",
+                        naga::ScalarKind::Sint => "i32",
+                        _ => "other",
+                    },
+                    _ => "non-scalar",
+                };
+                (m.name.clone().unwrap_or_default(), scalar.to_string())
+            })
+            .collect();
+        let want: Vec<(String, String)> = rust
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(wgsl, want, "{name}: Params differs from attention::Params");
+        assert_eq!(
+            *span as usize,
+            std::mem::size_of::<diffattn::attention::Params>(),
+            "{name}: Params size"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "expected the attention shaders, checked {checked}");
+}

@@ -97,8 +97,9 @@ pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
-/// Keys per sub-chunk of the cooperative-matrix decode kernel (its default; see [`DecodeTuning`]).
-const COOP_SUB_KEYS: u32 = 256;
+/// Bytes of one K or V sub-chunk the cooperative-matrix decode kernel stages in workgroup memory
+/// by default (the sub-chunk's key count follows from the head dim; see [`DecodeTuning`]).
+const COOP_SUB_BYTES: u32 = 16 * 1024;
 const FLASH_WG: u32 = 64;
 /// Workgroup memory the flash kernel plans for: the WebGPU default, portable everywhere.
 const FLASH_WORKGROUP_BYTES: u32 = 16 * 1024;
@@ -305,29 +306,34 @@ pub struct DecodeTuning {
 }
 
 impl DecodeTuning {
-    /// Defaults for an adapter: enough workgroups for several per core on a large discrete GPU.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+    /// Defaults for a layer on an adapter: sub-chunks of about 16 KiB of K, and enough workgroups
+    /// for several per core on a large discrete GPU.
+    pub fn for_layer(info: &wgpu::AdapterInfo, head_dim: u32) -> Self {
         let target_workgroups = match info.device_type {
             wgpu::DeviceType::DiscreteGpu => 1024,
             wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => 256,
             _ => 64,
         };
         Self {
-            sub_keys: COOP_SUB_KEYS,
+            sub_keys: default_sub_keys(head_dim),
             target_workgroups,
         }
     }
 }
 
-/// Keys per chunk for the cooperative decode kernel: whole sub-chunks, as many chunks as the target
-/// workgroup count asks for (at least one per sub-chunk of keys never splits finer).
-fn coop_chunk_len(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -> u32 {
+fn default_sub_keys(head_dim: u32) -> u32 {
+    let keys = COOP_SUB_BYTES / (2 * head_dim.max(1));
+    (1u32 << keys.max(1).ilog2()).clamp(16, 256)
+}
+
+/// Workgroups that take turns over the sub-chunks of one (token, head group): as many as the target
+/// workgroup count asks for, never more than there are sub-chunks.
+fn coop_chunks(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -> u32 {
     let subs = seq_len.div_ceil(tuning.sub_keys).max(1);
-    let want_chunks = tuning
+    tuning
         .target_workgroups
         .div_ceil(workgroups_per_chunk.max(1))
-        .clamp(1, subs);
-    subs.div_ceil(want_chunks) * tuning.sub_keys
+        .clamp(1, subs)
 }
 
 /// Builds the dispatch plan of a portable kernel for a call (`Auto` resolves to the portable
@@ -339,7 +345,7 @@ pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan
         k => k,
     };
     let tuning = DecodeTuning {
-        sub_keys: COOP_SUB_KEYS,
+        sub_keys: default_sub_keys(cfg.head_dim),
         target_workgroups: 1024,
     };
     plan_resolved(cfg, call, kernel, &tuning)
@@ -371,16 +377,17 @@ fn plan_resolved(
             let heads_per_wg = group.min(COOP_ROWS);
             let head_splits = group.div_ceil(heads_per_wg);
             let per_chunk = cfg.kv_heads * head_splits * call.n_queries;
-            let chunk_len = coop_chunk_len(call.seq_len, per_chunk, tuning);
-            let n_chunks = call.seq_len.div_ceil(chunk_len);
+            let n_chunks = coop_chunks(call.seq_len, per_chunk, tuning);
+            // Workgroup `c` of a head group takes sub-chunks c, c + n_chunks, ...: the workgroups
+            // in flight read neighbouring memory, as a grid-stride loop does.
             Plan {
                 kernel,
                 n_chunks,
                 heads_per_wg,
                 head_splits,
                 rows_per_wg: 1,
-                chunk_len,
-                groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
+                chunk_len: tuning.sub_keys,
+                groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
             }
         }
         _ => {
@@ -445,9 +452,9 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
     if gpu.fixed_subgroup_size().is_none_or(|s| s < 8) {
         return Some("subgroups are not of one fixed size of at least 8".into());
     }
-    if !sub_keys.is_multiple_of(16) || sub_keys < cfg.head_dim || sub_keys > 1024 {
+    if !sub_keys.is_multiple_of(16) || !(16..=1024).contains(&sub_keys) {
         return Some(format!(
-            "sub-chunk of {sub_keys} keys (needs a multiple of 16, from head_dim to 1024)"
+            "sub-chunk of {sub_keys} keys (needs a multiple of 16 from 16 to 1024)"
         ));
     }
     let bytes = coop_workgroup_bytes(cfg.head_dim, sub_keys);
@@ -462,8 +469,12 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
 
 /// Workgroup memory of decode_coop.wgsl (keep in step with its arrays).
 fn coop_workgroup_bytes(head_dim: u32, sub_keys: u32) -> u32 {
-    let rows = COOP_ROWS;
-    rows * head_dim * 2 + rows * (sub_keys + 8) * 4 + rows * (sub_keys + 8) * 2 + 16 * head_dim * 2 + rows * 4
+    let (rows, d, sub) = (COOP_ROWS, head_dim + 8, sub_keys + 8);
+    let q = rows * d * 2;
+    let kv = sub_keys * d * 2;
+    let scores = rows * sub * 4 + rows * sub * 2;
+    let out = rows * d * 4 + rows * 4;
+    q + kv + scores + out
 }
 
 impl AttentionOp {
@@ -495,7 +506,7 @@ impl AttentionOp {
             decode,
             decode_coop: None,
             combine,
-            tuning: DecodeTuning::for_adapter(&gpu.info),
+            tuning: DecodeTuning::for_layer(&gpu.info, cfg.head_dim),
             scratch: None,
             no_lam,
         };

@@ -226,7 +226,7 @@ fn bench_variant(
     let out = gpu.storage("out", sh.out.0 as u64 * 4)?;
     let mut op = AttentionOp::new(gpu, cfg)?;
     if b.sub_keys.is_some() || b.target_workgroups.is_some() {
-        let default = DecodeTuning::for_adapter(&gpu.info);
+        let default = DecodeTuning::for_layer(&gpu.info, b.head_dim);
         op.set_decode_tuning(
             gpu,
             DecodeTuning {
