@@ -1,28 +1,30 @@
-// Split-KV attention for a few query tokens over a long f16 KV cache, on cooperative matrices
-// (tensor cores). The native fast path of decode_split.wgsl: same inputs, same partials, same merge
-// pass (diff_combine.wgsl).
+// Split-KV attention for one query token over a long f16 KV cache, on cooperative matrices (tensor
+// cores). The native fast path of decode_split.wgsl: same inputs, same partials, same merge pass.
 //
 // A workgroup takes one query token, the query heads of one GQA group (up to 16: the rows of a
-// 16x16 matrix tile; unused rows are zero) and every n_chunks-th sub-chunk of SUB keys of the cache,
-// so that the workgroups in flight together sweep neighbouring memory. Per sub-chunk:
-//   1. the K sub-chunk is copied to workgroup memory in 16-byte loads (zeros past the visible keys);
-//   2. scores S = Q K^T (16 x SUB) on the tensor cores, f32 accumulation;
-//   3. online softmax on S: each row's running max and sum in f32, P = exp(S - max) as f16;
-//   4. the V sub-chunk replaces K in workgroup memory; O_sub = P V (16 x HEAD_DIM) on the tensor
-//      cores; the running output is rescaled and summed in registers.
-// Loads are issued one phase ahead (V while the scores are computed, the next K while P V is), so
-// memory latency overlaps the arithmetic. Every K and V element is read from memory once, for all
-// heads of its group: DIFF V2, with twice the query heads per KV head, moves the same bytes as
-// standard attention.
+// 16x16 matrix tile; unused rows are zero) and every n_chunks-th sub-chunk of SUB keys, so that the
+// workgroups in flight together sweep neighbouring memory, as a grid-stride loop does (KV heads vary
+// fastest across workgroups for the same reason). Per sub-chunk:
+//   1. scores S = Q K^T (16 x SUB), each subgroup a share of the 16-key tiles, K tiles loaded
+//      straight from the cache, accumulated in f32, stored to workgroup memory;
+//   2. online softmax on S: each row's running max and sum in f32, P = exp(S - max) as f16;
+//   3. O_sub = P V (16 x HEAD_DIM), each subgroup a share of the 16-column blocks, V tiles loaded
+//      straight from the cache; the running output is rescaled and summed in registers.
+// Every K and V element is read from memory once, by whole 16x16 tiles, for all heads of the group,
+// so DIFF V2 (twice the query heads per KV head) costs the same memory traffic as standard attention,
+// and the tensor cores keep the arithmetic off the critical path.
+//
+// The cache's last tile of a chunk may be partial: it is staged through workgroup memory with zeros
+// past the visible keys, so nothing past the end is ever read and no garbage reaches a product.
 //
 // Cooperative operations run per subgroup; naga's uniformity analysis treats subgroup_id as
 // divergent, hence the diagnostic filter below: every branch around a cooperative operation here
 // depends only on the workgroup, the uniforms and the subgroup id, so each subgroup stays converged.
 // The row reductions use subgroup shuffles across 8 consecutive invocations, so the host takes this
-// path only where subgroups have one fixed size of at least 8 (NVIDIA: 32).
+// path only where subgroups are at least 8 wide and laid out linearly (NVIDIA: 32).
 //
-// Layouts as decode_split.wgsl: q (N, q_heads, d) f32; k, v (S, kv_heads, d) f16 as packed u32
-// pairs; part_o (N, q_heads, n_chunks, d) f32; part_ml (N, q_heads, n_chunks) as (max, sum).
+// Layouts as decode_split.wgsl: q (N, q_heads, d) f32; k, v (S, kv_heads, d) f16;
+// part_o (N, q_heads, n_chunks, d) f32; part_ml (N, q_heads, n_chunks) as (max, sum).
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -31,25 +33,23 @@ diagnostic(off, derivative_uniformity);
 // Specialisation constants (the host replaces these defaults).
 const HEAD_DIM: u32 = 64u;
 const SUB: u32 = 128u;
-
 const WG: u32 = 128u;
+// Measurement only (always 0 in use): bits that leave stages out, to time what each costs.
+// 1: score products, 2: value products, 16: softmax (32, the merge pass, is the host's).
+const PROFILE: u32 = 0u;
+
 const TILE: u32 = 16u;
 // Query heads per workgroup: the rows of one matrix tile.
 const ROWS: u32 = 16u;
 const DC: u32 = HEAD_DIM / TILE;
 const KT: u32 = SUB / TILE;
-// 16-byte words (8 halves) per K/V row, and per sub-chunk, and per invocation when copying one.
-const D8: u32 = HEAD_DIM / 8u;
-const WORDS: u32 = SUB * D8;
-const LOADS: u32 = (WORDS + WG - 1u) / WG;
 const LANES_PER_ROW: u32 = WG / ROWS;
 const KEYS_PER_LANE: u32 = SUB / LANES_PER_ROW;
 // Output elements of the 16 x HEAD_DIM accumulator each invocation keeps.
 const ACC: u32 = ROWS * HEAD_DIM / WG;
-// Row strides in workgroup memory, padded by 16 bytes so that the rows a matrix load reads at once
-// fall in different banks.
+// Row strides in workgroup memory, padded by 16 bytes so that the rows one matrix load or one
+// softmax step touches fall in different banks.
 const Q_STRIDE: u32 = HEAD_DIM + 8u;
-const KV_STRIDE: u32 = HEAD_DIM + 8u;
 const S_STRIDE: u32 = SUB + 8u;
 const P_STRIDE: u32 = SUB + 8u;
 const O_STRIDE: u32 = HEAD_DIM + 8u;
@@ -76,109 +76,157 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> k: array<f16>;
+@group(0) @binding(3) var<storage, read> v: array<f16>;
 @group(0) @binding(4) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> part_ml: array<vec2<f32>>;
 
-// Pre-scaled queries (ROWS x HEAD_DIM).
+// Pre-scaled queries, row-major (ROWS x HEAD_DIM).
 var<workgroup> w_q: array<f16, ROWS * Q_STRIDE>;
-// The current K, then V, sub-chunk (SUB x HEAD_DIM), key-major.
-var<workgroup> w_kv: array<f16, SUB * KV_STRIDE>;
-// Scores (ROWS x SUB), probabilities (ROWS x SUB), the sub-chunk's P V (ROWS x HEAD_DIM).
+// Scores of the sub-chunk (ROWS x SUB); after the softmax, the sub-chunk's P V (ROWS x HEAD_DIM).
 var<workgroup> w_s: array<f32, ROWS * S_STRIDE>;
 var<workgroup> w_p: array<f16, ROWS * P_STRIDE>;
-var<workgroup> w_o: array<f32, ROWS * O_STRIDE>;
+// A partial 16-key tile of K, then of V, key-major, zero past the visible keys.
+var<workgroup> w_tail: array<f16, TILE * HEAD_DIM>;
 // Per row: exp(old max - new max), the factor that rescales the running output.
 var<workgroup> w_alpha: array<f32, ROWS>;
 
-// One sub-chunk of K or V in registers, on its way to workgroup memory.
-struct Words {
-    w: array<vec4<u32>, LOADS>,
-}
-
-// Reads keys key0 .. key0 + count of one KV head (zeros past count), 16 bytes per load, all loads
-// issued before any is used.
-fn load_sub(from_v: bool, key0: u32, count: u32, kv_head: u32, lid: u32) -> Words {
-    var r: Words;
-    for (var i = 0u; i < LOADS; i++) {
-        let e = lid + i * WG;
-        let j = e / D8;
-        var x = vec4<u32>(0u);
-        if e < WORDS && j < count {
-            let at = ((key0 + j) * p.kv_heads + kv_head) * D8 + e % D8;
+// Copies keys key0 .. key0 + count (count < TILE) of one KV head into w_tail, zero-padded.
+fn stage_tail(from_v: bool, key0: u32, count: u32, kv_head: u32, lid: u32) {
+    for (var e = lid; e < TILE * HEAD_DIM; e += WG) {
+        let j = e / HEAD_DIM;
+        var x = f16(0.0);
+        if j < count {
+            let i = ((key0 + j) * p.kv_heads + kv_head) * HEAD_DIM + e % HEAD_DIM;
             if from_v {
-                x = v[at];
+                x = v[i];
             } else {
-                x = k[at];
+                x = k[i];
             }
         }
-        r.w[i] = x;
-    }
-    return r;
-}
-
-fn store_sub(r: Words, lid: u32) {
-    for (var i = 0u; i < LOADS; i++) {
-        let e = lid + i * WG;
-        if e < WORDS {
-            let base = (e / D8) * KV_STRIDE + (e % D8) * 8u;
-            let words = r.w[i];
-            for (var h = 0u; h < 4u; h++) {
-                // Widening to f32 and back is exact for every f16 value.
-                let pair = unpack2x16float(words[h]);
-                w_kv[base + 2u * h] = f16(pair.x);
-                w_kv[base + 2u * h + 1u] = f16(pair.y);
-            }
-        }
+        w_tail[e] = x;
     }
 }
 
-// Scores of key tile `kt` against all ROWS queries, into w_s.
-fn score_tile(kt: u32) {
+// Scores of key tile `kt` (keys key0 .. key0 + 16) against all ROWS queries, into w_s.
+fn score_tile(kt: u32, key0: u32, kv_head: u32, from_tail: bool) {
     var s = coop_mat16x16<f32, C>();
+    let ks = p.kv_heads * HEAD_DIM;
+    let ts = HEAD_DIM;
     let qs = Q_STRIDE;
-    let ks = KV_STRIDE;
-    for (var dc = 0u; dc < DC; dc++) {
+    let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
+    var dc = 0u;
+    if !from_tail {
+        // Four K tiles in flight before their products: the loads, not the tensor cores, are the
+        // latency to hide.
+        for (; dc + 3u < DC; dc += 4u) {
+            let k0 = base + dc * TILE;
+            let k1 = k0 + TILE;
+            let k2 = k0 + 2u * TILE;
+            let k3 = k0 + 3u * TILE;
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&k[k0], ks);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&k[k1], ks);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&k[k2], ks);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&k[k3], ks);
+            let q0 = dc * TILE;
+            let q1 = q0 + TILE;
+            let q2 = q0 + 2u * TILE;
+            let q3 = q0 + 3u * TILE;
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&w_q[q0], qs);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&w_q[q1], qs);
+            let a2 = coopLoadT<coop_mat16x16<f16, A>>(&w_q[q2], qs);
+            let a3 = coopLoadT<coop_mat16x16<f16, A>>(&w_q[q3], qs);
+            s = coopMultiplyAdd(a0, b0, s);
+            s = coopMultiplyAdd(a1, b1, s);
+            s = coopMultiplyAdd(a2, b2, s);
+            s = coopMultiplyAdd(a3, b3, s);
+        }
+    }
+    for (; dc < DC; dc++) {
         let qi = dc * TILE;
         let a = coopLoadT<coop_mat16x16<f16, A>>(&w_q[qi], qs);
         // K^T as a (HEAD_DIM x keys) operand: column j is key j's row, so column-major.
-        let ki = kt * TILE * KV_STRIDE + dc * TILE;
-        let b = coopLoad<coop_mat16x16<f16, B>>(&w_kv[ki], ks);
-        s = coopMultiplyAdd(a, b, s);
+        if from_tail {
+            let ti = dc * TILE;
+            let b = coopLoad<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
+            s = coopMultiplyAdd(a, b, s);
+        } else {
+            let ki = base + dc * TILE;
+            let b = coopLoad<coop_mat16x16<f16, B>>(&k[ki], ks);
+            s = coopMultiplyAdd(a, b, s);
+        }
     }
     let si = kt * TILE;
     let ss = S_STRIDE;
     coopStoreT(s, &w_s[si], ss);
 }
 
-// Column block `dc` of P V over the sub-chunk in w_kv, into w_o.
-fn value_block(dc: u32) {
+// Column block `dc` of P V over the sub-chunk starting at key `sub`, into w_s (ROWS x HEAD_DIM).
+fn value_block(dc: u32, sub: u32, full: u32, partial: bool, kv_head: u32) {
     var o = coop_mat16x16<f32, C>();
+    let vs = p.kv_heads * HEAD_DIM;
     let ps = P_STRIDE;
-    let vs = KV_STRIDE;
-    for (var kt = 0u; kt < KT; kt++) {
+    let ts = HEAD_DIM;
+    let step = TILE * vs;
+    let base = (sub * p.kv_heads + kv_head) * HEAD_DIM + dc * TILE;
+    var kt = 0u;
+    // Four V tiles in flight before their products, as in score_tile.
+    for (; kt + 3u < full; kt += 4u) {
+        let v0 = base + kt * step;
+        let v1 = v0 + step;
+        let v2 = v0 + 2u * step;
+        let v3 = v0 + 3u * step;
+        let b0 = coopLoadT<coop_mat16x16<f16, B>>(&v[v0], vs);
+        let b1 = coopLoadT<coop_mat16x16<f16, B>>(&v[v1], vs);
+        let b2 = coopLoadT<coop_mat16x16<f16, B>>(&v[v2], vs);
+        let b3 = coopLoadT<coop_mat16x16<f16, B>>(&v[v3], vs);
+        let p0 = kt * TILE;
+        let p1 = p0 + TILE;
+        let p2 = p0 + 2u * TILE;
+        let p3 = p0 + 3u * TILE;
+        let a0 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p0], ps);
+        let a1 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p1], ps);
+        let a2 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p2], ps);
+        let a3 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p3], ps);
+        o = coopMultiplyAdd(a0, b0, o);
+        o = coopMultiplyAdd(a1, b1, o);
+        o = coopMultiplyAdd(a2, b2, o);
+        o = coopMultiplyAdd(a3, b3, o);
+    }
+    for (; kt < full; kt++) {
         let pi = kt * TILE;
         let a = coopLoadT<coop_mat16x16<f16, A>>(&w_p[pi], ps);
-        let vi = kt * TILE * KV_STRIDE + dc * TILE;
-        let b = coopLoadT<coop_mat16x16<f16, B>>(&w_kv[vi], vs);
+        let vi = base + kt * step;
+        let b = coopLoadT<coop_mat16x16<f16, B>>(&v[vi], vs);
+        o = coopMultiplyAdd(a, b, o);
+    }
+    if partial {
+        let pi = full * TILE;
+        let a = coopLoadT<coop_mat16x16<f16, A>>(&w_p[pi], ps);
+        let ti = dc * TILE;
+        let b = coopLoadT<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
         o = coopMultiplyAdd(a, b, o);
     }
     let oi = dc * TILE;
     let os = O_STRIDE;
-    coopStoreT(o, &w_o[oi], os);
+    coopStoreT(o, &w_s[oi], os);
 }
 
-fn row_max8(x: f32) -> f32 {
-    var m = max(x, subgroupShuffleXor(x, 1u));
-    m = max(m, subgroupShuffleXor(m, 2u));
-    return max(m, subgroupShuffleXor(m, 4u));
+// Reductions over the LANES_PER_ROW consecutive invocations that share a softmax row.
+fn row_max(x: f32) -> f32 {
+    var m = x;
+    for (var o = 1u; o < LANES_PER_ROW; o *= 2u) {
+        m = max(m, subgroupShuffleXor(m, o));
+    }
+    return m;
 }
 
-fn row_sum8(x: f32) -> f32 {
-    var s = x + subgroupShuffleXor(x, 1u);
-    s += subgroupShuffleXor(s, 2u);
-    return s + subgroupShuffleXor(s, 4u);
+fn row_sum(x: f32) -> f32 {
+    var s = x;
+    for (var o = 1u; o < LANES_PER_ROW; o *= 2u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    return s;
 }
 
 @compute @workgroup_size(WG)
@@ -188,7 +236,6 @@ fn main(
     @builtin(subgroup_id) sg: u32,
     @builtin(num_subgroups) n_sg: u32,
 ) {
-    // KV heads vary fastest across workgroups, so that those in flight share key rows.
     let kv_head = wg.x / p.head_splits;
     let split = wg.x % p.head_splits;
     let chunk = wg.y;
@@ -210,7 +257,7 @@ fn main(
         w_q[r * Q_STRIDE + e % HEAD_DIM] = f16(x);
     }
 
-    // This invocation's row in the softmax, and its running statistics (the 8 invocations of a row
+    // This invocation's row in the softmax, and its running statistics (the invocations of a row
     // hold identical copies).
     let r = lid / LANES_PER_ROW;
     let lr = lid % LANES_PER_ROW;
@@ -218,29 +265,39 @@ fn main(
     var l_run = 0.0;
     var acc: array<f32, ACC>;
 
-    var next_k = load_sub(false, chunk * SUB, visible_end - min(visible_end, chunk * SUB), kv_head, lid);
     for (var s = chunk; s < n_subs; s += p.n_chunks) {
-        let key0 = s * SUB;
-        let keys = min(SUB, visible_end - key0);
-        store_sub(next_k, lid);
-        workgroupBarrier();
-        let vals = load_sub(true, key0, keys, kv_head, lid);
-
-        for (var kt = sg; kt < KT; kt += n_sg) {
-            score_tile(kt);
+        let sub = s * SUB;
+        let keys = min(SUB, visible_end - sub);
+        let full = keys / TILE;
+        let partial = full * TILE < keys;
+        if partial {
+            stage_tail(false, sub + full * TILE, keys - full * TILE, kv_head, lid);
         }
         workgroupBarrier();
 
+        if (PROFILE & 1u) == 0u {
+            for (var kt = sg; kt < full; kt += n_sg) {
+                score_tile(kt, sub + kt * TILE, kv_head, false);
+            }
+            if partial && sg == full % n_sg {
+                score_tile(full, 0u, kv_head, true);
+            }
+        }
+        workgroupBarrier();
+
+        if partial {
+            stage_tail(true, sub + full * TILE, keys - full * TILE, kv_head, lid);
+        }
         var tmax = NEG_BIG;
-        for (var t = 0u; t < KEYS_PER_LANE; t++) {
+        for (var t = 0u; t < KEYS_PER_LANE * u32((PROFILE & 16u) == 0u); t++) {
             let j = lr + t * LANES_PER_ROW;
             if j < keys {
                 tmax = max(tmax, w_s[r * S_STRIDE + j]);
             }
         }
-        let m_new = max(m_run, row_max8(tmax));
+        let m_new = max(m_run, row_max(tmax));
         var tsum = 0.0;
-        for (var t = 0u; t < KEYS_PER_LANE; t++) {
+        for (var t = 0u; t < KEYS_PER_LANE * u32((PROFILE & 16u) == 0u); t++) {
             let j = lr + t * LANES_PER_ROW;
             var e = f16(0.0);
             if j < keys {
@@ -251,29 +308,26 @@ fn main(
             tsum += f32(e);
         }
         let alpha = exp(m_run - m_new);
-        l_run = l_run * alpha + row_sum8(tsum);
+        l_run = l_run * alpha + row_sum(tsum);
         m_run = m_new;
         if lr == 0u {
             w_alpha[r] = alpha;
         }
-        // Every subgroup is done with K before V overwrites it.
         workgroupBarrier();
-        store_sub(vals, lid);
-        workgroupBarrier();
-        let next = s + p.n_chunks;
-        next_k = load_sub(false, next * SUB, visible_end - min(visible_end, next * SUB), kv_head, lid);
 
-        for (var dc = sg; dc < DC; dc += n_sg) {
-            value_block(dc);
+        if (PROFILE & 2u) == 0u {
+            for (var dc = sg; dc < DC; dc += n_sg) {
+                value_block(dc, sub, full, partial, kv_head);
+            }
         }
         workgroupBarrier();
 
         for (var i = 0u; i < ACC; i++) {
             let e = lid + i * WG;
             let row = e / HEAD_DIM;
-            acc[i] = acc[i] * w_alpha[row] + w_o[row * O_STRIDE + e % HEAD_DIM];
+            acc[i] = acc[i] * w_alpha[row] + w_s[row * O_STRIDE + e % HEAD_DIM];
         }
-        // The next sub-chunk overwrites w_kv, w_s, w_p, w_o and w_alpha only after this barrier.
+        // The next sub-chunk overwrites w_s, w_tail and w_alpha.
         workgroupBarrier();
     }
 

@@ -201,8 +201,40 @@ pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
         kv_dtype: KvDtype::F16,
         ..AttentionConfig::new(Mode::Diff, 4, 2, 64)
     };
-    if attention::coop_decode_unavailable(gpu, &probe, 64).is_none() {
+    if attention::coop_decode_unavailable(gpu, &probe, 128).is_none() {
         cases.extend(coop_decode_cases());
+    }
+    if attention::coop_prefill_unavailable(gpu, &probe).is_none() {
+        cases.extend(coop_prefill_cases());
+    }
+    cases
+}
+
+/// Cases for the cooperative-matrix prefill kernel (f16 K/V): partial 16-row blocks and 64-key
+/// tiles, causal from 0 and after a cached prefix (chunked prefill), no mask, GQA groups, both
+/// modes, large logits.
+pub fn coop_prefill_cases() -> Vec<Case> {
+    use KvDtype::F16;
+    use Mode::{Diff, Standard};
+    let k = Kernel::FlashCoop;
+    let mut cases = vec![
+        case(Diff, (4, 2, 64), (1, 1), true, F16, k),
+        case(Diff, (4, 2, 64), (17, 17), true, F16, k),
+        case(Diff, (4, 2, 64), (64, 64), true, F16, k),
+        case(Diff, (6, 2, 64), (257, 257), true, F16, k),
+        case(Standard, (6, 2, 64), (100, 300), true, F16, k),
+        case(Diff, (8, 2, 128), (130, 130), true, F16, k),
+        case(Standard, (8, 8, 128), (77, 333), false, F16, k),
+        case(Diff, (4, 1, 32), (48, 1000), true, F16, k),
+        case(Diff, (4, 2, 96), (33, 95), true, F16, k),
+    ];
+    for q_scale in [30.0, 1e3] {
+        let mut c = case(Diff, (4, 2, 64), (40, 200), true, F16, k);
+        c.q_scale = q_scale;
+        cases.push(c);
+    }
+    for (i, c) in cases.iter_mut().enumerate() {
+        c.seed = 0xF1A5_0000 + i as u64;
     }
     cases
 }

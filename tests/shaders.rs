@@ -161,6 +161,34 @@ fn attention_specialisations_translate() {
 }
 
 #[test]
+fn tensor_core_specialisations_translate() {
+    let src = |name: &str| {
+        diffattn::gpu::shader::SOURCES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+    };
+    for d in [32u32, 64, 96, 128, 256] {
+        for wg in [128u32, 256] {
+            let sub = d.max(128);
+            let consts = [
+                ("HEAD_DIM", Const::U32(d)),
+                ("SUB", Const::U32(sub)),
+                ("WG", Const::U32(wg)),
+            ];
+            let s = specialise("decode_coop", src("decode_coop"), &consts).unwrap();
+            translate_native(&format!("decode_coop d={d} wg={wg}"), &s);
+        }
+        if d <= 128 {
+            let consts = [("HEAD_DIM", Const::U32(d)), ("BC", Const::U32(64))];
+            let s = specialise("flash_coop", src("flash_coop"), &consts).unwrap();
+            translate_native(&format!("flash_coop d={d}"), &s);
+        }
+    }
+}
+
+#[test]
 fn model_shader_specialisations_translate() {
     let src = |name: &str| {
         diffattn::gpu::shader::SOURCES

@@ -71,6 +71,9 @@ pub enum Kernel {
     /// Split-KV decoding on cooperative matrices, f16 K/V (`decode_coop.wgsl`; native adapters
     /// with 16x16 f16 tiles).
     DecodeCoop,
+    /// Two-pass attention for many query rows on cooperative matrices, f16 K/V
+    /// (`flash_coop.wgsl`; native adapters with 16x16 f16 tiles).
+    FlashCoop,
 }
 
 impl Kernel {
@@ -81,6 +84,7 @@ impl Kernel {
             Kernel::Flash => "flash",
             Kernel::Decode => "decode",
             Kernel::DecodeCoop => "decode-coop",
+            Kernel::FlashCoop => "flash-coop",
         }
     }
 
@@ -97,9 +101,15 @@ pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
-/// Bytes of one K or V sub-chunk the cooperative-matrix decode kernel stages in workgroup memory
-/// by default (the sub-chunk's key count follows from the head dim; see [`DecodeTuning`]).
-const COOP_SUB_BYTES: u32 = 16 * 1024;
+/// Keys per sub-chunk of the cooperative-matrix decode kernel by default (at least the head dim;
+/// see [`DecodeTuning`]).
+const COOP_SUB_KEYS: u32 = 128;
+/// Invocations per workgroup of the cooperative-matrix decode kernel by default.
+const COOP_WG: u32 = 256;
+/// Keys per tile of the cooperative-matrix prefill kernel.
+const COOP_PREFILL_KEYS: u32 = 64;
+/// Query rows per workgroup of the cooperative-matrix prefill kernel.
+const COOP_PREFILL_ROWS: u32 = 16;
 const FLASH_WG: u32 = 64;
 /// Workgroup memory the flash kernel plans for: the WebGPU default, portable everywhere.
 const FLASH_WORKGROUP_BYTES: u32 = 16 * 1024;
@@ -303,11 +313,16 @@ pub struct DecodeTuning {
     pub sub_keys: u32,
     /// Workgroups per call the split count aims for.
     pub target_workgroups: u32,
+    /// Invocations per workgroup of the cooperative decode kernel: 128 or 256.
+    pub workgroup_size: u32,
+    /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
+    #[doc(hidden)]
+    pub profile: u32,
 }
 
 impl DecodeTuning {
-    /// Defaults for a layer on an adapter: sub-chunks of about 16 KiB of K, and enough workgroups
-    /// for several per core on a large discrete GPU.
+    /// Defaults for a layer on an adapter: sub-chunks of 128 keys (or the head dim, if larger), and
+    /// enough workgroups for several per core on a large discrete GPU.
     pub fn for_layer(info: &wgpu::AdapterInfo, head_dim: u32) -> Self {
         let target_workgroups = match info.device_type {
             wgpu::DeviceType::DiscreteGpu => 1024,
@@ -317,13 +332,14 @@ impl DecodeTuning {
         Self {
             sub_keys: default_sub_keys(head_dim),
             target_workgroups,
+            workgroup_size: COOP_WG,
+            profile: 0,
         }
     }
 }
 
 fn default_sub_keys(head_dim: u32) -> u32 {
-    let keys = COOP_SUB_BYTES / (2 * head_dim.max(1));
-    (1u32 << keys.max(1).ilog2()).clamp(16, 256)
+    head_dim.next_multiple_of(16).max(COOP_SUB_KEYS)
 }
 
 /// Workgroups that take turns over the sub-chunks of one (token, head group): as many as the target
@@ -347,6 +363,8 @@ pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan
     let tuning = DecodeTuning {
         sub_keys: default_sub_keys(cfg.head_dim),
         target_workgroups: 1024,
+        workgroup_size: COOP_WG,
+        profile: 0,
     };
     plan_resolved(cfg, call, kernel, &tuning)
 }
@@ -390,6 +408,19 @@ fn plan_resolved(
                 groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
             }
         }
+        Kernel::FlashCoop => Plan {
+            kernel,
+            n_chunks: 1,
+            heads_per_wg: 1,
+            head_splits: 1,
+            rows_per_wg: COOP_PREFILL_ROWS,
+            chunk_len: call.seq_len,
+            groups: [
+                call.n_queries.div_ceil(COOP_PREFILL_ROWS),
+                cfg.q_heads(),
+                1,
+            ],
+        },
         _ => {
             let heads_per_wg = group.min(FLASH_WG);
             let head_splits = group.div_ceil(heads_per_wg);
@@ -432,6 +463,8 @@ pub struct AttentionOp {
     decode: Arc<wgpu::ComputePipeline>,
     /// The cooperative-matrix decode kernel, where the adapter and the layer allow it.
     decode_coop: Option<Arc<wgpu::ComputePipeline>>,
+    /// The cooperative-matrix prefill kernel, where the adapter and the layer allow it.
+    flash_coop: Option<Arc<wgpu::ComputePipeline>>,
     combine: Arc<wgpu::ComputePipeline>,
     tuning: DecodeTuning,
     scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
@@ -449,12 +482,13 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
     if !cfg.head_dim.is_multiple_of(16) {
         return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
     }
-    if gpu.fixed_subgroup_size().is_none_or(|s| s < 8) {
-        return Some("subgroups are not of one fixed size of at least 8".into());
+    if gpu.fixed_subgroup_size().is_none_or(|s| s < 16) {
+        return Some("subgroups are not of one fixed size of at least 16".into());
     }
-    if !sub_keys.is_multiple_of(16) || !(16..=1024).contains(&sub_keys) {
+    // The kernel keeps each sub-chunk's P V (16 x head_dim) where its scores were.
+    if !sub_keys.is_multiple_of(16) || sub_keys < cfg.head_dim || sub_keys > 1024 {
         return Some(format!(
-            "sub-chunk of {sub_keys} keys (needs a multiple of 16 from 16 to 1024)"
+            "sub-chunk of {sub_keys} keys (needs a multiple of 16 from head_dim to 1024)"
         ));
     }
     let bytes = coop_workgroup_bytes(cfg.head_dim, sub_keys);
@@ -467,14 +501,51 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
     None
 }
 
+/// Why the cooperative-matrix prefill kernel cannot serve a layer on an adapter, or `None` if it can.
+pub fn coop_prefill_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<String> {
+    if !gpu.coop_f16 {
+        return Some("the adapter has no 16x16 f16 cooperative matrices".into());
+    }
+    if cfg.kv_dtype != KvDtype::F16 {
+        return Some("K/V are f32 (the tensor-core kernel reads f16)".into());
+    }
+    if !cfg.head_dim.is_multiple_of(16) {
+        return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
+    }
+    // Each subgroup keeps two 16-column blocks of the output: head_dim <= 2 * 16 * subgroups.
+    let subgroups = gpu
+        .fixed_subgroup_size()
+        .filter(|&s| s >= 8 && s <= 128)
+        .map(|s| 128 / s);
+    match subgroups {
+        None => return Some("subgroups are not of one fixed size from 8 to 128".into()),
+        Some(n) if cfg.head_dim > 32 * n => {
+            return Some(format!(
+                "head_dim {} is larger than this kernel's {} on this adapter",
+                cfg.head_dim,
+                32 * n
+            ));
+        }
+        _ => {}
+    }
+    let (d, bc) = (cfg.head_dim + 8, COOP_PREFILL_KEYS);
+    let bytes = 16 * d * 2 + bc * d * 2 + 16 * (bc + 8) * 6 + 16 * d * 4;
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
+    if bytes > limit {
+        return Some(format!(
+            "needs {bytes} bytes of workgroup memory; the adapter has {limit}"
+        ));
+    }
+    None
+}
+
 /// Workgroup memory of decode_coop.wgsl (keep in step with its arrays).
 fn coop_workgroup_bytes(head_dim: u32, sub_keys: u32) -> u32 {
-    let (rows, d, sub) = (COOP_ROWS, head_dim + 8, sub_keys + 8);
-    let q = rows * d * 2;
-    let kv = sub_keys * d * 2;
+    let (rows, sub) = (COOP_ROWS, sub_keys + 8);
+    let q = rows * (head_dim + 8) * 2;
     let scores = rows * sub * 4 + rows * sub * 2;
-    let out = rows * d * 4 + rows * 4;
-    q + kv + scores + out
+    let tail = 16 * head_dim * 2;
+    q + scores + tail + rows * 4
 }
 
 impl AttentionOp {
@@ -505,6 +576,7 @@ impl AttentionOp {
             flash,
             decode,
             decode_coop: None,
+            flash_coop: None,
             combine,
             tuning: DecodeTuning::for_layer(&gpu.info, cfg.head_dim),
             scratch: None,
@@ -516,12 +588,24 @@ impl AttentionOp {
 
     fn build_coop(&mut self, gpu: &Gpu) -> Result<()> {
         self.decode_coop = None;
+        self.flash_coop = None;
+        if coop_prefill_unavailable(gpu, &self.cfg).is_none() {
+            self.flash_coop = Some(
+                gpu.pipeline(
+                    &ShaderSpec::new("flash_coop")
+                        .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
+                        .with("BC", Const::U32(COOP_PREFILL_KEYS)),
+                )?,
+            );
+        }
         if coop_decode_unavailable(gpu, &self.cfg, self.tuning.sub_keys).is_none() {
             self.decode_coop = Some(
                 gpu.pipeline(
                     &ShaderSpec::new("decode_coop")
                         .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
-                        .with("SUB", Const::U32(self.tuning.sub_keys)),
+                        .with("SUB", Const::U32(self.tuning.sub_keys))
+                        .with("WG", Const::U32(self.tuning.workgroup_size))
+                        .with("PROFILE", Const::U32(self.tuning.profile)),
                 )?,
             );
         }
@@ -536,7 +620,15 @@ impl AttentionOp {
         {
             return Err(Error::config(format!("decode tuning: {why}")));
         }
-        let rebuild = tuning.sub_keys != self.tuning.sub_keys;
+        if ![128, 256].contains(&tuning.workgroup_size) {
+            return Err(Error::config(format!(
+                "decode tuning: workgroup size {} (expected 128 or 256)",
+                tuning.workgroup_size
+            )));
+        }
+        let rebuild = tuning.sub_keys != self.tuning.sub_keys
+            || tuning.profile != self.tuning.profile
+            || tuning.workgroup_size != self.tuning.workgroup_size;
         self.tuning = DecodeTuning {
             target_workgroups: tuning.target_workgroups.max(1),
             ..tuning
@@ -553,7 +645,11 @@ impl AttentionOp {
         if self.decode_coop.is_some() {
             paths.push(Kernel::DecodeCoop);
         }
-        paths.extend([Kernel::Decode, Kernel::Flash]);
+        paths.push(Kernel::Decode);
+        if self.flash_coop.is_some() {
+            paths.push(Kernel::FlashCoop);
+        }
+        paths.push(Kernel::Flash);
         paths
     }
 
@@ -568,7 +664,15 @@ impl AttentionOp {
                     Kernel::Decode
                 }
             }
+            Kernel::Auto if self.flash_coop.is_some() => Kernel::FlashCoop,
             Kernel::Auto => Kernel::Flash,
+            Kernel::FlashCoop if self.flash_coop.is_none() => {
+                return Err(Error::Unsupported(
+                    "the cooperative-matrix prefill kernel is not available for this layer on this \
+                     adapter (see `diffattn adapters`)"
+                        .into(),
+                ));
+            }
             Kernel::DecodeCoop if self.decode_coop.is_none() => {
                 return Err(Error::Unsupported(
                     "the cooperative-matrix decode kernel is not available for this layer on this \
@@ -672,6 +776,7 @@ impl AttentionOp {
         let first = match plan.kernel {
             Kernel::Decode => &self.decode,
             Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
+            Kernel::FlashCoop => self.flash_coop.as_ref().expect("plan checked the path"),
             _ => &self.flash,
         };
         let first_bg = gpu.bind(first, &[&uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]);
@@ -686,9 +791,11 @@ impl AttentionOp {
         pass.set_pipeline(first);
         pass.set_bind_group(0, &first_bg, &[]);
         pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
-        pass.set_pipeline(&self.combine);
-        pass.set_bind_group(0, &combine_bg, &[]);
-        pass.dispatch_workgroups(combine_groups[0], combine_groups[1], 1);
+        if self.tuning.profile & 32 == 0 {
+            pass.set_pipeline(&self.combine);
+            pass.set_bind_group(0, &combine_bg, &[]);
+            pass.dispatch_workgroups(combine_groups[0], combine_groups[1], 1);
+        }
         Ok(plan)
     }
 }

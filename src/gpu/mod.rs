@@ -98,11 +98,16 @@ impl AdapterSummary {
         let mut paths = vec![];
         let fixed_subgroups = self.subgroups
             && self.subgroup_sizes.0 == self.subgroup_sizes.1
-            && self.subgroup_sizes.0 >= 8;
-        if self.coop_f16_16x16 && self.shader_f16 && fixed_subgroups {
+            && self.subgroup_sizes.0 >= 16;
+        let coop = self.coop_f16_16x16 && self.shader_f16 && fixed_subgroups;
+        if coop {
             paths.push("decode-coop (tensor cores, f16 K/V)");
         }
-        paths.extend(["decode (portable)", "flash (portable)"]);
+        paths.push("decode (portable)");
+        if coop {
+            paths.push("flash-coop (tensor cores, f16 K/V)");
+        }
+        paths.push("flash (portable)");
         paths
     }
 }

@@ -12,6 +12,7 @@ use std::fmt;
 /// The shader files compiled into the crate, by name.
 pub const SOURCES: &[(&str, &str)] = &[
     ("flash_attn", include_str!("../../shaders/flash_attn.wgsl")),
+    ("flash_coop", include_str!("../../shaders/flash_coop.wgsl")),
     (
         "decode_split",
         include_str!("../../shaders/decode_split.wgsl"),

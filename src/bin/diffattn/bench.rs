@@ -56,6 +56,13 @@ pub struct AttentionBench {
     /// Workgroups per call the decode split count aims for (tuning).
     #[arg(long)]
     target_workgroups: Option<u32>,
+    /// Invocations per workgroup of the cooperative decode kernel, 128 or 256 (tuning).
+    #[arg(long)]
+    workgroup_size: Option<u32>,
+    /// Measurement only: stages of the cooperative decode kernel to leave out (bits; results are
+    /// wrong by design).
+    #[arg(long, hide = true, default_value_t = 0)]
+    profile: u32,
     #[arg(long)]
     json: bool,
 }
@@ -83,6 +90,9 @@ fn parse_kernel(name: &str) -> Result<Kernel> {
     })
 }
 
+/// Wall time of warm-up before each timed series.
+const WARM_UP_MS: u64 = 300;
+
 /// GPU timestamps of `repeats` compute passes recorded by `record(pass_index, timestamp_writes)`,
 /// or wall-clock times per submit where the adapter has no timestamps.
 fn time_passes(
@@ -90,12 +100,20 @@ fn time_passes(
     repeats: u32,
     mut record: impl FnMut(u32, &mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) -> Result<()>,
 ) -> Result<(f64, &'static str)> {
-    for r in 0..3 {
+    // Warm up for a fixed wall time, not a fixed count: a GPU idling at a low clock takes tens of
+    // milliseconds of load to reach its working clock, and short kernels would otherwise be timed
+    // on the way up.
+    let start = std::time::Instant::now();
+    let mut r = 0;
+    while r < 3 || start.elapsed() < std::time::Duration::from_millis(WARM_UP_MS) {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        record(r, &mut enc, None)?;
+        for _ in 0..8 {
+            record(r, &mut enc, None)?;
+            r += 1;
+        }
         gpu.queue.submit([enc.finish()]);
+        gpu.wait()?;
     }
-    gpu.wait()?;
     gpu.take_error("bench warm-up")?;
     let mut times = Vec::new();
     if gpu.has_timestamps() {
@@ -225,13 +243,19 @@ fn bench_variant(
     )?;
     let out = gpu.storage("out", sh.out.0 as u64 * 4)?;
     let mut op = AttentionOp::new(gpu, cfg)?;
-    if b.sub_keys.is_some() || b.target_workgroups.is_some() {
+    if b.sub_keys.is_some()
+        || b.target_workgroups.is_some()
+        || b.workgroup_size.is_some()
+        || b.profile != 0
+    {
         let default = DecodeTuning::for_layer(&gpu.info, b.head_dim);
         op.set_decode_tuning(
             gpu,
             DecodeTuning {
                 sub_keys: b.sub_keys.unwrap_or(default.sub_keys),
                 target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
+                workgroup_size: b.workgroup_size.unwrap_or(default.workgroup_size),
+                profile: b.profile,
             },
         )?;
     }
