@@ -117,7 +117,9 @@ else
     progress "pytorch baseline FAILED (exit $?); the table will have no PyTorch values"
 fi
 
-COMMIT=$(git rev-parse HEAD 2>/dev/null || cat .dev/commit 2>/dev/null || echo unknown)
+# The GPU machine gets a copy of the working tree whose .git may not be this checkout's: a
+# .dev/commit written where the binary was built wins.
+COMMIT=$(cat .dev/commit 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)
 if [[ -f docs/BENCHMARKS.md ]]; then
     cp docs/BENCHMARKS.md "$OUTDIR/BENCHMARKS.md"
 fi

@@ -6,7 +6,7 @@ use diffattn::attention::{
     self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode,
 };
 use diffattn::reference;
-use diffattn::testing::{Case, Rng, conformance_cases, run_case};
+use diffattn::testing::{Case, Rng, conformance_cases_for, run_case};
 
 fn run_all(cases: Vec<Case>, seed: u64) {
     let gpu = common::gpu();
@@ -29,9 +29,34 @@ fn run_all(cases: Vec<Case>, seed: u64) {
     );
 }
 
+/// The conformance list plus the cases of every fast path the adapter has.
 #[test]
 fn conformance_suite_with_fresh_inputs() {
-    run_all(conformance_cases(), common::fresh_seed("conformance"));
+    let gpu = common::gpu();
+    run_all(conformance_cases_for(&gpu), common::fresh_seed("conformance"));
+}
+
+/// Asking for a tensor-core kernel where the adapter has none is a clear error, not a silent
+/// fallback, and `Auto` never picks one there.
+#[test]
+fn unavailable_fast_paths_are_refused_by_name() {
+    let gpu = common::gpu();
+    let cfg = cfg(Mode::Diff, 4, 2, 64, KvDtype::F16);
+    let op = attention::AttentionOp::new(&gpu, cfg).unwrap();
+    for (kernel, n) in [(Kernel::DecodeCoop, 1), (Kernel::FlashCoop, 64)] {
+        let c = call(n, 256, true, 256 - n);
+        if op.paths().contains(&kernel) {
+            assert_eq!(op.plan(&c, kernel).unwrap().kernel, kernel);
+            continue;
+        }
+        let err = op.plan(&c, kernel).unwrap_err().to_string();
+        assert!(err.contains("cooperative-matrix"), "{err}");
+        assert_ne!(op.plan(&c, Kernel::Auto).unwrap().kernel, kernel);
+    }
+    if !gpu.coop_f16 {
+        let why = attention::coop_decode_unavailable(&gpu, &cfg, 128).unwrap();
+        assert!(why.contains("cooperative matrices"), "{why}");
+    }
 }
 
 fn cfg(mode: Mode, heads: u32, kv_heads: u32, head_dim: u32, kv_dtype: KvDtype) -> AttentionConfig {
@@ -75,6 +100,7 @@ fn edge_sizes_on_both_kernels() {
                     kernel,
                     q_scale: 1.0,
                     seed: 0,
+                    target_workgroups: None,
                 });
             }
         }
@@ -94,6 +120,7 @@ fn explicit_scale_and_f16_kv_everywhere() {
             kernel,
             q_scale: 1.0,
             seed: 0,
+            target_workgroups: None,
         });
     }
     run_all(cases, common::fresh_seed("scale and f16"));
@@ -109,6 +136,7 @@ fn large_logits_stay_finite_and_accurate() {
             kernel,
             q_scale: 30.0,
             seed: 0,
+            target_workgroups: None,
         });
     }
     run_all(cases, common::fresh_seed("large logits"));

@@ -181,7 +181,7 @@ fn tensor_core_specialisations_translate() {
             translate_native(&format!("decode_coop d={d} wg={wg}"), &s);
         }
         if d <= 128 {
-            let consts = [("HEAD_DIM", Const::U32(d)), ("BC", Const::U32(64))];
+            let consts = [("HEAD_DIM", Const::U32(d)), ("BC", Const::U32(32))];
             let s = specialise("flash_coop", src("flash_coop"), &consts).unwrap();
             translate_native(&format!("flash_coop d={d}"), &s);
         }

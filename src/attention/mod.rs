@@ -107,9 +107,9 @@ const COOP_SUB_KEYS: u32 = 128;
 /// Invocations per workgroup of the cooperative-matrix decode kernel by default.
 const COOP_WG: u32 = 256;
 /// Keys per tile of the cooperative-matrix prefill kernel.
-const COOP_PREFILL_KEYS: u32 = 64;
-/// Query rows per workgroup of the cooperative-matrix prefill kernel.
-const COOP_PREFILL_ROWS: u32 = 16;
+const COOP_PREFILL_KEYS: u32 = 32;
+/// Query rows per workgroup of the cooperative-matrix prefill kernel (16 per subgroup of 32).
+const COOP_PREFILL_ROWS: u32 = 64;
 const FLASH_WG: u32 = 64;
 /// Workgroup memory the flash kernel plans for: the WebGPU default, portable everywhere.
 const FLASH_WORKGROUP_BYTES: u32 = 16 * 1024;
@@ -512,24 +512,18 @@ pub fn coop_prefill_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<Stri
     if !cfg.head_dim.is_multiple_of(16) {
         return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
     }
-    // Each subgroup keeps two 16-column blocks of the output: head_dim <= 2 * 16 * subgroups.
-    let subgroups = gpu
-        .fixed_subgroup_size()
-        .filter(|&s| s >= 8 && s <= 128)
-        .map(|s| 128 / s);
-    match subgroups {
-        None => return Some("subgroups are not of one fixed size from 8 to 128".into()),
-        Some(n) if cfg.head_dim > 32 * n => {
-            return Some(format!(
-                "head_dim {} is larger than this kernel's {} on this adapter",
-                cfg.head_dim,
-                32 * n
-            ));
-        }
-        _ => {}
+    // Four subgroups of 32 own 16 rows each, and each keeps up to eight 16-column output blocks.
+    if gpu.fixed_subgroup_size() != Some(32) {
+        return Some("subgroups are not exactly 32 wide".into());
     }
-    let (d, bc) = (cfg.head_dim + 8, COOP_PREFILL_KEYS);
-    let bytes = 16 * d * 2 + bc * d * 2 + 16 * (bc + 8) * 6 + 16 * d * 4;
+    if cfg.head_dim > 128 {
+        return Some(format!(
+            "head_dim {} (the tensor-core prefill kernel takes up to 128)",
+            cfg.head_dim
+        ));
+    }
+    let (d, bc, rows) = (cfg.head_dim + 8, COOP_PREFILL_KEYS, COOP_PREFILL_ROWS);
+    let bytes = rows * d * 2 + bc * d * 2 + rows * (bc + 8) * 6 + rows * 20 * 4;
     let limit = gpu.limits.max_compute_workgroup_storage_size;
     if bytes > limit {
         return Some(format!(
@@ -910,4 +904,60 @@ pub fn attention_blocking(
     kernel: Kernel,
 ) -> Result<Vec<f32>> {
     pollster::block_on(attention(gpu, cfg, call, x, kernel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuning(sub_keys: u32, target_workgroups: u32) -> DecodeTuning {
+        DecodeTuning {
+            sub_keys,
+            target_workgroups,
+            workgroup_size: COOP_WG,
+            profile: 0,
+        }
+    }
+
+    #[test]
+    fn coop_split_count_follows_the_target_and_never_exceeds_the_sub_chunks() {
+        // 65536 keys in 512 sub-chunks; 8 KV heads: 1024 workgroups ask for 128 chunks.
+        assert_eq!(coop_chunks(65536, 8, &tuning(128, 1024)), 128);
+        // A short cache has fewer sub-chunks than the target would split it into.
+        assert_eq!(coop_chunks(1000, 8, &tuning(128, 1024)), 8);
+        assert_eq!(coop_chunks(1, 8, &tuning(128, 1024)), 1);
+        // A target below one workgroup per head group still gives one chunk.
+        assert_eq!(coop_chunks(65536, 64, &tuning(128, 4)), 1);
+    }
+
+    #[test]
+    fn default_sub_chunks_hold_the_head() {
+        assert_eq!(default_sub_keys(64), 128);
+        assert_eq!(default_sub_keys(128), 128);
+        assert_eq!(default_sub_keys(256), 256);
+    }
+
+    #[test]
+    fn coop_decode_plan_puts_kv_heads_fastest() {
+        let cfg = AttentionConfig {
+            kv_dtype: KvDtype::F16,
+            ..AttentionConfig::new(Mode::Diff, 32, 8, 128)
+        };
+        let call = AttentionCall {
+            n_queries: 1,
+            seq_len: 65536,
+            causal: true,
+            past_len: 65535,
+        };
+        let plan = plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(128, 1024));
+        assert_eq!(plan.heads_per_wg, 8);
+        assert_eq!(plan.groups, [8, 128, 1]);
+        assert_eq!(plan.n_chunks, 128);
+    }
+
+    #[test]
+    fn params_block_is_sixteen_words() {
+        assert_eq!(std::mem::size_of::<Params>(), 64);
+        assert_eq!(Params::FIELDS.len(), 16);
+    }
 }
