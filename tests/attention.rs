@@ -33,7 +33,10 @@ fn run_all(cases: Vec<Case>, seed: u64) {
 #[test]
 fn conformance_suite_with_fresh_inputs() {
     let gpu = common::gpu();
-    run_all(conformance_cases_for(&gpu), common::fresh_seed("conformance"));
+    run_all(
+        conformance_cases_for(&gpu),
+        common::fresh_seed("conformance"),
+    );
 }
 
 /// Asking for a tensor-core kernel where the adapter has none is a clear error, not a silent

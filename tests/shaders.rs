@@ -35,8 +35,13 @@ fn translate_native(name: &str, source: &str) {
         lang_version: (2, 3),
         ..Default::default()
     };
-    msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+    msl::write_string(
+        &module,
+        &info,
+        &msl_options,
+        &msl::PipelineOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
 }
 
 fn translate_everywhere(name: &str, source: &str) {
@@ -260,5 +265,8 @@ fn attention_params_match_the_rust_definition() {
         );
         checked += 1;
     }
-    assert!(checked >= 4, "expected the attention shaders, checked {checked}");
+    assert!(
+        checked >= 4,
+        "expected the attention shaders, checked {checked}"
+    );
 }

@@ -415,11 +415,7 @@ fn plan_resolved(
             head_splits: 1,
             rows_per_wg: COOP_PREFILL_ROWS,
             chunk_len: call.seq_len,
-            groups: [
-                call.n_queries.div_ceil(COOP_PREFILL_ROWS),
-                cfg.q_heads(),
-                1,
-            ],
+            groups: [call.n_queries.div_ceil(COOP_PREFILL_ROWS), cfg.q_heads(), 1],
         },
         _ => {
             let heads_per_wg = group.min(FLASH_WG);

@@ -5,8 +5,8 @@ pub(crate) mod readback;
 pub mod shader;
 
 pub use readback::read_buffer;
-pub use shader::{Const, ShaderSpec};
 pub(crate) use shader::shader_struct;
+pub use shader::{Const, ShaderSpec};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -66,6 +66,8 @@ pub struct AdapterSummary {
 }
 
 impl AdapterSummary {
+    // The browser build reports its one adapter through `gpuInfo`, not this list.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     fn new(index: usize, adapter: &wgpu::Adapter) -> Self {
         let info = adapter.get_info();
         let f = adapter.features();
@@ -121,6 +123,7 @@ fn instance(opts: &GpuOptions) -> wgpu::Instance {
 }
 
 /// Higher is better: real GPUs before software ones, native APIs before GL.
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let ty = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 4,
@@ -257,8 +260,8 @@ impl Gpu {
             wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let features = adapter.features() & wanted;
-        let coop_f16 = coop_f16
-            && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let coop_f16 =
+            coop_f16 && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
         let limits = adapter.limits();
         let experimental_features = if coop_f16 {
             // SAFETY: wgpu asks callers to opt in to experimental features; the only one we request

@@ -64,9 +64,7 @@ pub async fn read_buffer(
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
     gpu.queue.submit([enc.finish()]);
     let (send, recv) = channel();
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, send);
+    staging.slice(..).map_async(wgpu::MapMode::Read, send);
     gpu.wait()?;
     recv.await.map_err(|e| Error::Readback(e.to_string()))?;
     gpu.take_error("read-back")?;

@@ -154,6 +154,32 @@ pub fn specialise(shader: &str, source: &str, consts: &[(&str, Const)]) -> Resul
     Ok(lines.join("\n"))
 }
 
+/// Defines a `#[repr(C)]` struct that shaders read as a uniform block, with `FIELDS` listing each
+/// field's name and WGSL type in order, so that tests can hold every shader's copy of the struct
+/// against this one definition.
+macro_rules! shader_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty ),*
+        }
+
+        impl $name {
+            /// Field names and WGSL types, in declaration order.
+            pub const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), stringify!($ty))),*];
+        }
+    };
+}
+pub(crate) use shader_struct;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,29 +209,3 @@ mod tests {
         assert_eq!(out, "const S: f32 = 2.0;");
     }
 }
-
-/// Defines a `#[repr(C)]` struct that shaders read as a uniform block, with `FIELDS` listing each
-/// field's name and WGSL type in order, so that tests can hold every shader's copy of the struct
-/// against this one definition.
-macro_rules! shader_struct {
-    (
-        $(#[$meta:meta])*
-        pub struct $name:ident {
-            $( $(#[$fmeta:meta])* $field:ident : $ty:ident ),* $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[repr(C)]
-        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
-        pub struct $name {
-            $( $(#[$fmeta])* pub $field: $ty ),*
-        }
-
-        impl $name {
-            /// Field names and WGSL types, in declaration order.
-            pub const FIELDS: &'static [(&'static str, &'static str)] =
-                &[$((stringify!($field), stringify!($ty))),*];
-        }
-    };
-}
-pub(crate) use shader_struct;

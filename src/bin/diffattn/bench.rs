@@ -98,7 +98,11 @@ const WARM_UP_MS: u64 = 300;
 fn time_passes(
     gpu: &Gpu,
     repeats: u32,
-    mut record: impl FnMut(u32, &mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites>) -> Result<()>,
+    mut record: impl FnMut(
+        u32,
+        &mut wgpu::CommandEncoder,
+        Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()>,
 ) -> Result<(f64, &'static str)> {
     // Warm up for a fixed wall time, not a fixed count: a GPU idling at a low clock takes tens of
     // milliseconds of load to reach its working clock, and short kernels would otherwise be timed
@@ -376,7 +380,10 @@ fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
 
 fn run_bandwidth(b: &BandwidthBench, opts: &GpuOptions) -> Result<()> {
     let gpu = super::open_gpu(opts)?;
-    let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
     let bytes = (b.mib << 20).min(limit) / 16 * 16;
     let src = gpu.storage("bandwidth src", bytes)?;
     let dst = gpu.storage("bandwidth dst", bytes)?;
