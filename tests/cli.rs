@@ -73,6 +73,93 @@ fn verify_json_passes_and_summarises() {
     assert_eq!(summary["failed"], 0);
     assert!(summary["max_rel_l2"].as_f64().unwrap() <= 3e-3);
     assert!(lines[..lines.len() - 1].iter().all(|c| c["pass"] == true));
+    // Every case names the kernel that ran; the portable ones run everywhere.
+    let paths: Vec<&str> = summary["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"decode") && paths.contains(&"flash"),
+        "{paths:?}"
+    );
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|c| c["path"].is_string())
+    );
+}
+
+#[test]
+fn bench_bandwidth_reports_read_and_copy() {
+    let out = diffattn(&[
+        "bench",
+        "bandwidth",
+        "--mib",
+        "16",
+        "--repeats",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(row["bench"], "bandwidth");
+    assert_eq!(row["bytes"], 16u64 << 20);
+    assert!(row["read_gb_s"].as_f64().unwrap() > 0.0);
+    assert!(row["copy_gb_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_rotates_caches_and_refuses_a_kernel_the_adapter_lacks() {
+    let args = [
+        "bench",
+        "attention",
+        "--seq",
+        "300",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--repeats",
+        "2",
+        "--rotate",
+        "3",
+        "--variant",
+        "standard",
+        "--json",
+    ];
+    let out = diffattn(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(row["rotate"], 3);
+    assert_eq!(row["kv_bytes"], 2.0 * 300.0 * 64.0 * 4.0);
+    let coop = diffattn(&[&args[..], &["--kernel", "decode-coop", "--kv-dtype", "f16"]].concat());
+    let adapters = String::from_utf8(diffattn(&["adapters"]).stdout).unwrap();
+    if !adapters.contains("decode-coop") {
+        assert!(!coop.status.success());
+        let err = String::from_utf8_lossy(&coop.stderr);
+        assert!(
+            err.contains("cooperative-matrix decode kernel is not available"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub struct AttentionBench {
     /// a number, or `auto` (enough copies for 256 MiB, at most 512).
     #[arg(long, default_value = "1")]
     rotate: String,
-    /// First-pass kernel: auto (fastest available), decode, decode-coop or flash.
+    /// First-pass kernel: auto (fastest available), decode, decode-coop, flash or flash-coop.
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Keys per sub-chunk of the cooperative decode kernel (tuning).
@@ -84,9 +84,10 @@ fn parse_kernel(name: &str) -> Result<Kernel> {
         "decode" => Kernel::Decode,
         "decode-coop" => Kernel::DecodeCoop,
         "flash" => Kernel::Flash,
-        other => {
-            anyhow::bail!("unknown kernel `{other}` (expected auto, decode, decode-coop or flash)")
-        }
+        "flash-coop" => Kernel::FlashCoop,
+        other => anyhow::bail!(
+            "unknown kernel `{other}` (expected auto, decode, decode-coop, flash or flash-coop)"
+        ),
     })
 }
 

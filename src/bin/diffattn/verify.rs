@@ -33,8 +33,12 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
         })
         .collect();
     let (mut failed, mut max_rel) = (0usize, 0.0f64);
+    let mut paths: Vec<String> = vec![];
     for case in &cases {
         let r = pollster::block_on(run_case(&gpu, case))?;
+        if !paths.contains(&r.path) {
+            paths.push(r.path.clone());
+        }
         failed += !r.pass as usize;
         max_rel = max_rel.max(r.rel_l2);
         if args.json {
@@ -51,14 +55,16 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
         "cases": cases.len(),
         "failed": failed,
         "max_rel_l2": max_rel,
+        "paths": paths,
         "adapter": adapter,
     });
     if args.json {
         println!("{summary}");
     } else {
         println!(
-            "{} cases, {failed} failed, max relative L2 {max_rel:.3e}",
-            cases.len()
+            "{} cases, {failed} failed, max relative L2 {max_rel:.3e}; kernels: {}",
+            cases.len(),
+            paths.join(", ")
         );
     }
     if failed > 0 {
