@@ -5,6 +5,8 @@
 // Specialisation constants (the host replaces these defaults).
 const KV_F16: bool = false;
 
+const F16_MAX: f32 = 65504.0;
+
 struct Step {
     n_tokens: u32,
     past_len: u32,
@@ -32,7 +34,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if idx >= step.n_tokens * p.width / 2u {
             return;
         }
-        let pair = vec2<f32>(src[2u * idx], src[2u * idx + 1u]);
+        // pack2x16float is undefined past the f16 range: saturate to the largest finite half, as
+        // the host's conversion of K/V does (attention::kv_bytes).
+        let pair = clamp(vec2<f32>(src[2u * idx], src[2u * idx + 1u]), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX));
         cache[offset / 2u + idx] = pack2x16float(pair);
     } else {
         if idx >= step.n_tokens * p.width {

@@ -26,6 +26,15 @@ pub enum Error {
     #[error("GPU validation error in {context}: {message}")]
     Validation { context: String, message: String },
 
+    #[error(
+        "{what} holds a non-finite value ({value} at index {index}): the inputs or weights overflow f32"
+    )]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f32,
+    },
+
     #[error("GPU out of memory in {0}")]
     OutOfMemory(String),
 
@@ -91,6 +100,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error for the first non-finite value of `values`, if there is one.
+    pub fn check_finite(what: &str, values: &[f32]) -> Result<()> {
+        match values.iter().position(|x| !x.is_finite()) {
+            None => Ok(()),
+            Some(index) => Err(Error::NonFinite {
+                what: what.to_string(),
+                index,
+                value: values[index],
+            }),
+        }
+    }
+
     pub(crate) fn shape(tensor: &str, expected: impl ToString, got: impl ToString) -> Self {
         Error::Shape {
             tensor: tensor.to_string(),

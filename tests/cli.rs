@@ -91,6 +91,98 @@ fn verify_json_passes_and_summarises() {
     );
 }
 
+/// A fresh Linux machine has no XDG_RUNTIME_DIR; the binary makes its own, so Mesa prints nothing.
+#[test]
+fn runs_cleanly_without_xdg_runtime_dir() {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffattn"))
+        .arg("adapters")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}
+
+#[test]
+fn attn_refuses_positions_that_would_wrap() {
+    let cfg = AttentionConfig {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 32,
+        mode: Mode::Diff,
+        kv_dtype: KvDtype::F32,
+        scale: None,
+    };
+    let call = AttentionCall {
+        n_queries: 2,
+        seq_len: 4,
+        causal: true,
+        past_len: 0,
+    };
+    let sh = attention::shapes(&cfg, &call);
+    let mut rng = Rng::new(3);
+    let (q, k, v, lam) = (
+        rng.normals(sh.q.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.lam.0, 1.0),
+    );
+    let input = tmp("wrap-in.safetensors");
+    let output = tmp("wrap-out.safetensors");
+    write_tensors(
+        &input,
+        &[
+            ("q", vec![2, 4, 32], &q),
+            ("k", vec![4, 1, 32], &k),
+            ("v", vec![4, 1, 32], &v),
+            ("lam", vec![2, 2], &lam),
+        ],
+    );
+    let _ = std::fs::remove_file(&output);
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--causal",
+        "--past-len",
+        "4294967295",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("past_len 4294967295"), "{err}");
+    assert!(!output.exists(), "no output file may be written");
+
+    // An infinite value makes the output non-finite: an error with exit code 2, not a file of NaN.
+    let mut v_inf = v.clone();
+    v_inf[5] = f32::INFINITY;
+    write_tensors(
+        &input,
+        &[
+            ("q", vec![2, 4, 32], &q),
+            ("k", vec![4, 1, 32], &k),
+            ("v", vec![4, 1, 32], &v_inf),
+            ("lam", vec![2, 2], &lam),
+        ],
+    );
+    let out = diffattn(&[
+        "attn",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the attention output holds a non-finite value"),
+        "{err}"
+    );
+    assert!(!output.exists(), "no output file may be written");
+}
+
 #[test]
 fn bench_bandwidth_reports_read_and_copy() {
     let out = diffattn(&[

@@ -169,6 +169,40 @@ fn malformed_config_json() {
     );
 }
 
+/// Values that would give NaN (eps = 0) or wrap u32 index arithmetic in the kernels (absurd head
+/// counts) are refused with the field named.
+#[test]
+fn config_values_that_would_break_the_arithmetic() {
+    let edit = |key: &str, value: serde_json::Value| {
+        let mut src = tiny().source();
+        let mut cfg: serde_json::Value = serde_json::from_str(&src.config_json).unwrap();
+        cfg[key] = value;
+        src.config_json = cfg.to_string();
+        parse_err(src)
+    };
+    for eps in [
+        serde_json::json!(0.0),
+        serde_json::json!(-1e-5),
+        serde_json::json!(2.0),
+    ] {
+        let e = edit("rms_norm_eps", eps);
+        assert!(
+            e.contains("rms_norm_eps = ") && e.contains("must be a positive number below 1"),
+            "{e}"
+        );
+    }
+    let e = edit("num_attention_heads", (1u64 << 31).into());
+    assert!(
+        e.contains("num_attention_heads = 2147483648 is beyond what the engine supports"),
+        "{e}"
+    );
+    let e = edit("max_position_embeddings", 4_000_000_000u64.into());
+    assert!(
+        e.contains("max_position_embeddings = 4000000000 is beyond"),
+        "{e}"
+    );
+}
+
 #[test]
 fn config_values_that_contradict_the_weights() {
     let edit = |key: &str, value: serde_json::Value| {

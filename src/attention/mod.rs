@@ -201,6 +201,16 @@ impl AttentionCall {
         if self.seq_len == 0 {
             return Err(Error::config("at least one key is needed"));
         }
+        // The kernels compute past_len + n + 1 in u32: past that it would wrap to a query that sees
+        // no key, and the output would be NaN.
+        if self.causal && (self.past_len as u64) + (self.n_queries as u64) >= u32::MAX as u64 {
+            return Err(Error::config(format!(
+                "past_len {} with {} query rows puts positions beyond {}",
+                self.past_len,
+                self.n_queries,
+                u32::MAX - 1
+            )));
+        }
         Ok(())
     }
 }
@@ -820,12 +830,17 @@ pub fn check_host(cfg: &AttentionConfig, call: &AttentionCall, x: &HostInputs) -
     Ok(())
 }
 
-/// K/V values as the GPU stores them for `dtype` (f16: packed pairs, low half first).
+/// K/V values as the GPU stores them for `dtype` (f16: packed pairs, low half first; values past
+/// the f16 range saturate to the largest finite half, as the KV-append shader does).
 pub fn kv_bytes(values: &[f32], dtype: KvDtype) -> Vec<u8> {
     match dtype {
         KvDtype::F32 => bytemuck::cast_slice(values).to_vec(),
         KvDtype::F16 => {
-            let halves: Vec<half::f16> = values.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let max = half::f16::MAX.to_f32();
+            let halves: Vec<half::f16> = values
+                .iter()
+                .map(|&x| half::f16::from_f32(if x.is_nan() { x } else { x.clamp(-max, max) }))
+                .collect();
             bytemuck::cast_slice(&halves).to_vec()
         }
     }

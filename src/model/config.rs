@@ -105,10 +105,32 @@ impl Config {
                 self.rope_theta
             )));
         }
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+        // eps = 0 makes an all-zero row 0/0 = NaN; eps >= 1 swamps every activation.
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return Err(Error::config(format!(
-                "rms_norm_eps = {} must be a non-negative number",
+                "rms_norm_eps = {} must be a positive number below 1",
                 self.rms_norm_eps
+            )));
+        }
+        // Every tensor and index the kernels compute must fit u32: bound the dimensions so that
+        // the largest products (q heads x head_dim x context, intermediate x hidden) cannot wrap.
+        let limits = [
+            ("num_attention_heads", self.num_attention_heads, 1u32 << 16),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 19),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ];
+        if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
+            return Err(Error::config(format!(
+                "{name} = {v} is beyond what the engine supports ({max})"
             )));
         }
         for (name, id) in [

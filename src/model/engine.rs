@@ -770,6 +770,8 @@ impl Engine {
         };
         self.staging.unmap();
         gpu.take_error("logits read-back")?;
+        // A NaN or infinite logit is an error, never a token.
+        Error::check_finite("the logits", &logits)?;
         Ok(logits)
     }
 

@@ -153,6 +153,9 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
 
     let gpu = super::open_gpu(opts)?;
     let out = attention::attention_blocking(&gpu, &cfg, &call, &x, Kernel::Auto)?;
+    // Non-finite inputs (or values whose products overflow) give a non-finite output: an error,
+    // not a file of NaN.
+    diffattn::Error::check_finite("the attention output", &out).map_err(|e| bad_input(path, e))?;
     let out_bytes: &[u8] = bytemuck::cast_slice(&out);
     let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![n, heads, d], out_bytes)?;
     safetensors::serialize_to_file([("out", view)], None, &args.out)

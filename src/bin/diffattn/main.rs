@@ -129,7 +129,33 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Mesa's drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start where that variable
+/// is missing, which users read as a failure. Give the process a private directory instead: one per
+/// user under the temporary directory, created 0700, used only if it is ours and private.
+#[cfg(unix)]
+fn ensure_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("diffattn-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let private = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
+    if private {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
+#[cfg(not(unix))]
+fn ensure_runtime_dir() {}
+
 fn main() {
+    ensure_runtime_dir();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         let code = e.downcast_ref::<ExitCode>().map(|c| c.0).unwrap_or(1);
