@@ -177,6 +177,18 @@ fn score_tile(kt: u32, key0: u32, kv_head: u32, from_tail: bool) {
     coopStoreT(s, &w_s[si], ss);
 }
 
+// Column block `i` of a K tile (rows base.. of the cache) as the (HEAD_DIM x keys) operand.
+fn load_k(base: u32, i: u32, stride: u32) -> coop_mat16x16<f16, B> {
+    let at = base + i * TILE;
+    return coopLoad<coop_mat16x16<f16, B>>(&k[at], stride);
+}
+
+// Key tile `i` of a V column block starting at `base`, as the (keys x 16) operand.
+fn load_v(base: u32, i: u32, stride: u32) -> coop_mat16x16<f16, B> {
+    let at = base + i * TILE * stride;
+    return coopLoadT<coop_mat16x16<f16, B>>(&v[at], stride);
+}
+
 // One 16-column block of the scores' inner product: s + Q[:, dc] * b.
 fn score_step(
     dc: u32,
@@ -328,7 +340,61 @@ fn main(
         }
         workgroupBarrier();
 
-        if (PROFILE & 1u) == 0u {
+        // The common case, a full sub-chunk with one score tile and at most one value block per
+        // subgroup: the subgroup issues its K and its V loads together, so that one memory round
+        // trip, not two, serves the sub-chunk (V waits in registers through the softmax).
+        let fast = full == KT && KT == n_sg && DC <= n_sg && PROFILE == 0u;
+        var kb0 = coop_mat16x16<f16, B>();
+        var kb1 = coop_mat16x16<f16, B>();
+        var kb2 = coop_mat16x16<f16, B>();
+        var kb3 = coop_mat16x16<f16, B>();
+        var kb4 = coop_mat16x16<f16, B>();
+        var kb5 = coop_mat16x16<f16, B>();
+        var kb6 = coop_mat16x16<f16, B>();
+        var kb7 = coop_mat16x16<f16, B>();
+        var vb0 = coop_mat16x16<f16, B>();
+        var vb1 = coop_mat16x16<f16, B>();
+        var vb2 = coop_mat16x16<f16, B>();
+        var vb3 = coop_mat16x16<f16, B>();
+        var vb4 = coop_mat16x16<f16, B>();
+        var vb5 = coop_mat16x16<f16, B>();
+        var vb6 = coop_mat16x16<f16, B>();
+        var vb7 = coop_mat16x16<f16, B>();
+        if fast {
+            let ks = p.kv_heads * HEAD_DIM;
+            let kbase = ((sub + sg * TILE) * p.kv_heads + kv_head) * HEAD_DIM;
+            kb0 = load_k(kbase, 0u, ks);
+            if DC > 1u { kb1 = load_k(kbase, 1u, ks); }
+            if DC > 2u { kb2 = load_k(kbase, 2u, ks); }
+            if DC > 3u { kb3 = load_k(kbase, 3u, ks); }
+            if DC > 4u { kb4 = load_k(kbase, 4u, ks); }
+            if DC > 5u { kb5 = load_k(kbase, 5u, ks); }
+            if DC > 6u { kb6 = load_k(kbase, 6u, ks); }
+            if DC > 7u { kb7 = load_k(kbase, 7u, ks); }
+            if sg < DC {
+                let vbase = (sub * p.kv_heads + kv_head) * HEAD_DIM + sg * TILE;
+                vb0 = load_v(vbase, 0u, ks);
+                if KT > 1u { vb1 = load_v(vbase, 1u, ks); }
+                if KT > 2u { vb2 = load_v(vbase, 2u, ks); }
+                if KT > 3u { vb3 = load_v(vbase, 3u, ks); }
+                if KT > 4u { vb4 = load_v(vbase, 4u, ks); }
+                if KT > 5u { vb5 = load_v(vbase, 5u, ks); }
+                if KT > 6u { vb6 = load_v(vbase, 6u, ks); }
+                if KT > 7u { vb7 = load_v(vbase, 7u, ks); }
+            }
+            var sc = coop_mat16x16<f32, C>();
+            sc = score_step(0u, kb0, sc);
+            if DC > 1u { sc = score_step(1u, kb1, sc); }
+            if DC > 2u { sc = score_step(2u, kb2, sc); }
+            if DC > 3u { sc = score_step(3u, kb3, sc); }
+            if DC > 4u { sc = score_step(4u, kb4, sc); }
+            if DC > 5u { sc = score_step(5u, kb5, sc); }
+            if DC > 6u { sc = score_step(6u, kb6, sc); }
+            if DC > 7u { sc = score_step(7u, kb7, sc); }
+            let si = sg * TILE;
+            let ss = S_STRIDE;
+            coopStoreT(sc, &w_s[si], ss);
+        } else if (PROFILE & 1u) == 0u {
             for (var kt = sg; kt < full; kt += n_sg) {
                 score_tile(kt, sub + kt * TILE, kv_head, false);
             }
@@ -368,7 +434,22 @@ fn main(
         }
         workgroupBarrier();
 
-        if (PROFILE & 2u) == 0u {
+        if fast {
+            if sg < DC {
+                var o = coop_mat16x16<f32, C>();
+                o = value_step(0u, vb0, o);
+                if KT > 1u { o = value_step(1u, vb1, o); }
+                if KT > 2u { o = value_step(2u, vb2, o); }
+                if KT > 3u { o = value_step(3u, vb3, o); }
+                if KT > 4u { o = value_step(4u, vb4, o); }
+                if KT > 5u { o = value_step(5u, vb5, o); }
+                if KT > 6u { o = value_step(6u, vb6, o); }
+                if KT > 7u { o = value_step(7u, vb7, o); }
+                let oi = sg * TILE;
+                let os = O_STRIDE;
+                coopStoreT(o, &w_s[oi], os);
+            }
+        } else if (PROFILE & 2u) == 0u {
             for (var dc = sg; dc < DC; dc += n_sg) {
                 value_block(dc, sub, full, partial, kv_head);
             }
