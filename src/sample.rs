@@ -37,6 +37,12 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// The repetition penalty used where none is given: 1.1 when sampling, none (1) for greedy
+    /// decoding, so that temperature 0 is plain argmax, as other engines' greedy is.
+    pub fn default_repeat_penalty(temperature: f32) -> f32 {
+        if temperature <= 0.0 { 1.0 } else { 1.1 }
+    }
+
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,

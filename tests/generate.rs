@@ -285,3 +285,58 @@ fn cli_generate_streams_json_and_reports_speed() {
         "error: model directory not found: /nonexistent/model"
     );
 }
+
+/// `--temperature 0` is plain argmax: the CLI's ids equal greedy decoding without a repetition
+/// penalty, and an explicit `--repeat-penalty` still applies (it changes this repetitive text).
+#[test]
+fn cli_temperature_zero_is_plain_greedy_unless_a_penalty_is_given() {
+    let dir = std::env::temp_dir().join(format!("diffattn-greedy-{}", std::process::id()));
+    RandomModel::tiny("diff_v2", 3).write_dir(&dir).unwrap();
+    let cli_ids = |extra: &[&str]| -> Vec<u64> {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "abababab",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v["id"].as_u64())
+            .collect()
+    };
+    let gpu = Arc::new(common::gpu());
+    let mut m = TextModel::from_source(
+        gpu,
+        RandomModel::tiny("diff_v2", 3).source(),
+        EngineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let lib: Vec<u64> = m
+        .generate("abababab", greedy(24))
+        .unwrap()
+        .map(|p| p.unwrap().id as u64)
+        .collect();
+    assert_eq!(cli_ids(&[]), lib);
+    assert_ne!(cli_ids(&["--repeat-penalty", "3"]), lib);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -203,6 +203,45 @@ fn config_values_that_would_break_the_arithmetic() {
     );
 }
 
+/// A NaN or infinite weight is refused at load with the tensor named, in every dtype.
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    for (bad, dtype) in [
+        (f32::NAN, safetensors::Dtype::F32),
+        (f32::INFINITY, safetensors::Dtype::F16),
+        (f32::NEG_INFINITY, safetensors::Dtype::BF16),
+    ] {
+        let tensors = f32_tensors()
+            .into_iter()
+            .map(|(n, _, shape, bytes)| {
+                let mut v: Vec<f32> = bytemuck::cast_slice(&bytes).to_vec();
+                if n == "model.layers.0.mlp.up_proj.weight" {
+                    v[7] = bad;
+                }
+                let bytes = match dtype {
+                    safetensors::Dtype::F16 => v
+                        .iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    safetensors::Dtype::BF16 => v
+                        .iter()
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    _ => bytemuck::cast_slice::<f32, u8>(&v).to_vec(),
+                };
+                (n, dtype, shape, bytes)
+            })
+            .collect();
+        let e = parse_err(source_with(tensors));
+        assert!(
+            e.contains(
+                "tensor `model.layers.0.mlp.up_proj.weight` holds a non-finite value (NaN or infinity) at element 7"
+            ),
+            "{dtype:?}: {e}"
+        );
+    }
+}
+
 #[test]
 fn config_values_that_contradict_the_weights() {
     let edit = |key: &str, value: serde_json::Value| {

@@ -187,6 +187,15 @@ impl HostWeights {
         if let Some(extra) = self.names().find(|n| !known.contains_key(n)) {
             return Err(Error::ConfigMismatch(explain_extra(cfg, extra)));
         }
+        // A NaN or infinite weight would silently turn every output into NaN: refuse it by name.
+        for (name, info) in &self.tensors {
+            let (_, raw) = self.raw(name)?;
+            if let Some(i) = first_non_finite(info.dtype, raw) {
+                return Err(Error::Model(format!(
+                    "tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -271,6 +280,21 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift.
+/// Index of the first NaN or infinity in little-endian `raw` of `dtype` (all exponent bits set).
+pub fn first_non_finite(dtype: WeightDtype, raw: &[u8]) -> Option<usize> {
+    match dtype {
+        WeightDtype::F32 => raw.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        WeightDtype::F16 => raw
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        WeightDtype::BF16 => raw
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+    }
+}
+
 pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
     match dtype {
         WeightDtype::F32 => raw

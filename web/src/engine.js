@@ -85,12 +85,14 @@ async function streamInto(loader, response, name, onBytes) {
 }
 
 function sampling(opts) {
+  const temperature = opts.temperature ?? 0.8;
   const o = {
     max_tokens: opts.maxTokens ?? 128,
-    temperature: opts.temperature ?? 0.8,
+    temperature,
     top_k: opts.topK ?? 40,
     top_p: opts.topP ?? 0.95,
-    repeat_penalty: opts.repeatPenalty ?? 1.1,
+    // Greedy (temperature 0) is plain argmax unless a penalty is asked for, as in the CLI.
+    repeat_penalty: opts.repeatPenalty ?? (temperature <= 0 ? 1 : 1.1),
     repeat_last_n: opts.repeatLastN ?? 64,
     seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
     stop: opts.stop ?? [],

@@ -124,6 +124,7 @@ export interface GenerateOptions {
   temperature?: number;
   topK?: number;
   topP?: number;
+  /** Default 1.1 when sampling, 1 (none) when temperature is 0. */
   repeatPenalty?: number;
   repeatLastN?: number;
   seed?: number;

@@ -36,9 +36,10 @@ pub struct GenerateArgs {
     /// Nucleus sampling: the smallest set of tokens with this much probability.
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
-    /// Penalty for tokens among the last 64 (1: none).
-    #[arg(long, default_value_t = 1.1)]
-    pub repeat_penalty: f32,
+    /// Penalty for tokens among the last 64 (1: none). Default 1.1 when sampling and 1 with
+    /// --temperature 0, so that greedy decoding is plain argmax unless a penalty is given.
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
     /// Seed for sampling (default: from the clock; printed with --json).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -149,7 +150,9 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
             temperature: args.temperature,
             top_k: args.top_k,
             top_p: args.top_p,
-            repeat_penalty: args.repeat_penalty,
+            repeat_penalty: args
+                .repeat_penalty
+                .unwrap_or_else(|| SamplingParams::default_repeat_penalty(args.temperature)),
             seed,
             ..Default::default()
         },
