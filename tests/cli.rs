@@ -130,15 +130,18 @@ fn attn_refuses_positions_that_would_wrap() {
     );
     let input = tmp("wrap-in.safetensors");
     let output = tmp("wrap-out.safetensors");
-    write_tensors(
-        &input,
-        &[
-            ("q", vec![2, 4, 32], &q),
-            ("k", vec![4, 1, 32], &k),
-            ("v", vec![4, 1, 32], &v),
-            ("lam", vec![2, 2], &lam),
-        ],
-    );
+    let write = |v: &[f32]| {
+        write_tensors(
+            &input,
+            &[
+                ("q", vec![2, 4, 32], &q),
+                ("k", vec![4, 1, 32], &k),
+                ("v", vec![4, 1, 32], v),
+                ("lam", vec![2, 2], &lam),
+            ],
+        )
+    };
+    write(&v);
     let _ = std::fs::remove_file(&output);
     let out = diffattn(&[
         "attn",
@@ -158,15 +161,7 @@ fn attn_refuses_positions_that_would_wrap() {
     // An infinite value makes the output non-finite: an error with exit code 2, not a file of NaN.
     let mut v_inf = v.clone();
     v_inf[5] = f32::INFINITY;
-    write_tensors(
-        &input,
-        &[
-            ("q", vec![2, 4, 32], &q),
-            ("k", vec![4, 1, 32], &k),
-            ("v", vec![4, 1, 32], &v_inf),
-            ("lam", vec![2, 2], &lam),
-        ],
-    );
+    write(&v_inf);
     let out = diffattn(&[
         "attn",
         "--in",

@@ -70,6 +70,15 @@ fn f32_tensors() -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
         .collect()
 }
 
+/// The parse error of the tiny model with one config.json field set to `value`.
+fn edit(key: &str, value: serde_json::Value) -> String {
+    let mut src = tiny().source();
+    let mut cfg: serde_json::Value = serde_json::from_str(&src.config_json).unwrap();
+    cfg[key] = value;
+    src.config_json = cfg.to_string();
+    parse_err(src)
+}
+
 fn parse_err(src: ModelSource) -> String {
     match src.parse() {
         Ok(_) => panic!("parsed without error"),
@@ -173,13 +182,6 @@ fn malformed_config_json() {
 /// counts) are refused with the field named.
 #[test]
 fn config_values_that_would_break_the_arithmetic() {
-    let edit = |key: &str, value: serde_json::Value| {
-        let mut src = tiny().source();
-        let mut cfg: serde_json::Value = serde_json::from_str(&src.config_json).unwrap();
-        cfg[key] = value;
-        src.config_json = cfg.to_string();
-        parse_err(src)
-    };
     for eps in [
         serde_json::json!(0.0),
         serde_json::json!(-1e-5),
@@ -244,13 +246,6 @@ fn non_finite_weights_are_refused_by_name() {
 
 #[test]
 fn config_values_that_contradict_the_weights() {
-    let edit = |key: &str, value: serde_json::Value| {
-        let mut src = tiny().source();
-        let mut cfg: serde_json::Value = serde_json::from_str(&src.config_json).unwrap();
-        cfg[key] = value;
-        src.config_json = cfg.to_string();
-        parse_err(src)
-    };
     assert_eq!(
         edit("num_hidden_layers", 1.into()),
         "config.json contradicts the weights: num_hidden_layers = 1 but the weights have layer 1 \

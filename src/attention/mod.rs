@@ -477,16 +477,24 @@ pub struct AttentionOp {
     no_lam: wgpu::Buffer,
 }
 
-/// Why the cooperative-matrix decode kernel cannot serve a layer on an adapter, or `None` if it can.
-pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) -> Option<String> {
+/// What both tensor-core kernels need: 16x16 f16 matrices, f16 K/V, whole 16-column blocks.
+fn coop_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<String> {
     if !gpu.coop_f16 {
         return Some("the adapter has no 16x16 f16 cooperative matrices".into());
     }
     if cfg.kv_dtype != KvDtype::F16 {
-        return Some("K/V are f32 (the tensor-core kernel reads f16)".into());
+        return Some("K/V are f32 (the tensor-core kernels read f16)".into());
     }
     if !cfg.head_dim.is_multiple_of(16) {
         return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
+    }
+    None
+}
+
+/// Why the cooperative-matrix decode kernel cannot serve a layer on an adapter, or `None` if it can.
+pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) -> Option<String> {
+    if let Some(why) = coop_unavailable(gpu, cfg) {
+        return Some(why);
     }
     if gpu.fixed_subgroup_size().is_none_or(|s| s < 16) {
         return Some("subgroups are not of one fixed size of at least 16".into());
@@ -509,14 +517,8 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
 
 /// Why the cooperative-matrix prefill kernel cannot serve a layer on an adapter, or `None` if it can.
 pub fn coop_prefill_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<String> {
-    if !gpu.coop_f16 {
-        return Some("the adapter has no 16x16 f16 cooperative matrices".into());
-    }
-    if cfg.kv_dtype != KvDtype::F16 {
-        return Some("K/V are f32 (the tensor-core kernel reads f16)".into());
-    }
-    if !cfg.head_dim.is_multiple_of(16) {
-        return Some(format!("head_dim {} is not a multiple of 16", cfg.head_dim));
+    if let Some(why) = coop_unavailable(gpu, cfg) {
+        return Some(why);
     }
     // Four subgroups of 32 own 16 rows each, and each keeps up to eight 16-column output blocks.
     if gpu.fixed_subgroup_size() != Some(32) {
