@@ -301,7 +301,14 @@ impl<'a> Generation<'a> {
             return Ok(None);
         }
         let logits = self.logits.as_ref().expect("logits computed above");
+        // Sampling is part of a token's cost: it counts towards the step that produced the logits.
+        let t = now();
         let id = self.sampler.sample(logits, &self.history);
+        if self.stats.generated == 0 {
+            self.stats.prefill_s += since(t);
+        } else {
+            self.stats.decode_s += since(t);
+        }
         self.history.push(id);
         self.stats.generated += 1;
         self.unfed = Some(id);

@@ -121,10 +121,14 @@ impl Sampler {
             .filter(|(_, x)| !x.is_nan())
             .map(|(i, &x)| (i as u32, x as f64 / t))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
+        // Most likely first, ties to the lower id: a total order, so partial selection of the
+        // top k and a full sort agree exactly.
+        let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, order);
             cand.truncate(p.top_k);
         }
+        cand.sort_by(order);
         let max = cand.first().map_or(0.0, |c| c.1);
         let mut total = 0.0;
         for c in cand.iter_mut() {

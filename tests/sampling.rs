@@ -170,3 +170,41 @@ fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
     s.penalise(&mut l, &[0, 1]);
     assert_eq!(l, vec![4.0, 1.0]);
 }
+
+/// Top-k by partial selection gives exactly the distribution of sorting every candidate: the same
+/// k tokens (ties go to the lower id), in the same order, with the same probabilities.
+#[test]
+fn top_k_selection_matches_a_full_sort() {
+    let mut l = logits(8192, 21);
+    // Ties across the cut: many tokens share the 40th-largest value.
+    let mut sorted = l.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let cut = sorted[39];
+    for x in l.iter_mut().step_by(97) {
+        *x = cut;
+    }
+    for (k, top_p) in [(40, 1.0), (40, 0.9), (1000, 0.95), (8191, 1.0)] {
+        let s = Sampler::new(params(0.7, k, top_p, 0));
+        let got = s.distribution(&l, &[]);
+        // The reference: every candidate sorted, most likely first, ties to the lower id.
+        let mut all: Vec<(u32, f64)> = l
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, x as f64 / 0.7))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        let ids: Vec<u32> = all.iter().map(|c| c.0).collect();
+        let got_ids: Vec<u32> = got.iter().map(|c| c.0).collect();
+        assert_eq!(
+            got_ids[..],
+            ids[..got_ids.len()],
+            "k = {k}, top_p = {top_p}"
+        );
+        if top_p >= 1.0 {
+            assert_eq!(got_ids.len(), k);
+        }
+        let total: f64 = got.iter().map(|c| c.1).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+    }
+}
