@@ -77,6 +77,29 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kernel choice, in the order the CLI lists them.
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Auto,
+        Kernel::Decode,
+        Kernel::DecodeCoop,
+        Kernel::Flash,
+        Kernel::FlashCoop,
+    ];
+
+    /// The kernel with this [`Kernel::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                Error::config(format!(
+                    "unknown kernel `{s}` (expected {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
     /// The name `diffattn verify` and the benchmarks print.
     pub fn name(self) -> &'static str {
         match self {
@@ -86,11 +109,6 @@ impl Kernel {
             Kernel::DecodeCoop => "decode-coop",
             Kernel::FlashCoop => "flash-coop",
         }
-    }
-
-    /// Whether this is one of the split-KV decoding kernels.
-    pub fn is_decode(self) -> bool {
-        matches!(self, Kernel::Decode | Kernel::DecodeCoop)
     }
 }
 
@@ -362,23 +380,7 @@ fn coop_chunks(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -
         .clamp(1, subs)
 }
 
-/// Builds the dispatch plan of a portable kernel for a call (`Auto` resolves to the portable
-/// kernels here; [`AttentionOp::plan`] also knows the adapter's fast paths).
-pub fn plan(cfg: &AttentionConfig, call: &AttentionCall, kernel: Kernel) -> Plan {
-    let kernel = match kernel {
-        Kernel::Auto if call.n_queries <= DECODE_MAX_QUERIES => Kernel::Decode,
-        Kernel::Auto => Kernel::Flash,
-        k => k,
-    };
-    let tuning = DecodeTuning {
-        sub_keys: default_sub_keys(cfg.head_dim),
-        target_workgroups: 1024,
-        workgroup_size: COOP_WG,
-        profile: 0,
-    };
-    plan_resolved(cfg, call, kernel, &tuning)
-}
-
+/// The dispatch plan of a resolved kernel (never `Auto`; see [`AttentionOp::plan`]).
 fn plan_resolved(
     cfg: &AttentionConfig,
     call: &AttentionCall,
@@ -477,6 +479,42 @@ pub struct AttentionOp {
     no_lam: wgpu::Buffer,
 }
 
+/// Subgroups the tensor-core decode kernel can run with: one fixed size, wide enough for its
+/// 16-lane row reductions.
+fn decode_coop_subgroups(fixed_size: Option<u32>) -> bool {
+    fixed_size.is_some_and(|s| s >= 16)
+}
+
+/// Subgroups the tensor-core prefill kernel can run with: exactly 32 lanes, four per workgroup.
+fn prefill_coop_subgroups(fixed_size: Option<u32>) -> bool {
+    fixed_size == Some(32)
+}
+
+/// The attention kernels diffattn runs on an adapter, fastest first, as `diffattn adapters`
+/// prints them (what `Kernel::Auto` picks from, given the layer's K/V type).
+pub fn adapter_paths(a: &crate::gpu::AdapterSummary) -> Vec<&'static str> {
+    let (lo, hi) = a.subgroup_sizes;
+    let fixed = (a.subgroups && lo == hi && lo > 0).then_some(lo);
+    let coop = a.coop_f16_16x16 && a.shader_f16;
+    let mut paths = vec![];
+    if coop && decode_coop_subgroups(fixed) {
+        paths.push("decode-coop (tensor cores, f16 K/V)");
+    }
+    paths.push("decode (portable)");
+    if coop && prefill_coop_subgroups(fixed) {
+        paths.push("flash-coop (tensor cores, f16 K/V)");
+    }
+    paths.push("flash (portable)");
+    paths
+}
+
+/// `None` if `bytes` of workgroup memory fit the adapter, else why not.
+fn workgroup_memory_unavailable(gpu: &Gpu, bytes: u32) -> Option<String> {
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
+    (bytes > limit)
+        .then(|| format!("needs {bytes} bytes of workgroup memory; the adapter has {limit}"))
+}
+
 /// What both tensor-core kernels need: 16x16 f16 matrices, f16 K/V, whole 16-column blocks.
 fn coop_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<String> {
     if !gpu.coop_f16 {
@@ -496,7 +534,7 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
     if let Some(why) = coop_unavailable(gpu, cfg) {
         return Some(why);
     }
-    if gpu.fixed_subgroup_size().is_none_or(|s| s < 16) {
+    if !decode_coop_subgroups(gpu.fixed_subgroup_size()) {
         return Some("subgroups are not of one fixed size of at least 16".into());
     }
     // The kernel keeps each sub-chunk's P V (16 x head_dim) where its scores were.
@@ -505,14 +543,7 @@ pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) 
             "sub-chunk of {sub_keys} keys (needs a multiple of 16 from head_dim to 1024)"
         ));
     }
-    let bytes = coop_workgroup_bytes(cfg.head_dim, sub_keys);
-    let limit = gpu.limits.max_compute_workgroup_storage_size;
-    if bytes > limit {
-        return Some(format!(
-            "needs {bytes} bytes of workgroup memory; the adapter has {limit}"
-        ));
-    }
-    None
+    workgroup_memory_unavailable(gpu, coop_workgroup_bytes(cfg.head_dim, sub_keys))
 }
 
 /// Why the cooperative-matrix prefill kernel cannot serve a layer on an adapter, or `None` if it can.
@@ -521,7 +552,7 @@ pub fn coop_prefill_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<Stri
         return Some(why);
     }
     // Four subgroups of 32 own 16 rows each, and each keeps up to eight 16-column output blocks.
-    if gpu.fixed_subgroup_size() != Some(32) {
+    if !prefill_coop_subgroups(gpu.fixed_subgroup_size()) {
         return Some("subgroups are not exactly 32 wide".into());
     }
     if cfg.head_dim > 128 {
@@ -530,15 +561,14 @@ pub fn coop_prefill_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<Stri
             cfg.head_dim
         ));
     }
-    let (d, bc, rows) = (cfg.head_dim + 8, COOP_PREFILL_KEYS, COOP_PREFILL_ROWS);
-    let bytes = rows * d * 2 + bc * d * 2 + rows * (bc + 8) * 6 + rows * 20 * 4;
-    let limit = gpu.limits.max_compute_workgroup_storage_size;
-    if bytes > limit {
-        return Some(format!(
-            "needs {bytes} bytes of workgroup memory; the adapter has {limit}"
-        ));
-    }
-    None
+    workgroup_memory_unavailable(gpu, coop_prefill_workgroup_bytes(cfg.head_dim))
+}
+
+/// Workgroup memory of flash_coop.wgsl (keep in step with its arrays): queries, one K/V tile,
+/// scores (f32) and probabilities (f16), one 16x20 output block per row tile.
+fn coop_prefill_workgroup_bytes(head_dim: u32) -> u32 {
+    let (d, bc, rows) = (head_dim + 8, COOP_PREFILL_KEYS, COOP_PREFILL_ROWS);
+    rows * d * 2 + bc * d * 2 + rows * (bc + 8) * 6 + rows * 20 * 4
 }
 
 /// Workgroup memory of decode_coop.wgsl (keep in step with its arrays).
@@ -857,7 +887,6 @@ pub async fn attention(
     x: &HostInputs<'_>,
     kernel: Kernel,
 ) -> Result<Vec<f32>> {
-    check_host(cfg, call, x)?;
     let mut op = AttentionOp::new(gpu, *cfg)?;
     attention_with(gpu, &mut op, call, x, kernel).await
 }
@@ -870,7 +899,7 @@ pub async fn attention_with(
     x: &HostInputs<'_>,
     kernel: Kernel,
 ) -> Result<Vec<f32>> {
-    let cfg = &op.config().clone();
+    let cfg = op.config();
     check_host(cfg, call, x)?;
     let q = gpu.storage_init("q", bytemuck::cast_slice(x.q))?;
     let k = gpu.storage_init("k", &kv_bytes(x.k, cfg.kv_dtype))?;

@@ -93,27 +93,6 @@ impl AdapterSummary {
     }
 }
 
-impl AdapterSummary {
-    /// The attention kernels diffattn runs on this adapter, fastest first (what `Kernel::Auto`
-    /// picks from, given the layer's K/V type).
-    pub fn attention_paths(&self) -> Vec<&'static str> {
-        let mut paths = vec![];
-        let fixed_subgroups = self.subgroups
-            && self.subgroup_sizes.0 == self.subgroup_sizes.1
-            && self.subgroup_sizes.0 >= 16;
-        let coop = self.coop_f16_16x16 && self.shader_f16 && fixed_subgroups;
-        if coop {
-            paths.push("decode-coop (tensor cores, f16 K/V)");
-        }
-        paths.push("decode (portable)");
-        if coop {
-            paths.push("flash-coop (tensor cores, f16 K/V)");
-        }
-        paths.push("flash (portable)");
-        paths
-    }
-}
-
 fn instance(opts: &GpuOptions) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if let Some(backends) = opts.backends {

@@ -188,8 +188,8 @@ impl HostWeights {
             return Err(Error::ConfigMismatch(explain_extra(cfg, extra)));
         }
         // A NaN or infinite weight would silently turn every output into NaN: refuse it by name.
-        for (name, info) in &self.tensors {
-            let (_, raw) = self.raw(name)?;
+        for name in self.names() {
+            let (info, raw) = self.raw(name)?;
             if let Some(i) = first_non_finite(info.dtype, raw) {
                 return Err(Error::Model(format!(
                     "tensor `{name}` holds a non-finite value (NaN or infinity) at element {i}"
@@ -279,7 +279,6 @@ pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     t
 }
 
-/// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift.
 /// Index of the first NaN or infinity in little-endian `raw` of `dtype` (all exponent bits set).
 pub fn first_non_finite(dtype: WeightDtype, raw: &[u8]) -> Option<usize> {
     match dtype {
@@ -295,6 +294,7 @@ pub fn first_non_finite(dtype: WeightDtype, raw: &[u8]) -> Option<usize> {
     }
 }
 
+/// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift.
 pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
     match dtype {
         WeightDtype::F32 => raw

@@ -40,7 +40,7 @@ pub struct AttentionBench {
     queries: Option<u32>,
     #[arg(long, default_value = "f32")]
     kv_dtype: String,
-    /// Timed repetitions (after 3 warm-up runs); the median is reported.
+    /// Timed repetitions (after 300 ms of warm-up); the median is reported.
     #[arg(long, default_value_t = 20)]
     repeats: u32,
     /// Copies of K/V cycled through between repeats, so that no repeat finds the cache in L2:
@@ -76,19 +76,6 @@ pub struct BandwidthBench {
     repeats: u32,
     #[arg(long)]
     json: bool,
-}
-
-fn parse_kernel(name: &str) -> Result<Kernel> {
-    Ok(match name {
-        "auto" => Kernel::Auto,
-        "decode" => Kernel::Decode,
-        "decode-coop" => Kernel::DecodeCoop,
-        "flash" => Kernel::Flash,
-        "flash-coop" => Kernel::FlashCoop,
-        other => anyhow::bail!(
-            "unknown kernel `{other}` (expected auto, decode, decode-coop, flash or flash-coop)"
-        ),
-    })
 }
 
 /// Wall time of warm-up before each timed series.
@@ -264,7 +251,7 @@ fn bench_variant(
             },
         )?;
     }
-    let kernel = parse_kernel(&b.kernel)?;
+    let kernel = Kernel::parse(&b.kernel)?;
     let plan = op.plan(&call, kernel)?;
     let copies = kvs.k.len();
     let (median_s, timer) = time_passes(gpu, b.repeats.max(1), |r, enc, ts| {

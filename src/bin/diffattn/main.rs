@@ -109,7 +109,10 @@ fn adapters(opts: &GpuOptions, json: bool) -> Result<()> {
             a.max_storage_binding >> 20,
             a.max_buffer_size >> 20
         );
-        println!("    attention paths: {}", a.attention_paths().join(", "));
+        println!(
+            "    attention paths: {}",
+            diffattn::attention::adapter_paths(a).join(", ")
+        );
     }
     Ok(())
 }
