@@ -1,4 +1,4 @@
-// Embedding gather: out[t] = table[ids[t]], widened to f32. The table (vocab, D) keeps the file's
+// Embedding gather: out[t] = table[ids[ids_offset + t]], widened to f32. The table (vocab, D) keeps the file's
 // type: f32, or f16/bf16 as two halves per u32 (low half first). The host checks ids < vocab.
 
 // Specialisation constants (the host replaces these defaults).
@@ -8,8 +8,8 @@ const WEIGHT_DTYPE: u32 = 0u;
 struct Step {
     n_tokens: u32,
     past_len: u32,
-    pad0: u32,
-    pad1: u32,
+    ids_offset: u32,
+    sample_slot: u32,
 }
 
 struct Params {
@@ -32,7 +32,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let t = idx / p.d;
-    let e = ids[t] * p.d + idx % p.d;
+    let e = ids[step.ids_offset + t] * p.d + idx % p.d;
     var v: f32;
     if WEIGHT_DTYPE == 0u {
         v = bitcast<f32>(table[e]);

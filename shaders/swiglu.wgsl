@@ -3,8 +3,8 @@
 struct Step {
     n_tokens: u32,
     past_len: u32,
-    pad0: u32,
-    pad1: u32,
+    ids_offset: u32,
+    sample_slot: u32,
 }
 
 struct Params {

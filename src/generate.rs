@@ -16,6 +16,7 @@ use crate::gpu::Gpu;
 use crate::model::{Engine, EngineOptions, ModelSource};
 use crate::sample::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -95,6 +96,10 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Continue after what the engine's cache holds instead of starting from an empty cache.
     pub keep_cache: bool,
+    /// With plain greedy sampling (no penalty), pick tokens on the GPU, several steps per
+    /// submission, reading back ids instead of logits. Off, every step reads the logits and the
+    /// CPU sampler picks (the same ids; for comparison).
+    pub pick_on_gpu: bool,
 }
 
 impl Default for GenerateOptions {
@@ -105,6 +110,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             stop_at_eos: true,
             keep_cache: false,
+            pick_on_gpu: true,
         }
     }
 }
@@ -140,6 +146,11 @@ pub struct Stats {
     /// Forward passes of generated tokens (one per token after the first).
     pub decode_steps: usize,
     pub decode_s: f64,
+    /// GPU time of the decode submissions (timestamps), where the adapter has timestamps.
+    pub decode_gpu_s: Option<f64>,
+    /// Submissions the decode steps took (several steps share one when tokens are picked on the
+    /// GPU).
+    pub decode_submits: usize,
 }
 
 impl Stats {
@@ -149,6 +160,12 @@ impl Stats {
 
     pub fn decode_tok_s(&self) -> f64 {
         rate(self.decode_steps, self.decode_s)
+    }
+
+    /// GPU milliseconds per decode step, where timestamps exist.
+    pub fn gpu_ms_per_token(&self) -> Option<f64> {
+        let s = self.decode_gpu_s?;
+        (self.decode_steps > 0).then(|| s * 1e3 / self.decode_steps as f64)
     }
 }
 
@@ -188,6 +205,15 @@ pub struct Generation<'a> {
     prompt: Vec<u32>,
     history: Vec<u32>,
     logits: Option<Vec<f32>>,
+    /// The prompt has been run.
+    started: bool,
+    /// Greedy decoding with the token picked on the GPU, several steps per submission.
+    on_gpu: bool,
+    /// Tokens the GPU picked and fed that were not handed out yet (the cache runs ahead by them).
+    picked: VecDeque<u32>,
+    /// Steps of the next GPU submission: 1 at first so that the first tokens stream at once, then
+    /// doubling up to MAX_STEPS.
+    batch: u32,
     /// The last sampled token, not yet fed to the engine.
     unfed: Option<u32>,
     held: String,
@@ -204,6 +230,7 @@ impl<'a> Generation<'a> {
         opts: GenerateOptions,
     ) -> Self {
         let sampler = Sampler::new(opts.sampling.clone());
+        let on_gpu = opts.pick_on_gpu && opts.sampling.is_plain_greedy();
         Self {
             detok: StreamDecoder::new(&prompt),
             history: prompt.clone(),
@@ -217,6 +244,10 @@ impl<'a> Generation<'a> {
             sampler,
             prompt,
             logits: None,
+            started: false,
+            on_gpu,
+            picked: VecDeque::new(),
+            batch: 1,
             unfed: None,
             held: String::new(),
             stop: None,
@@ -273,45 +304,49 @@ impl<'a> Generation<'a> {
             self.stop = Some(StopReason::Cancelled);
             return Ok(None);
         }
-        if self.logits.is_none() {
-            if !self.opts.keep_cache {
-                self.engine.reset();
-            }
-            if self.prompt.is_empty() {
-                return Err(Error::config(
-                    "the prompt is empty and the model has no bos_token_id to start from",
-                ));
-            }
-            let needed = self.engine.position() as usize + self.prompt.len();
-            if needed > self.engine.context() as usize {
-                self.stop = Some(StopReason::ContextFull);
+        if !self.started {
+            self.run_prompt().await?;
+            if self.stop.is_some() {
                 return Ok(None);
             }
-            let t = now();
-            self.logits = Some(self.engine.prefill(&self.prompt).await?);
-            self.stats.prefill_s = since(t);
+        } else if self.on_gpu {
+            if self.picked.is_empty() {
+                self.decode_on_gpu().await?;
+            }
         } else if let Some(id) = self.unfed.take() {
             let t = now();
             self.logits = Some(self.engine.step(id).await?);
             self.stats.decode_s += since(t);
             self.stats.decode_steps += 1;
+            self.stats.decode_submits += 1;
         }
         if self.stats.generated >= self.opts.max_tokens {
             self.stop = Some(StopReason::MaxTokens);
             return Ok(None);
         }
-        let logits = self.logits.as_ref().expect("logits computed above");
-        // Sampling is part of a token's cost: it counts towards the step that produced the logits.
-        let t = now();
-        let id = self.sampler.sample(logits, &self.history);
-        if self.stats.generated == 0 {
-            self.stats.prefill_s += since(t);
+        let id = if self.on_gpu {
+            let id = self
+                .picked
+                .pop_front()
+                .ok_or_else(|| Error::config("no token was picked (internal)"))?;
+            // The last picked token of a submission is the only one not yet in the cache.
+            self.unfed = self.picked.is_empty().then_some(id);
+            id
         } else {
-            self.stats.decode_s += since(t);
-        }
+            let logits = self.logits.as_ref().expect("logits computed above");
+            // Sampling is part of a token's cost: it counts towards the step that made the logits.
+            let t = now();
+            let id = self.sampler.sample(logits, &self.history);
+            if self.stats.generated == 0 {
+                self.stats.prefill_s += since(t);
+            } else {
+                self.stats.decode_s += since(t);
+            }
+            self.unfed = Some(id);
+            id
+        };
         self.history.push(id);
         self.stats.generated += 1;
-        self.unfed = Some(id);
 
         if self.opts.stop_at_eos && Some(id) == self.engine.config().eos_token_id {
             let text = self.finish(StopReason::Eos)?;
@@ -336,7 +371,7 @@ impl<'a> Generation<'a> {
             let text = self.finish(StopReason::MaxTokens)?;
             return Ok(Some(Piece { id, text }));
         }
-        if self.engine.position() >= self.engine.context() {
+        if self.cache_position() >= self.engine.context() {
             let text = self.finish(StopReason::ContextFull)?;
             return Ok(Some(Piece { id, text }));
         }
@@ -348,10 +383,72 @@ impl<'a> Generation<'a> {
         Ok(Some(Piece { id, text }))
     }
 
+    /// Position of the next token to feed: the engine's, less the picked tokens it ran ahead by.
+    fn cache_position(&self) -> u32 {
+        self.engine.position() - self.picked.len() as u32
+    }
+
+    async fn run_prompt(&mut self) -> Result<()> {
+        if !self.opts.keep_cache {
+            self.engine.reset();
+        }
+        if self.prompt.is_empty() {
+            return Err(Error::config(
+                "the prompt is empty and the model has no bos_token_id to start from",
+            ));
+        }
+        let needed = self.engine.position() as usize + self.prompt.len();
+        if needed > self.engine.context() as usize {
+            self.stop = Some(StopReason::ContextFull);
+            return Ok(());
+        }
+        let t = now();
+        if self.on_gpu {
+            let first = self.engine.prefill_greedy(&self.prompt).await?;
+            self.picked.push_back(first.id);
+        } else {
+            self.logits = Some(self.engine.prefill(&self.prompt).await?);
+        }
+        self.stats.prefill_s = since(t);
+        self.started = true;
+        Ok(())
+    }
+
+    /// Runs the next submission of GPU-picked steps, as many as the batch size, the tokens still
+    /// wanted and the context allow.
+    async fn decode_on_gpu(&mut self) -> Result<()> {
+        let Some(id) = self.unfed.take() else {
+            return Err(Error::config("no token to feed (internal)"));
+        };
+        let wanted = self.opts.max_tokens.saturating_sub(self.stats.generated) as u32;
+        let room = self.engine.context() - self.engine.position();
+        let steps = self.batch.min(wanted).min(room).max(1);
+        let t = now();
+        let picked = self.engine.decode_greedy(id, steps).await?;
+        self.stats.decode_s += since(t);
+        self.stats.decode_steps += steps as usize;
+        self.stats.decode_submits += 1;
+        if let Some(g) = self.engine.last_gpu_seconds() {
+            *self.stats.decode_gpu_s.get_or_insert(0.0) += g;
+        }
+        self.picked.extend(picked.iter().map(|p| p.id));
+        self.batch = (self.batch * 2).min(crate::model::plan::MAX_STEPS);
+        Ok(())
+    }
+
     /// Blocking form of [`Generation::next_piece`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn next_blocking(&mut self) -> Option<Result<Piece>> {
         pollster::block_on(self.next_piece())
+    }
+}
+
+impl Drop for Generation<'_> {
+    /// Tokens the GPU ran ahead by leave the cache, so that it holds the prompt and every handed-out
+    /// token but the last, as after CPU sampling.
+    fn drop(&mut self) {
+        let keep = self.cache_position();
+        self.engine.truncate(keep);
     }
 }
 

@@ -43,6 +43,12 @@ impl SamplingParams {
         if temperature <= 0.0 { 1.0 } else { 1.1 }
     }
 
+    /// Argmax with nothing applied first (no penalty): what the GPU picks without a round trip.
+    pub fn is_plain_greedy(&self) -> bool {
+        (self.temperature <= 0.0 || self.top_k == 1)
+            && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
+    }
+
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,

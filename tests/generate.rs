@@ -340,3 +340,62 @@ fn cli_temperature_zero_is_plain_greedy_unless_a_penalty_is_given() {
     assert_ne!(cli_ids(&["--repeat-penalty", "3"]), lib);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Greedy generation with tokens picked on the GPU (several steps per submission) hands out the
+/// same ids as the CPU sampler reading logits every step, and stops leave the cache where the CPU
+/// path leaves it (the prompt and every handed-out token but the last).
+#[test]
+fn gpu_picked_generation_equals_the_cpu_sampler() {
+    let seed = common::fresh_seed("gpu-picked");
+    let mut m = model(seed, 256);
+    let run = |m: &mut TextModel, on_gpu: bool, max: usize| -> (Vec<u32>, u32, usize) {
+        let opts = GenerateOptions {
+            pick_on_gpu: on_gpu,
+            ..greedy(max)
+        };
+        let mut g = m.generate("abc", opts).unwrap();
+        let ids: Vec<u32> = g.by_ref().map(|p| p.unwrap().id).collect();
+        let submits = g.stats().decode_submits;
+        drop(g);
+        (ids, m.engine.position(), submits)
+    };
+    for max in [1, 2, 5, 40] {
+        let (gpu_ids, gpu_pos, gpu_submits) = run(&mut m, true, max);
+        let (cpu_ids, cpu_pos, cpu_submits) = run(&mut m, false, max);
+        assert_eq!(gpu_ids, cpu_ids, "max_tokens {max}");
+        assert_eq!(gpu_pos, cpu_pos, "cache position after {max} tokens");
+        assert_eq!(cpu_submits, max - 1);
+        if max == 40 {
+            assert!(gpu_submits < 10, "{gpu_submits} submissions for 39 steps");
+        }
+    }
+    // A stop string in the middle of a GPU batch: the overshoot is discarded.
+    let full: String = m
+        .generate("abc", greedy(40))
+        .unwrap()
+        .map(|p| p.unwrap().text)
+        .collect();
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 16, "too little text: {full:?}");
+    let stop: String = chars[12..14].iter().collect();
+    let mut counts = vec![];
+    for on_gpu in [true, false] {
+        let opts = GenerateOptions {
+            pick_on_gpu: on_gpu,
+            stop: vec![stop.clone()],
+            ..greedy(40)
+        };
+        let mut g = m.generate("abc", opts).unwrap();
+        let n = g.by_ref().count();
+        assert_eq!(g.stop_reason(), Some(StopReason::StopString));
+        drop(g);
+        let prompt_len = m.encode("abc").unwrap().len() as u32;
+        assert_eq!(
+            m.engine.position(),
+            prompt_len + n as u32 - 1,
+            "on_gpu {on_gpu}"
+        );
+        counts.push(n);
+    }
+    assert_eq!(counts[0], counts[1]);
+}

@@ -157,3 +157,111 @@ fn f16_and_bf16_weights_and_an_untied_head_load_and_match() {
         assert!(rel < 1e-4, "{dtype:?} tied={tied} decode: rel L2 {rel:.3e}");
     }
 }
+
+/// Tokens picked on the GPU (a prompt, then decode steps several per submission) are the CPU
+/// argmax of the logits the logits path returns, with the log-probability of the float64 softmax.
+#[test]
+fn greedy_on_the_gpu_matches_the_logits_path() {
+    let gpu = Arc::new(common::gpu());
+    for attention in ["diff_v2", "standard"] {
+        let seed = common::fresh_seed(attention);
+        let m = RandomModel::tiny(attention, seed);
+        let opts = EngineOptions {
+            prefill_chunk: 5,
+            ..Default::default()
+        };
+        let (mut on_gpu, _) = engine(&gpu, &m, opts.clone());
+        let (mut by_logits, _) = engine(&gpu, &m, opts);
+        let prompt: Vec<u32> = (0..13)
+            .map(|i| (i * 29 + seed as u32) % m.vocab_size)
+            .collect();
+
+        let first = on_gpu.prefill_greedy_blocking(&prompt).unwrap();
+        let logits = by_logits.prefill_blocking(&prompt).unwrap();
+        assert_eq!(first.id, argmax(&logits), "{attention}: first token");
+        assert_close_logprob(&logits, first);
+        let mut want = vec![first.id];
+        let mut next = first.id;
+        for _ in 0..11 {
+            let l = by_logits.step_blocking(next).unwrap();
+            next = argmax(&l);
+            want.push(next);
+        }
+        // 1 + 3 + 7 steps in three submissions: the token stays on the GPU between steps.
+        let mut got = vec![first.id];
+        let mut feed = first.id;
+        for steps in [1, 3, 7] {
+            let picked = on_gpu.decode_greedy_blocking(feed, steps).unwrap();
+            assert_eq!(picked.len(), steps as usize);
+            got.extend(picked.iter().map(|p| p.id));
+            feed = picked.last().unwrap().id;
+        }
+        assert_eq!(got, want, "{attention}: greedy ids");
+        assert_eq!(on_gpu.position(), by_logits.position());
+    }
+}
+
+fn assert_close_logprob(logits: &[f32], s: diffattn::model::Sampled) {
+    let max = logits.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let want = logits[s.id as usize] as f64 - lse;
+    assert!(
+        (s.logprob as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
+        "log-probability {} against {want}",
+        s.logprob
+    );
+}
+
+/// After warm-up, neither a prompt nor decode steps (logits path or GPU-picked) create a GPU
+/// object: the plan made everything at load.
+#[test]
+fn steps_create_no_gpu_resources() {
+    let gpu = Arc::new(common::gpu());
+    let m = RandomModel::tiny("diff_v2", common::fresh_seed("resources"));
+    let (mut e, _) = engine(
+        &gpu,
+        &m,
+        EngineOptions {
+            prefill_chunk: 4,
+            ..Default::default()
+        },
+    );
+    let prompt: Vec<u32> = (0..9).collect();
+    e.prefill_blocking(&prompt).unwrap();
+    let before = gpu.resources_created();
+    for round in 0..3 {
+        e.reset();
+        e.prefill_blocking(&prompt).unwrap();
+        e.step_blocking(3).unwrap();
+        let t = e.prefill_greedy_blocking(&[5, 6]).unwrap();
+        e.decode_greedy_blocking(t.id, 8).unwrap();
+        assert_eq!(
+            gpu.resources_created(),
+            before,
+            "round {round}: a step created GPU objects"
+        );
+    }
+}
+
+/// A decode submission that would run past the context is refused before anything runs.
+#[test]
+fn gpu_decode_past_the_context_is_refused() {
+    let gpu = Arc::new(common::gpu());
+    let mut m = RandomModel::tiny("diff_v2", 5);
+    m.context = 16;
+    let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
+    let t = e
+        .prefill_greedy_blocking(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        .unwrap();
+    let err = e.decode_greedy_blocking(t.id, 7).unwrap_err();
+    assert!(err.to_string().contains("exceed the context"), "{err}");
+    assert_eq!(e.position(), 10);
+    assert!(e.decode_greedy_blocking(t.id, 0).is_err());
+    assert_eq!(e.decode_greedy_blocking(t.id, 6).unwrap().len(), 6);
+    assert_eq!(e.position(), 16);
+}

@@ -270,3 +270,63 @@ fn attention_params_match_the_rust_definition() {
         "expected the attention shaders, checked {checked}"
     );
 }
+
+/// The model shaders' `Step` blocks are copies of `model::plan::Step`, and every shader's binding
+/// list as the host reads it (`gpu::shader::bindings`, which makes the pipeline layouts) is what
+/// naga sees in the module.
+#[test]
+fn step_blocks_and_binding_lists_match() {
+    use diffattn::gpu::BindingKind;
+    let mut steps = 0;
+    for (name, source) in diffattn::gpu::shader::SOURCES {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        if let Some((_, ty)) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Step"))
+        {
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{name}: Step is not a struct");
+            };
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_deref().unwrap()).collect();
+            let want: Vec<&str> = diffattn::model::plan::Step::FIELDS
+                .iter()
+                .map(|f| f.0)
+                .collect();
+            assert_eq!(names, want, "{name}: Step fields");
+            assert_eq!(
+                *span as usize,
+                std::mem::size_of::<diffattn::model::plan::Step>()
+            );
+            steps += 1;
+        }
+        let mut naga_view: Vec<(u32, BindingKind)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                let b = g.binding.as_ref()?;
+                assert_eq!(b.group, 0, "{name}: only group 0 is used");
+                let kind = match g.space {
+                    naga::AddressSpace::Uniform => BindingKind::Uniform,
+                    naga::AddressSpace::Storage { access } => {
+                        if access.contains(naga::StorageAccess::STORE) {
+                            BindingKind::ReadWrite
+                        } else {
+                            BindingKind::ReadOnly
+                        }
+                    }
+                    other => panic!("{name}: binding in {other:?}"),
+                };
+                Some((b.binding, kind))
+            })
+            .collect();
+        naga_view.sort_by_key(|b| b.0);
+        let naga_kinds: Vec<BindingKind> = naga_view.into_iter().map(|b| b.1).collect();
+        let ours = diffattn::gpu::shader::bindings(name, source).unwrap();
+        assert_eq!(ours, naga_kinds, "{name}: binding list");
+    }
+    assert!(
+        steps >= 7,
+        "expected the model shaders, found {steps} Step blocks"
+    );
+}

@@ -755,8 +755,12 @@ impl AttentionOp {
         gpu.check_dispatch("attention", plan.groups)
     }
 
-    fn ensure_scratch(&mut self, gpu: &Gpu, call: &AttentionCall, plan: &Plan) -> Result<()> {
-        let rows = call.n_queries as u64 * self.cfg.q_heads() as u64 * plan.n_chunks as u64;
+    /// Partial rows (query row x query head x chunk) a call writes.
+    fn partial_rows(&self, call: &AttentionCall, plan: &Plan) -> u64 {
+        call.n_queries as u64 * self.cfg.q_heads() as u64 * plan.n_chunks as u64
+    }
+
+    fn ensure_scratch(&mut self, gpu: &Gpu, rows: u64) -> Result<()> {
         let o_bytes = rows * self.cfg.head_dim as u64 * 4;
         let ml_bytes = rows * 8;
         let fits =
@@ -770,23 +774,28 @@ impl AttentionOp {
         Ok(())
     }
 
-    /// Records both passes of one attention call into `encoder`, in one compute pass (with the
-    /// given timestamp writes, for benchmarks).
-    pub fn encode(
-        &mut self,
-        gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
-        call: &AttentionCall,
-        kernel: Kernel,
-        bufs: &AttentionBuffers,
-        timestamps: Option<wgpu::ComputePassTimestampWrites>,
-    ) -> Result<Plan> {
-        let plan = self.plan(call, kernel)?;
-        self.check(gpu, call, &plan, bufs)?;
-        self.ensure_scratch(gpu, call, &plan)?;
-        let (part_o, part_ml) = self.scratch.as_ref().expect("scratch allocated above");
+    /// Allocates the partials for every call of up to `max_queries` query rows over up to
+    /// `max_seq` keys (any kernel `Auto` may pick), so that such calls allocate nothing.
+    pub fn reserve(&mut self, gpu: &Gpu, max_queries: u32, max_seq: u32) -> Result<()> {
+        let mut rows = 0;
+        // Split counts grow with the cache length, so the longest cache bounds each row count.
+        for n in 1..=max_queries.max(1) {
+            let call = AttentionCall {
+                n_queries: n,
+                seq_len: max_seq.max(1),
+                causal: false,
+                past_len: 0,
+            };
+            let plan = self.plan(&call, Kernel::Auto)?;
+            rows = rows.max(self.partial_rows(&call, &plan));
+        }
+        self.ensure_scratch(gpu, rows)
+    }
+
+    /// The parameter block of one call.
+    pub fn params(&self, call: &AttentionCall, plan: &Plan) -> Params {
         let cfg = &self.cfg;
-        let params = Params {
+        Params {
             n_queries: call.n_queries,
             seq_len: call.seq_len,
             q_heads: cfg.q_heads(),
@@ -803,33 +812,121 @@ impl AttentionOp {
             diff: (cfg.mode == Mode::Diff) as u32,
             chunk_len: plan.chunk_len,
             pad0: 0,
-        };
-        let uniform = gpu.uniform("attention params", &params);
-        let first = match plan.kernel {
+        }
+    }
+
+    fn first_pipeline(&self, kernel: Kernel) -> &Arc<wgpu::ComputePipeline> {
+        match kernel {
             Kernel::Decode => &self.decode,
             Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
             Kernel::FlashCoop => self.flash_coop.as_ref().expect("plan checked the path"),
             _ => &self.flash,
-        };
-        let first_bg = gpu.bind(first, &[&uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]);
-        let lam = bufs.lam.unwrap_or(&self.no_lam);
-        let combine_bg = gpu.bind(&self.combine, &[&uniform, part_o, part_ml, lam, bufs.out]);
-        let combine_groups = grid_2d(call.n_queries * cfg.heads);
+        }
+    }
 
+    /// Bind groups for calls on fixed buffers, with the parameter block at binding 0 taken from
+    /// `uniform` (an arena, or one block) at the offset given to [`AttentionOp::record`]. Uses the
+    /// partials allocated by [`AttentionOp::reserve`] (or the last `encode`).
+    pub fn bind(
+        &self,
+        gpu: &Gpu,
+        uniform: &wgpu::Buffer,
+        bufs: &AttentionBuffers,
+    ) -> Result<AttentionBinding> {
+        let (part_o, part_ml) = self.scratch.as_ref().ok_or_else(|| {
+            Error::config("attention partials not allocated: call AttentionOp::reserve first")
+        })?;
+        if self.cfg.mode == Mode::Diff && bufs.lam.is_none() {
+            return Err(Error::shape("lam", "a buffer in DIFF V2 mode", "no buffer"));
+        }
+        let lam = bufs.lam.unwrap_or(&self.no_lam);
+        let first = self
+            .paths()
+            .into_iter()
+            .map(|k| {
+                let p = self.first_pipeline(k);
+                (
+                    k,
+                    gpu.bind(p, &[uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]),
+                )
+            })
+            .collect();
+        let combine = gpu.bind(&self.combine, &[uniform, part_o, part_ml, lam, bufs.out]);
+        Ok(AttentionBinding {
+            first,
+            combine,
+            partial_rows: part_ml.size() / 8,
+        })
+    }
+
+    /// Records both passes of one call into an open compute pass, its parameter block (from
+    /// [`AttentionOp::params`]) at `offset` of the bound uniform. Nothing is created.
+    pub fn record(
+        &self,
+        gpu: &Gpu,
+        pass: &mut wgpu::ComputePass,
+        binding: &AttentionBinding,
+        call: &AttentionCall,
+        plan: &Plan,
+        offset: u32,
+    ) -> Result<()> {
+        call.validate()?;
+        gpu.check_dispatch("attention", plan.groups)?;
+        if self.partial_rows(call, plan) > binding.partial_rows {
+            return Err(Error::config(format!(
+                "attention call of {} queries over {} keys needs more partials than were reserved",
+                call.n_queries, call.seq_len
+            )));
+        }
+        let first = binding
+            .first
+            .iter()
+            .find(|(k, _)| *k == plan.kernel)
+            .map(|(_, b)| b)
+            .ok_or_else(|| Error::Unsupported(format!("kernel {}", plan.kernel.name())))?;
+        pass.set_pipeline(self.first_pipeline(plan.kernel));
+        pass.set_bind_group(0, first, &[offset]);
+        pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
+        if self.tuning.profile & 32 == 0 {
+            let groups = grid_2d(call.n_queries * self.cfg.heads);
+            pass.set_pipeline(&self.combine);
+            pass.set_bind_group(0, &binding.combine, &[offset]);
+            pass.dispatch_workgroups(groups[0], groups[1], 1);
+        }
+        Ok(())
+    }
+
+    /// Records both passes of one call into `encoder`, in one compute pass (with the given
+    /// timestamp writes, for benchmarks). Makes its own parameter block and bind groups: for single
+    /// calls; a model records through [`AttentionOp::bind`] and [`AttentionOp::record`] instead.
+    pub fn encode(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &AttentionCall,
+        kernel: Kernel,
+        bufs: &AttentionBuffers,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<Plan> {
+        let plan = self.plan(call, kernel)?;
+        self.check(gpu, call, &plan, bufs)?;
+        self.ensure_scratch(gpu, self.partial_rows(call, &plan))?;
+        let uniform = gpu.uniform("attention params", &self.params(call, &plan));
+        let binding = self.bind(gpu, &uniform, bufs)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("diff attention"),
             timestamp_writes: timestamps,
         });
-        pass.set_pipeline(first);
-        pass.set_bind_group(0, &first_bg, &[]);
-        pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
-        if self.tuning.profile & 32 == 0 {
-            pass.set_pipeline(&self.combine);
-            pass.set_bind_group(0, &combine_bg, &[]);
-            pass.dispatch_workgroups(combine_groups[0], combine_groups[1], 1);
-        }
+        self.record(gpu, &mut pass, &binding, call, &plan, 0)?;
         Ok(plan)
     }
+}
+
+/// One layer's attention bind groups, made once (see [`AttentionOp::bind`]).
+pub struct AttentionBinding {
+    first: Vec<(Kernel, wgpu::BindGroup)>,
+    combine: wgpu::BindGroup,
+    partial_rows: u64,
 }
 
 /// Spreads `groups` workgroups over x and y so that neither exceeds the portable 65535.

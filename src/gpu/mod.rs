@@ -6,10 +6,11 @@ pub mod shader;
 
 pub use readback::read_buffer;
 pub(crate) use shader::shader_struct;
-pub use shader::{Const, ShaderSpec};
+pub use shader::{BindingKind, Const, ShaderSpec};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
@@ -219,6 +220,9 @@ pub struct Gpu {
     /// Cooperative matrices with 16x16x16 f16 -> f32 tiles are enabled on this device.
     pub coop_f16: bool,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// GPU objects created through this struct (buffers, bind groups, pipelines, query sets): the
+    /// engine's tests hold it constant across decode steps.
+    created: AtomicU64,
     errors: ErrorSink,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -280,6 +284,7 @@ impl Gpu {
             limits,
             coop_f16,
             pipelines: Mutex::default(),
+            created: AtomicU64::new(0),
             errors,
             lost,
         })
@@ -318,13 +323,15 @@ impl Gpu {
         )
     }
 
-    /// The compute pipeline for a specialised shader, compiled once per specialisation.
+    /// The compute pipeline for a specialised shader, compiled once per specialisation. Its layout
+    /// comes from the shader's binding declarations; a uniform at binding 0 takes a dynamic offset.
     pub fn pipeline(&self, spec: &ShaderSpec) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = spec.key();
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let source = spec.source()?;
+        let kinds = shader::bindings(spec.name, &source)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -332,11 +339,29 @@ impl Gpu {
                 label: Some(spec.name),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| layout_entry(i as u32, *kind))
+            .collect();
+        let bind_layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(spec.name),
+                entries: &entries,
+            });
+        let layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.name),
+                bind_group_layouts: &[Some(&bind_layout)],
+                immediate_size: 0,
+            });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(spec.name),
-                layout: None,
+                layout: Some(&layout),
                 module: &module,
                 entry_point: Some(spec.entry),
                 compilation_options: Default::default(),
@@ -348,9 +373,20 @@ impl Gpu {
                 message: e.to_string(),
             });
         }
+        self.count_created();
         let pipeline = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// GPU objects created so far through this struct (buffers, bind groups, pipelines, query
+    /// sets). A decode step after warm-up creates none; the engine tests check that with this.
+    pub fn resources_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    fn count_created(&self) {
+        self.created.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Checks that a buffer of `bytes` fits the adapter's binding and buffer limits.
@@ -390,6 +426,7 @@ impl Gpu {
     /// A storage buffer of `bytes` (rounded up to 16), usable as copy source and destination.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, bytes)?;
+        self.count_created();
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(16),
@@ -411,6 +448,7 @@ impl Gpu {
             padded.resize(data.len().max(16).next_multiple_of(16), 0);
             &padded[..]
         };
+        self.count_created();
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -424,6 +462,7 @@ impl Gpu {
 
     /// A uniform buffer holding `value`.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.count_created();
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -432,7 +471,45 @@ impl Gpu {
             })
     }
 
-    /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order.
+    /// A buffer with the given usage (`bytes` rounded up to 16), for the uses the other helpers do
+    /// not cover (query resolution).
+    pub fn buffer(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.count_created();
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A buffer the host maps to read results back (copy destination, `bytes` rounded up to 16).
+    pub fn readback_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.count_created();
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(16),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A timestamp query set of `count` entries, where the device has timestamps.
+    pub fn timestamp_queries(&self, label: &str, count: u32) -> Option<wgpu::QuerySet> {
+        if !self.has_timestamps() {
+            return None;
+        }
+        self.count_created();
+        Some(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some(label),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        }))
+    }
+
+    /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order. A
+    /// uniform buffer at binding 0 is bound for one arena slot ([`UNIFORM_SLOT`] bytes, or the
+    /// whole buffer if smaller): its offset is given when the group is set.
     pub fn bind(
         &self,
         pipeline: &wgpu::ComputePipeline,
@@ -441,11 +518,24 @@ impl Gpu {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
+            .map(|(i, b)| {
+                let dynamic = i == 0 && b.usage().contains(wgpu::BufferUsages::UNIFORM);
+                let resource = if dynamic {
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(b.size().min(UNIFORM_SLOT)),
+                    })
+                } else {
+                    b.as_entire_binding()
+                };
+                wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource,
+                }
             })
             .collect();
+        self.count_created();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
@@ -494,6 +584,96 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Bytes of one uniform-arena slot as a binding sees it: every parameter block fits.
+pub const UNIFORM_SLOT: u64 = 256;
+
+fn layout_entry(binding: u32, kind: BindingKind) -> wgpu::BindGroupLayoutEntry {
+    let ty = match kind {
+        BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+        BindingKind::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
+        BindingKind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+    };
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: binding == 0 && kind == BindingKind::Uniform,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// One uniform buffer holding many parameter blocks, one per slot, each bound at binding 0 with a
+/// dynamic offset: the plan's bind groups are made once, and a step only writes the slots it uses
+/// (one `write_buffer` for all of them) and passes their offsets.
+pub struct UniformArena {
+    buffer: wgpu::Buffer,
+    stride: u64,
+    slots: u32,
+    host: Vec<u8>,
+}
+
+impl UniformArena {
+    /// An arena of `slots` slots, each aligned as the adapter requires.
+    pub fn new(gpu: &Gpu, label: &str, slots: u32) -> Self {
+        let align = gpu.limits.min_uniform_buffer_offset_alignment as u64;
+        let stride = UNIFORM_SLOT.next_multiple_of(align.max(1));
+        let bytes = stride * slots.max(1) as u64;
+        gpu.count_created();
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Self {
+            buffer,
+            stride,
+            slots: slots.max(1),
+            host: vec![0; bytes as usize],
+        }
+    }
+
+    /// The buffer to bind at binding 0.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Slots in the arena.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The dynamic offset of a slot.
+    pub fn offset(&self, slot: u32) -> u32 {
+        (slot as u64 * self.stride) as u32
+    }
+
+    /// Sets a slot's contents on the host side; [`UniformArena::upload`] sends them.
+    pub fn set<T: bytemuck::Pod>(&mut self, slot: u32, value: &T) {
+        assert!(
+            slot < self.slots,
+            "uniform arena slot {slot} of {}",
+            self.slots
+        );
+        let bytes = bytemuck::bytes_of(value);
+        assert!(
+            bytes.len() as u64 <= UNIFORM_SLOT,
+            "a parameter block over one slot"
+        );
+        let at = self.offset(slot) as usize;
+        self.host[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Writes slots `0..used` to the GPU in one queue write (ordered before the next submit).
+    pub fn upload(&self, gpu: &Gpu, used: u32) {
+        let end = (self.stride * used.clamp(1, self.slots) as u64) as usize;
+        gpu.queue.write_buffer(&self.buffer, 0, &self.host[..end]);
     }
 }
 

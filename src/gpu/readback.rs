@@ -76,3 +76,22 @@ pub async fn read_buffer(
     staging.unmap();
     Ok(data[..bytes as usize].to_vec())
 }
+
+/// Maps a read-back buffer (MAP_READ) after the work writing it was submitted, copies its first
+/// `bytes` bytes out and unmaps it, so that the same buffer serves every step.
+pub(crate) async fn map_read(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    let (send, recv) = channel();
+    buffer.slice(..).map_async(wgpu::MapMode::Read, send);
+    gpu.wait()?;
+    recv.await.map_err(|e| Error::Readback(e.to_string()))?;
+    let data = {
+        let view = buffer
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        view[..bytes as usize].to_vec()
+    };
+    buffer.unmap();
+    gpu.take_error("read-back")?;
+    Ok(data)
+}

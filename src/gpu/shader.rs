@@ -32,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("kv_append", include_str!("../../shaders/kv_append.wgsl")),
     ("swiglu", include_str!("../../shaders/swiglu.wgsl")),
+    ("sample", include_str!("../../shaders/sample.wgsl")),
 ];
 
 /// A value for one specialisation constant.
@@ -152,6 +153,60 @@ pub fn specialise(shader: &str, source: &str, consts: &[(&str, Const)]) -> Resul
         }
     }
     Ok(lines.join("\n"))
+}
+
+/// How a shader declares one binding of group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    /// `var<uniform>`. Binding 0, when it is a uniform, is the per-dispatch parameter block and is
+    /// bound with a dynamic offset into a uniform arena (see [`crate::gpu::UniformArena`]).
+    Uniform,
+    /// `var<storage, read>`.
+    ReadOnly,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
+/// The group-0 bindings a shader declares, in binding order, read from its
+/// `@group(0) @binding(N) var<...>` lines (the form every shader in `shaders/` uses; the shader tests
+/// hold this against naga's reflection of each module).
+pub fn bindings(shader: &str, source: &str) -> Result<Vec<BindingKind>> {
+    let bad = |message: String| Error::Shader {
+        shader: shader.to_string(),
+        message,
+    };
+    let mut found: Vec<(u32, BindingKind)> = Vec::new();
+    for line in source.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("@group(0) @binding(") else {
+            continue;
+        };
+        let (index, decl) = rest
+            .split_once(')')
+            .ok_or_else(|| bad(format!("unreadable binding line `{line}`")))?;
+        let index: u32 = index
+            .parse()
+            .map_err(|_| bad(format!("unreadable binding index in `{line}`")))?;
+        let decl = decl.trim_start();
+        let kind = if decl.starts_with("var<uniform>") {
+            BindingKind::Uniform
+        } else if decl.starts_with("var<storage, read_write>") {
+            BindingKind::ReadWrite
+        } else if decl.starts_with("var<storage, read>") || decl.starts_with("var<storage>") {
+            BindingKind::ReadOnly
+        } else {
+            return Err(bad(format!("binding kind not understood in `{line}`")));
+        };
+        found.push((index, kind));
+    }
+    found.sort_by_key(|b| b.0);
+    for (i, (index, _)) in found.iter().enumerate() {
+        if *index != i as u32 {
+            return Err(bad(format!(
+                "group 0 bindings must be numbered 0, 1, 2, ... without gaps (found {index} at {i})"
+            )));
+        }
+    }
+    Ok(found.into_iter().map(|b| b.1).collect())
 }
 
 /// Defines a `#[repr(C)]` struct that shaders read as a uniform block, with `FIELDS` listing each

@@ -1,20 +1,24 @@
-//! The GPU forward pass: weights in GPU buffers, a preallocated KV cache, and `prefill`/`step`
-//! returning the last position's logits.
+//! The GPU forward pass: load (weights uploaded, the plan built once), then steps that only write
+//! their parameter slots, record and submit.
 //!
-//! Everything that does not change between calls is built once at load: buffers, pipelines, the
-//! per-dispatch parameter uniforms and every bind group. What changes per call (token ids, the
-//! number of tokens, the cache position) goes through one `ids` buffer and one `Step` uniform
-//! written before each submit, so a decode step records one command buffer, submits once and
-//! reads back only the logits.
+//! Three ways to run the model:
+//! - [`Engine::prefill`] / [`Engine::step`] return the last position's logits (the CPU sampler,
+//!   attention maps, model checks);
+//! - [`Engine::prefill_greedy`] runs a prompt and picks the next token on the GPU;
+//! - [`Engine::decode_greedy`] runs up to [`MAX_STEPS`] decode steps in one submission, each
+//!   step's token chosen on the GPU and fed to the next without a round trip; only the ids (and
+//!   their log-probabilities) come back.
+//!
+//! A submission is one compute pass: each step has two slots of one uniform arena (its `Step`
+//! block and its attention parameters), bound with dynamic offsets.
 
-use super::cache::KvCache;
 use super::config::Config;
-use super::weights::{HostWeights, WeightDtype};
-use crate::attention::{
-    AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel, KvDtype, Mode, grid_2d,
-};
+use super::plan::{self, Buffers, MAX_STEPS, Plan, SAMPLED_BYTES, Tuning};
+use super::weights::HostWeights;
+use crate::attention::{AttentionCall, KvDtype};
 use crate::error::{Error, Result};
-use crate::gpu::{Const, Gpu, ShaderSpec};
+use crate::gpu::Gpu;
+use crate::gpu::readback::map_read;
 use std::sync::Arc;
 
 /// How the engine is set up on the GPU.
@@ -46,101 +50,45 @@ impl Default for EngineOptions {
     }
 }
 
-/// The per-call values every model shader reads (same layout as `Step` in the WGSL files).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepUniform {
-    n_tokens: u32,
-    past_len: u32,
-    pad0: u32,
-    pad1: u32,
-}
-
-/// How many workgroups a dispatch needs, as a function of the token count.
-#[derive(Clone, Copy)]
-enum Grid {
-    /// One thread per item, `per_token` items per token, 64 threads per workgroup.
-    Elements { per_token: u32 },
-    /// One workgroup per token row.
-    Rows,
-    /// One workgroup.
-    Single,
-    /// A matmul with `n` outputs per row: matvec for one row, tiled gemm otherwise.
-    Matmul {
-        n: u32,
-        last_only: bool,
-        rows_per_group: u32,
-        /// The many-row kernel is `gemm_direct` rather than the tiled `gemm`.
-        direct: bool,
-    },
-}
-
-/// One prepared dispatch. `gemm` holds the tiled variant of a matmul (its own pipeline, hence
-/// its own bind group: auto-derived layouts are not shared between pipelines).
-struct Op {
-    label: &'static str,
-    pipeline: Arc<wgpu::ComputePipeline>,
-    bind: wgpu::BindGroup,
-    gemm: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
-    grid: Grid,
-}
-
-impl Op {
-    fn record(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass, n_tokens: u32) -> Result<()> {
-        let (pipeline, bind, groups) = match self.grid {
-            Grid::Elements { per_token } => {
-                let g = grid_2d((n_tokens * per_token).div_ceil(64));
-                (&self.pipeline, &self.bind, [g[0], g[1], 1])
+impl EngineOptions {
+    /// The kernel choices these options make on an adapter.
+    fn tuning(&self, gpu: &Gpu) -> Result<Tuning> {
+        // CPU adapters (lavapipe, SwiftShader) pay dearly for barriers: they get one lane per
+        // row and the barrier-free many-row kernel (measured: 2.8x faster decode on lavapipe).
+        let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let lanes = match self.matvec_lanes {
+            Some(l) if l.is_power_of_two() && l <= 64 => l,
+            Some(l) => {
+                return Err(Error::config(format!(
+                    "matvec_lanes = {l} (expected a power of two from 1 to 64)"
+                )));
             }
-            Grid::Rows => (&self.pipeline, &self.bind, [n_tokens, 1, 1]),
-            Grid::Single => (&self.pipeline, &self.bind, [1, 1, 1]),
-            Grid::Matmul {
-                n,
-                last_only,
-                rows_per_group,
-                direct,
-            } => {
-                let rows = if last_only { 1 } else { n_tokens };
-                match &self.gemm {
-                    Some((p, b)) if rows > 1 && direct => {
-                        let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
-                        (p, b, [g[0], g[1], 1])
-                    }
-                    Some((p, b)) if rows > 1 => (p, b, [n.div_ceil(64), rows.div_ceil(64), 1]),
-                    _ => {
-                        let g = grid_2d(n.div_ceil(rows_per_group));
-                        (&self.pipeline, &self.bind, [g[0], g[1], 1])
-                    }
-                }
-            }
+            None if cpu => 1,
+            None => 16,
         };
-        gpu.check_dispatch(self.label, groups)?;
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bind, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        Ok(())
+        Ok(Tuning {
+            lanes,
+            tiled: self.tiled_gemm.unwrap_or(!cpu),
+        })
     }
 }
 
-/// Per-layer dispatches before and after attention.
-struct LayerOps {
-    pre: Vec<Op>,
-    post: Vec<Op>,
+/// A token chosen on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    /// The token id.
+    pub id: u32,
+    /// Its log-probability under the model's distribution (before any sampling transform).
+    pub logprob: f32,
 }
 
-/// Activation buffers, sized for one prefill chunk.
-struct Activations {
-    x: wgpu::Buffer,
-    a: wgpu::Buffer,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    lam: Option<wgpu::Buffer>,
-    att: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
-    last: wgpu::Buffer,
-    logits: wgpu::Buffer,
+/// What a submission ends with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// The last position's logits, copied for the host.
+    Logits,
+    /// A token chosen on the GPU after every step.
+    Greedy,
 }
 
 /// A loaded model on the GPU, with its KV cache.
@@ -150,26 +98,9 @@ pub struct Engine {
     opts: EngineOptions,
     context: u32,
     past_len: u32,
-    step_uniform: wgpu::Buffer,
-    ids: wgpu::Buffer,
-    act: Activations,
-    cache: KvCache,
-    embed: Op,
-    layers: Vec<LayerOps>,
-    head: Vec<Op>,
-    attention: AttentionOp,
-    staging: wgpu::Buffer,
-    // Weight and parameter buffers: held so that they outlive the bind groups that use them.
-    _keep: Vec<wgpu::Buffer>,
-}
-
-fn storage_f32(gpu: &Gpu, label: &str, values: usize) -> Result<wgpu::Buffer> {
-    gpu.storage(label, values as u64 * 4)
-}
-
-/// A 16-byte parameter block.
-fn params4(gpu: &Gpu, label: &str, v: [u32; 4]) -> wgpu::Buffer {
-    gpu.uniform(label, &v)
+    bufs: Buffers,
+    plan: Plan,
+    last_gpu_s: Option<f64>,
 }
 
 impl Engine {
@@ -188,430 +119,24 @@ impl Engine {
             return Err(Error::config("prefill_chunk must be at least 1"));
         }
         let g = gpu.as_ref();
+        let tuning = opts.tuning(g)?;
         let context = opts
             .context
             .unwrap_or(cfg.max_position_embeddings)
             .clamp(1, cfg.max_position_embeddings);
-        let chunk = opts.prefill_chunk.min(context) as usize;
-        let d_model = cfg.hidden_size as usize;
-        let hd = cfg.head_dim as usize;
-        let q_width = cfg.q_heads() as usize * hd;
-        let kv_width = cfg.num_key_value_heads as usize * hd;
-        let heads = cfg.num_attention_heads as usize;
-        let inter = cfg.intermediate_size as usize;
-        let vocab = cfg.vocab_size as usize;
-        let diff = cfg.mode() == Mode::Diff;
-        // CPU adapters (lavapipe, SwiftShader) pay dearly for barriers: they get one lane per
-        // row and the barrier-free many-row kernel (measured: 2.8x faster decode on lavapipe).
-        let cpu = g.info.device_type == wgpu::DeviceType::Cpu;
-        let lanes = match opts.matvec_lanes {
-            Some(l) if l.is_power_of_two() && l <= 64 => l,
-            Some(l) => {
-                return Err(Error::config(format!(
-                    "matvec_lanes = {l} (expected a power of two from 1 to 64)"
-                )));
-            }
-            None if cpu => 1,
-            None => 16,
-        };
-        let tiled = opts.tiled_gemm.unwrap_or(!cpu);
-
-        // Weights first: when a model is too large, the message names the tensor at fault.
-        for name in weights.names() {
-            let (_, raw) = weights.raw(name)?;
-            g.check_binding(name, raw.len() as u64)?;
-        }
-        let total = weights.total_bytes();
-        let mut done = 0u64;
-        progress(0, total);
-        let mut keep = Vec::new();
-
-        let step_uniform = g.uniform(
-            "step",
-            &StepUniform {
-                n_tokens: 0,
-                past_len: 0,
-                pad0: 0,
-                pad1: 0,
-            },
-        );
-        let ids = g.storage("token ids", chunk as u64 * 4)?;
-        let act = Activations {
-            x: storage_f32(g, "hidden state", chunk * d_model)?,
-            a: storage_f32(g, "normed hidden state", chunk * d_model)?,
-            q: storage_f32(g, "queries", chunk * q_width)?,
-            k: storage_f32(g, "keys", chunk * kv_width)?,
-            v: storage_f32(g, "values", chunk * kv_width)?,
-            lam: if diff {
-                Some(storage_f32(g, "lambda logits", chunk * heads)?)
-            } else {
-                None
-            },
-            att: storage_f32(g, "attention output", chunk * heads * hd)?,
-            gate: storage_f32(g, "mlp gate", chunk * inter)?,
-            up: storage_f32(g, "mlp up", chunk * inter)?,
-            last: storage_f32(g, "final norm", d_model)?,
-            logits: storage_f32(g, "logits", vocab)?,
-        };
-        let cache = KvCache::new(g, cfg, context, opts.kv_dtype)?;
-
-        // RoPE (cos, sin) per position and pair, in float64, rounded once.
-        let half = hd / 2;
-        let mut rope = Vec::with_capacity(context as usize * half * 2);
-        for pos in 0..context as usize {
-            for i in 0..half {
-                let inv_freq = cfg.rope_theta.powf(-2.0 * i as f64 / hd as f64);
-                let angle = pos as f64 * inv_freq;
-                rope.push(angle.cos() as f32);
-                rope.push(angle.sin() as f32);
-            }
-        }
-        let rope_table = g.storage_init("rope table", bytemuck::cast_slice(&rope))?;
-
-        let mut upload = |name: &str| -> Result<(wgpu::Buffer, WeightDtype)> {
-            let (info, raw) = weights.raw(name)?;
-            let buf = g.storage_init(name, raw)?;
-            done += raw.len() as u64;
-            progress(done, total);
-            Ok((buf, info.dtype))
-        };
-        let upload_f32 = |name: &str, g: &Gpu| -> Result<wgpu::Buffer> {
-            let v = weights.to_f32(name)?;
-            g.storage_init(name, bytemuck::cast_slice(&v))
-        };
-
-        let su = &step_uniform;
-        let elementwise = |name: &'static str,
-                           consts: Vec<(&'static str, Const)>,
-                           params: &wgpu::Buffer,
-                           bufs: &[&wgpu::Buffer],
-                           per_token: u32|
-         -> Result<Op> {
-            let mut spec = ShaderSpec::new(name);
-            spec.consts = consts;
-            let pipeline = g.pipeline(&spec)?;
-            let mut all = vec![su, params];
-            all.extend_from_slice(bufs);
-            let bind = g.bind(&pipeline, &all);
-            Ok(Op {
-                label: name,
-                pipeline,
-                bind,
-                gemm: None,
-                grid: Grid::Elements { per_token },
-            })
-        };
-        let matmul = |label: &'static str,
-                      w: &wgpu::Buffer,
-                      dtype: WeightDtype,
-                      (k, n): (usize, usize),
-                      x: &wgpu::Buffer,
-                      y: &wgpu::Buffer,
-                      accumulate: bool,
-                      last_only: bool,
-                      keep: &mut Vec<wgpu::Buffer>|
-         -> Result<Op> {
-            let params = params4(
-                g,
-                label,
-                [k as u32, n as u32, accumulate as u32, last_only as u32],
-            );
-            let spec = ShaderSpec::new("matmul")
-                .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
-                .with("LANES", Const::U32(lanes));
-            let mv = g.pipeline(&spec.clone().entry("matvec"))?;
-            let bind = g.bind(&mv, &[su, &params, x, w, y]);
-            let gemm = if last_only {
-                None
-            } else {
-                let p = g.pipeline(&spec.entry(if tiled { "gemm" } else { "gemm_direct" }))?;
-                let b = g.bind(&p, &[su, &params, x, w, y]);
-                Some((p, b))
-            };
-            keep.push(params);
-            Ok(Op {
-                label,
-                pipeline: mv,
-                bind,
-                gemm,
-                grid: Grid::Matmul {
-                    n: n as u32,
-                    last_only,
-                    rows_per_group: 64 / lanes,
-                    direct: !tiled,
-                },
-            })
-        };
-        let rmsnorm = |w: &wgpu::Buffer,
-                       x: &wgpu::Buffer,
-                       out: &wgpu::Buffer,
-                       last_only: bool,
-                       keep: &mut Vec<wgpu::Buffer>|
-         -> Result<Op> {
-            let params = params4(
-                g,
-                "rmsnorm",
-                [
-                    d_model as u32,
-                    (cfg.rms_norm_eps as f32).to_bits(),
-                    last_only as u32,
-                    0,
-                ],
-            );
-            let pipeline = g.pipeline(&ShaderSpec::new("rmsnorm"))?;
-            let bind = g.bind(&pipeline, &[su, &params, x, w, out]);
-            keep.push(params);
-            Ok(Op {
-                label: "rmsnorm",
-                pipeline,
-                bind,
-                gemm: None,
-                grid: if last_only { Grid::Single } else { Grid::Rows },
-            })
-        };
-
-        let (embed_buf, embed_dtype) = upload("model.embed_tokens.weight")?;
-        let embed_params = params4(g, "embed", [d_model as u32, 0, 0, 0]);
-        let embed = elementwise(
-            "embed",
-            vec![("WEIGHT_DTYPE", Const::U32(embed_dtype.shader_code()))],
-            &embed_params,
-            &[&ids, &embed_buf, &act.x],
-            d_model as u32,
-        )?;
-        keep.push(embed_params);
-
-        let rope_q = params4(g, "rope q", [cfg.q_heads(), half as u32, 0, 0]);
-        let rope_k = params4(g, "rope k", [cfg.num_key_value_heads, half as u32, 0, 0]);
-        let kv_params = params4(g, "kv append", [kv_width as u32, 0, 0, 0]);
-        let swiglu_params = params4(g, "swiglu", [inter as u32, 0, 0, 0]);
-        let kv_f16 = vec![("KV_F16", Const::Bool(opts.kv_dtype == KvDtype::F16))];
-        let kv_items = match opts.kv_dtype {
-            KvDtype::F16 => kv_width as u32 / 2,
-            KvDtype::F32 => kv_width as u32,
-        };
-
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_hidden_layers as usize {
-            let p = format!("model.layers.{l}");
-            let ln_in = upload_f32(&format!("{p}.input_layernorm.weight"), g)?;
-            let ln_post = upload_f32(&format!("{p}.post_attention_layernorm.weight"), g)?;
-            let (wq, tq) = upload(&format!("{p}.self_attn.q_proj.weight"))?;
-            let (wk, tk) = upload(&format!("{p}.self_attn.k_proj.weight"))?;
-            let (wv, tv) = upload(&format!("{p}.self_attn.v_proj.weight"))?;
-            let (wo, to) = upload(&format!("{p}.self_attn.o_proj.weight"))?;
-            let lam = if diff {
-                Some(upload(&format!("{p}.self_attn.lambda_proj.weight"))?)
-            } else {
-                None
-            };
-            let (wg, tg) = upload(&format!("{p}.mlp.gate_proj.weight"))?;
-            let (wu, tu) = upload(&format!("{p}.mlp.up_proj.weight"))?;
-            let (wd, td) = upload(&format!("{p}.mlp.down_proj.weight"))?;
-            let (kc, vc) = cache.layer(l);
-
-            let mut pre = vec![rmsnorm(&ln_in, &act.x, &act.a, false, &mut keep)?];
-            pre.push(matmul(
-                "q_proj",
-                &wq,
-                tq,
-                (d_model, q_width),
-                &act.a,
-                &act.q,
-                false,
-                false,
-                &mut keep,
-            )?);
-            pre.push(matmul(
-                "k_proj",
-                &wk,
-                tk,
-                (d_model, kv_width),
-                &act.a,
-                &act.k,
-                false,
-                false,
-                &mut keep,
-            )?);
-            pre.push(matmul(
-                "v_proj",
-                &wv,
-                tv,
-                (d_model, kv_width),
-                &act.a,
-                &act.v,
-                false,
-                false,
-                &mut keep,
-            )?);
-            if let (Some((wl, tl)), Some(lam_buf)) = (&lam, &act.lam) {
-                pre.push(matmul(
-                    "lambda_proj",
-                    wl,
-                    *tl,
-                    (d_model, heads),
-                    &act.a,
-                    lam_buf,
-                    false,
-                    false,
-                    &mut keep,
-                )?);
-            }
-            pre.push(elementwise(
-                "rope",
-                vec![],
-                &rope_q,
-                &[&rope_table, &act.q],
-                cfg.q_heads() * half as u32,
-            )?);
-            pre.push(elementwise(
-                "rope",
-                vec![],
-                &rope_k,
-                &[&rope_table, &act.k],
-                cfg.num_key_value_heads * half as u32,
-            )?);
-            pre.push(elementwise(
-                "kv_append",
-                kv_f16.clone(),
-                &kv_params,
-                &[&act.k, kc],
-                kv_items,
-            )?);
-            pre.push(elementwise(
-                "kv_append",
-                kv_f16.clone(),
-                &kv_params,
-                &[&act.v, vc],
-                kv_items,
-            )?);
-
-            let mut post = vec![matmul(
-                "o_proj",
-                &wo,
-                to,
-                (heads * hd, d_model),
-                &act.att,
-                &act.x,
-                true,
-                false,
-                &mut keep,
-            )?];
-            post.push(rmsnorm(&ln_post, &act.x, &act.a, false, &mut keep)?);
-            post.push(matmul(
-                "gate_proj",
-                &wg,
-                tg,
-                (d_model, inter),
-                &act.a,
-                &act.gate,
-                false,
-                false,
-                &mut keep,
-            )?);
-            post.push(matmul(
-                "up_proj",
-                &wu,
-                tu,
-                (d_model, inter),
-                &act.a,
-                &act.up,
-                false,
-                false,
-                &mut keep,
-            )?);
-            post.push(elementwise(
-                "swiglu",
-                vec![],
-                &swiglu_params,
-                &[&act.gate, &act.up],
-                inter as u32,
-            )?);
-            post.push(matmul(
-                "down_proj",
-                &wd,
-                td,
-                (inter, d_model),
-                &act.gate,
-                &act.x,
-                true,
-                false,
-                &mut keep,
-            )?);
-            layers.push(LayerOps { pre, post });
-            keep.extend([ln_in, ln_post, wq, wk, wv, wo, wg, wu, wd]);
-            keep.extend(lam.map(|(b, _)| b));
-        }
-
-        let norm = upload_f32("model.norm.weight", g)?;
-        let mut head = vec![rmsnorm(&norm, &act.x, &act.last, true, &mut keep)?];
-        if cfg.tie_word_embeddings {
-            head.push(matmul(
-                "lm_head",
-                &embed_buf,
-                embed_dtype,
-                (d_model, vocab),
-                &act.last,
-                &act.logits,
-                false,
-                true,
-                &mut keep,
-            )?);
-        } else {
-            let (wh, th) = upload("lm_head.weight")?;
-            head.push(matmul(
-                "lm_head",
-                &wh,
-                th,
-                (d_model, vocab),
-                &act.last,
-                &act.logits,
-                false,
-                true,
-                &mut keep,
-            )?);
-            keep.push(wh);
-        }
-        keep.extend([
-            norm,
-            embed_buf,
-            rope_table,
-            rope_q,
-            rope_k,
-            kv_params,
-            swiglu_params,
-        ]);
-
-        let mut att_cfg = AttentionConfig::new(
-            cfg.mode(),
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        att_cfg.kv_dtype = opts.kv_dtype;
-        let attention = AttentionOp::new(g, att_cfg)?;
-        let staging = g.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("logits read-back"),
-            size: (vocab as u64 * 4).next_multiple_of(16),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let chunk = opts.prefill_chunk.min(context);
+        let gpu_weights = plan::upload_weights(g, cfg, weights, progress)?;
+        let bufs = Buffers::new(g, cfg, context, chunk, opts.kv_dtype)?;
+        let plan = Plan::new(g, cfg, tuning, gpu_weights, &bufs)?;
         g.take_error("model load")?;
         Ok(Self {
             cfg: cfg.clone(),
             opts,
             context,
             past_len: 0,
-            step_uniform,
-            ids,
-            act,
-            cache,
-            embed,
-            layers,
-            head,
-            attention,
-            staging,
-            _keep: keep,
+            bufs,
+            plan,
+            last_gpu_s: None,
             gpu,
         })
     }
@@ -638,6 +163,17 @@ impl Engine {
         self.context
     }
 
+    /// GPU time of the last submission (from timestamps around its compute pass), where the
+    /// adapter has timestamps. After [`Engine::prefill`] with several submissions, the last one's.
+    pub fn last_gpu_seconds(&self) -> Option<f64> {
+        self.last_gpu_s
+    }
+
+    /// Bytes of GPU memory the KV cache holds.
+    pub fn cache_bytes(&self) -> u64 {
+        self.bufs.cache.bytes()
+    }
+
     /// Empties the cache; the next call starts at position 0. Old entries need no clearing:
     /// attention never reads past the current position.
     pub fn reset(&mut self) {
@@ -649,9 +185,7 @@ impl Engine {
         self.past_len = self.past_len.min(len);
     }
 
-    /// Runs `ids` through the model at the cache's position, in chunks, and returns the logits
-    /// of the last one. Fails without touching the cache when the tokens do not fit the context.
-    pub async fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+    fn check_tokens(&self, ids: &[u32], extra: u32) -> Result<()> {
         if ids.is_empty() {
             return Err(Error::config("prefill needs at least one token"));
         }
@@ -661,22 +195,23 @@ impl Engine {
                 self.cfg.vocab_size
             )));
         }
-        let needed = self.past_len as u64 + ids.len() as u64;
+        let needed = self.past_len as u64 + ids.len() as u64 + extra as u64;
         if needed > self.context as u64 {
             return Err(Error::Model(format!(
                 "{} tokens at position {} exceed the context of {} positions",
-                ids.len(),
+                ids.len() as u64 + extra as u64,
                 self.past_len,
                 self.context
             )));
         }
-        let chunk = self.opts.prefill_chunk.min(self.context) as usize;
-        let n_chunks = ids.len().div_ceil(chunk);
-        for (i, part) in ids.chunks(chunk).enumerate() {
-            let last = i + 1 == n_chunks;
-            // A failed chunk does not advance the position, so the chunks before it stay usable.
-            self.forward_chunk(part, last)?;
-        }
+        Ok(())
+    }
+
+    /// Runs `ids` through the model at the cache's position, in chunks, and returns the logits
+    /// of the last one. Fails without touching the cache when the tokens do not fit the context.
+    pub async fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(ids, 0)?;
+        self.run_prompt(ids, Tail::Logits)?;
         self.read_logits().await
     }
 
@@ -685,91 +220,174 @@ impl Engine {
         self.prefill(&[id]).await
     }
 
-    fn forward_chunk(&mut self, ids: &[u32], logits: bool) -> Result<()> {
-        let gpu = self.gpu.clone();
-        let n = ids.len() as u32;
-        let past = self.past_len;
-        gpu.queue
-            .write_buffer(&self.ids, 0, bytemuck::cast_slice(ids));
-        gpu.queue.write_buffer(
-            &self.step_uniform,
-            0,
-            bytemuck::bytes_of(&StepUniform {
-                n_tokens: n,
-                past_len: past,
-                pad0: 0,
-                pad1: 0,
-            }),
-        );
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        let call = AttentionCall {
-            n_queries: n,
-            seq_len: past + n,
-            causal: true,
-            past_len: past,
-        };
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.embed.record(&gpu, &mut pass, n)?;
-        }
-        for (l, layer) in self.layers.iter().enumerate() {
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for op in &layer.pre {
-                    op.record(&gpu, &mut pass, n)?;
-                }
-            }
-            let (k, v) = self.cache.layer(l);
-            self.attention.encode(
-                &gpu,
-                &mut enc,
-                &call,
-                Kernel::Auto,
-                &AttentionBuffers {
-                    q: &self.act.q,
-                    k,
-                    v,
-                    lam: self.act.lam.as_ref(),
-                    out: &self.act.att,
-                },
-                None,
-            )?;
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for op in &layer.post {
-                op.record(&gpu, &mut pass, n)?;
-            }
-        }
-        if logits {
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                for op in &self.head {
-                    op.record(&gpu, &mut pass, n)?;
-                }
-            }
-            enc.copy_buffer_to_buffer(&self.act.logits, 0, &self.staging, 0, self.staging.size());
-        }
-        gpu.queue.submit([enc.finish()]);
-        gpu.take_error("forward pass")?;
-        self.past_len += n;
-        Ok(())
+    /// Runs `ids` like [`Engine::prefill`] and picks the most likely next token on the GPU (the
+    /// lowest id on a tie); only the id and its log-probability are read back.
+    pub async fn prefill_greedy(&mut self, ids: &[u32]) -> Result<Sampled> {
+        self.check_tokens(ids, 0)?;
+        let slot = self.run_prompt(ids, Tail::Greedy)?;
+        let out = self.read_sampled(slot..slot + 1).await?;
+        Ok(out[0])
     }
 
-    async fn read_logits(&self) -> Result<Vec<f32>> {
-        let gpu = &self.gpu;
-        let (send, recv) = crate::gpu::readback::channel();
-        self.staging.slice(..).map_async(wgpu::MapMode::Read, send);
-        gpu.wait()?;
-        recv.await.map_err(|e| Error::Readback(e.to_string()))?;
-        let logits: Vec<f32> = {
-            let view = self
-                .staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::cast_slice(&view[..self.cfg.vocab_size as usize * 4]).to_vec()
-        };
-        self.staging.unmap();
-        gpu.take_error("logits read-back")?;
+    /// Feeds `first`, then each token the GPU picks (greedily) to the next step, `steps` times
+    /// in one submission (1 to [`MAX_STEPS`]); returns the `steps` picked tokens. The cache then
+    /// holds `first` and every picked token but the last (position + `steps`); to keep fewer,
+    /// [`Engine::truncate`].
+    pub async fn decode_greedy(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
+        if !(1..=MAX_STEPS).contains(&steps) {
+            return Err(Error::config(format!(
+                "decode_greedy: {steps} steps (1 to {MAX_STEPS} per submission)"
+            )));
+        }
+        self.check_tokens(&[first], steps - 1)?;
+        let gpu = self.gpu.clone();
+        gpu.queue
+            .write_buffer(&self.bufs.ids, 0, bytemuck::bytes_of(&first));
+        let past = self.past_len;
+        let calls: Vec<(AttentionCall, u32)> =
+            (0..steps).map(|i| (causal_call(past + i, 1), i)).collect();
+        self.submit(&calls, Tail::Greedy)?;
+        self.past_len += steps;
+        self.read_sampled(0..steps).await
+    }
+
+    /// Records the prompt in submissions of up to [`MAX_STEPS`] chunks; the last ends with `tail`.
+    /// Returns the arena slot of the last chunk.
+    fn run_prompt(&mut self, ids: &[u32], tail: Tail) -> Result<u32> {
+        let chunk = self.bufs.chunk as usize;
+        let per_submit = chunk * MAX_STEPS as usize;
+        let n_submits = ids.len().div_ceil(per_submit);
+        let mut slot = 0;
+        for (s, part) in ids.chunks(per_submit).enumerate() {
+            let gpu = self.gpu.clone();
+            gpu.queue
+                .write_buffer(&self.bufs.ids, 0, bytemuck::cast_slice(part));
+            let past = self.past_len;
+            let calls: Vec<(AttentionCall, u32)> = part
+                .chunks(chunk)
+                .enumerate()
+                .map(|(c, piece)| {
+                    let at = (c * chunk) as u32;
+                    (causal_call(past + at, piece.len() as u32), at)
+                })
+                .collect();
+            let last = s + 1 == n_submits;
+            // Earlier submissions only fill the cache; the last one also makes what was asked.
+            self.submit(&calls, if last { tail } else { Tail::Logits })?;
+            // A failed submission does not advance the position: the chunks before it stay usable.
+            self.past_len += part.len() as u32;
+            slot = calls.len() as u32 - 1;
+        }
+        Ok(slot)
+    }
+
+    /// Records forward chunks (call, ids offset) into one compute pass and submits it. With
+    /// `Tail::Logits` only the last chunk runs the head; with `Tail::Greedy` every chunk that ends
+    /// a step picks a token (every decode step; the last prompt chunk).
+    fn submit(&mut self, calls: &[(AttentionCall, u32)], tail: Tail) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let decoding = tail == Tail::Greedy && calls.iter().all(|(c, _)| c.n_queries == 1);
+        for (slot, (call, ids_offset)) in calls.iter().enumerate() {
+            self.plan
+                .set_slot(&mut self.bufs.arena, slot as u32, call, *ids_offset)?;
+        }
+        self.bufs.arena.upload(&gpu, 2 * calls.len() as u32);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let timestamp_writes =
+                self.bufs
+                    .timestamps
+                    .as_ref()
+                    .map(|(q, _)| wgpu::ComputePassTimestampWrites {
+                        query_set: q,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes,
+            });
+            for (slot, (call, _)) in calls.iter().enumerate() {
+                let last = slot + 1 == calls.len();
+                let greedy = tail == Tail::Greedy && (decoding || last);
+                let logits = tail == Tail::Logits && last;
+                self.plan.record_forward(
+                    &gpu,
+                    &mut pass,
+                    &self.bufs.arena,
+                    slot as u32,
+                    call,
+                    logits,
+                    greedy,
+                )?;
+            }
+        }
+        let b = &self.bufs;
+        if let Some((q, resolve)) = &b.timestamps {
+            enc.resolve_query_set(q, 0..2, resolve, 0);
+            enc.copy_buffer_to_buffer(resolve, 0, &b.sampled_readback, SAMPLED_BYTES, 16);
+        }
+        match tail {
+            Tail::Logits => enc.copy_buffer_to_buffer(
+                b.logits(),
+                0,
+                &b.logits_readback,
+                0,
+                b.logits_readback.size(),
+            ),
+            Tail::Greedy => {
+                enc.copy_buffer_to_buffer(&b.sampled, 0, &b.sampled_readback, 0, SAMPLED_BYTES)
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.take_error("forward pass")
+    }
+
+    /// The GPU time of the last submission from its two timestamps (read with the sampled ids).
+    fn note_gpu_time(&mut self, words: &[u8]) {
+        if self.bufs.timestamps.is_none() {
+            return;
+        }
+        let at = SAMPLED_BYTES as usize;
+        let ts: &[u64] = bytemuck::cast_slice(&words[at..at + 16]);
+        let ticks = ts[1].saturating_sub(ts[0]);
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        self.last_gpu_s = Some(ticks as f64 * period * 1e-9);
+    }
+
+    async fn read_sampled(&mut self, slots: std::ops::Range<u32>) -> Result<Vec<Sampled>> {
+        let gpu = self.gpu.clone();
+        let bytes = map_read(&gpu, &self.bufs.sampled_readback, SAMPLED_BYTES + 16).await?;
+        self.note_gpu_time(&bytes);
+        let words: &[[u32; 4]] = bytemuck::cast_slice(&bytes[..SAMPLED_BYTES as usize]);
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let [id, logprob, flags, _] = words[s as usize];
+            if flags != 0 {
+                // A NaN or infinite logit is an error, never a token.
+                return Err(Error::NonFinite {
+                    what: format!("the logits of step {s}"),
+                    index: 0,
+                    value: f32::NAN,
+                });
+            }
+            out.push(Sampled {
+                id,
+                logprob: f32::from_bits(logprob),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn read_logits(&mut self) -> Result<Vec<f32>> {
+        let gpu = self.gpu.clone();
+        let vocab = self.cfg.vocab_size as u64;
+        if self.bufs.timestamps.is_some() {
+            let bytes = map_read(&gpu, &self.bufs.sampled_readback, SAMPLED_BYTES + 16).await?;
+            self.note_gpu_time(&bytes);
+        }
+        let bytes = map_read(&gpu, &self.bufs.logits_readback, vocab * 4).await?;
+        let logits: Vec<f32> = bytemuck::cast_slice(&bytes).to_vec();
         // A NaN or infinite logit is an error, never a token.
         Error::check_finite("the logits", &logits)?;
         Ok(logits)
@@ -785,5 +403,27 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn step_blocking(&mut self, id: u32) -> Result<Vec<f32>> {
         pollster::block_on(self.step(id))
+    }
+
+    /// Blocking [`Engine::prefill_greedy`] for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn prefill_greedy_blocking(&mut self, ids: &[u32]) -> Result<Sampled> {
+        pollster::block_on(self.prefill_greedy(ids))
+    }
+
+    /// Blocking [`Engine::decode_greedy`] for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_greedy_blocking(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
+        pollster::block_on(self.decode_greedy(first, steps))
+    }
+}
+
+/// The causal attention call of `n` tokens at position `past`.
+fn causal_call(past: u32, n: u32) -> AttentionCall {
+    AttentionCall {
+        n_queries: n,
+        seq_len: past + n,
+        causal: true,
+        past_len: past,
     }
 }

@@ -7,10 +7,11 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod plan;
 pub mod random;
 pub mod weights;
 
 pub use config::Config;
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions, Sampled};
 pub use files::ModelSource;
 pub use weights::{HostWeights, Shard, WeightDtype};

@@ -308,6 +308,7 @@ impl WasmModel {
                 stop: p.stop,
                 stop_at_eos: p.stop_at_eos,
                 keep_cache: false,
+                pick_on_gpu: true,
             };
             let mut generation: Generation<'_> = st
                 .model

@@ -159,6 +159,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         stop: args.stop.clone(),
         stop_at_eos: !args.ignore_eos,
         keep_cache: false,
+        pick_on_gpu: true,
     };
     let mut generation = model.generate(&prompt, gen_opts)?;
     let stdout = std::io::stdout();
@@ -182,6 +183,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     }
     let stats = generation.stats().clone();
     let reason = generation.stop_reason().unwrap_or(StopReason::MaxTokens);
+    drop(generation);
     if reason == StopReason::ContextFull && stats.generated == 0 {
         eprintln!(
             "note: the prompt ({} tokens) leaves no room in the context of {} positions (see --context)",
@@ -195,6 +197,8 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
             "generated": stats.generated,
             "prefill_tok_s": stats.prefill_tok_s(),
             "decode_tok_s": stats.decode_tok_s(),
+            "gpu_ms_per_token": stats.gpu_ms_per_token(),
+            "decode_submits": stats.decode_submits,
             "adapter": adapter,
             "stop_reason": reason,
             "seed": seed,

@@ -1,0 +1,100 @@
+// Greedy token choice on the GPU, so that a decode step reads back a token id and not the logits.
+//
+// One workgroup scans the logits of the last position: the largest logit wins (the lowest id on a
+// tie, as the CPU sampler's argmax), its log-probability is -log(sum_i exp(l_i - max)), and any
+// NaN or infinite logit raises a flag that the host turns into an error. The chosen id is written
+// to ids[ids_offset + n_tokens], where the next step's embedding gather reads it, and the result to
+// out[sample_slot] for the host: (id, log-probability as f32 bits, flags, 0).
+
+const WG: u32 = 256u;
+// Flag bits of out[slot].z.
+const NON_FINITE: u32 = 1u;
+
+struct Step {
+    n_tokens: u32,
+    past_len: u32,
+    ids_offset: u32,
+    sample_slot: u32,
+}
+
+struct Params {
+    vocab: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<u32>>;
+
+var<workgroup> best_value: array<f32, WG>;
+var<workgroup> best_id: array<u32, WG>;
+var<workgroup> sums: array<f32, WG>;
+var<workgroup> bad: atomic<u32>;
+
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// (value, id) pairs ordered by value, then by lower id.
+fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
+    return v > w || (v == w && i < j);
+}
+
+@compute @workgroup_size(WG)
+fn greedy(@builtin(local_invocation_index) lid: u32) {
+    if lid == 0u {
+        atomicStore(&bad, 0u);
+    }
+    var v = -3.0e38;
+    var id = 0xffffffffu;
+    var non_finite = false;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let x = logits[i];
+        if !is_finite(x) {
+            non_finite = true;
+        } else if better(x, i, v, id) {
+            v = x;
+            id = i;
+        }
+    }
+    best_value[lid] = v;
+    best_id[lid] = id;
+    workgroupBarrier();
+    if non_finite {
+        atomicOr(&bad, NON_FINITE);
+    }
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half && better(best_value[lid + half], best_id[lid + half], best_value[lid], best_id[lid]) {
+            best_value[lid] = best_value[lid + half];
+            best_id[lid] = best_id[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let top = best_value[0];
+    var s = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let x = logits[i];
+        if is_finite(x) {
+            s += exp(x - top);
+        }
+    }
+    sums[lid] = s;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half {
+            sums[lid] += sums[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let flags = atomicLoad(&bad);
+    if lid == 0u {
+        // An all-non-finite row leaves no candidate: id 0 with the flag set, never used as a token.
+        let chosen = select(best_id[0], 0u, best_id[0] == 0xffffffffu);
+        ids[step.ids_offset + step.n_tokens] = chosen;
+        out[step.sample_slot] = vec4<u32>(chosen, bitcast<u32>(-log(sums[0])), flags, 0u);
+    }
+}

@@ -1,0 +1,721 @@
+//! The execution plan: every buffer, pipeline and bind group of the forward pass, built once at
+//! load. A step afterwards only writes its parameter slots and records dispatches
+//! ([`Plan::record_forward`]); nothing is created per token.
+//!
+//! Build order: [`upload_weights`] (weights to GPU buffers), [`Buffers::new`] (activations, KV cache,
+//! token ids, the uniform arena, read-back buffers), then [`Plan::new`] (pipelines and the ops
+//! that bind weights to buffers).
+
+use super::cache::KvCache;
+use super::config::Config;
+use super::weights::{HostWeights, WeightDtype};
+use crate::attention::{
+    AttentionBinding, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel,
+    KvDtype, Mode, grid_2d,
+};
+use crate::error::{Error, Result};
+use crate::gpu::{Const, Gpu, ShaderSpec, UniformArena};
+use std::sync::Arc;
+
+/// Forward chunks (prefill) or decode steps one submission can hold: each takes two arena slots.
+pub const MAX_STEPS: u32 = 32;
+
+crate::gpu::shader_struct! {
+    /// The per-step block every model shader reads at binding 0 (`Step` in the WGSL files; the
+    /// shader tests hold each copy against this definition).
+    pub struct Step {
+        /// Token rows of this forward chunk.
+        n_tokens: u32,
+        /// Position of the chunk's first token.
+        past_len: u32,
+        /// Where the chunk's token ids start in the ids buffer.
+        ids_offset: u32,
+        /// Where the sampler writes this step's result.
+        sample_slot: u32,
+    }
+}
+
+/// How the plan's kernels are chosen (from [`super::EngineOptions`] and the adapter).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Lanes per output row in the decode matrix-vector kernel.
+    pub lanes: u32,
+    /// Prefill with the tiled workgroup-memory kernel rather than `gemm_direct`.
+    pub tiled: bool,
+}
+
+/// How many workgroups a dispatch needs, as a function of the token count.
+#[derive(Clone, Copy)]
+enum Grid {
+    /// One thread per item, `per_token` items per token, 64 threads per workgroup.
+    Elements { per_token: u32 },
+    /// One workgroup per token row.
+    Rows,
+    /// One workgroup.
+    Single,
+    /// A matmul with `n` outputs per row: matvec for one row, a many-row kernel otherwise.
+    Matmul {
+        n: u32,
+        last_only: bool,
+        rows_per_group: u32,
+        /// The many-row kernel is `gemm_direct` rather than the tiled `gemm`.
+        direct: bool,
+    },
+}
+
+/// One prepared dispatch. `gemm` holds the many-row variant of a matmul (its own pipeline, hence
+/// its own bind group).
+struct Op {
+    label: &'static str,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind: wgpu::BindGroup,
+    gemm: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
+    grid: Grid,
+}
+
+impl Op {
+    fn record(
+        &self,
+        gpu: &Gpu,
+        pass: &mut wgpu::ComputePass,
+        n_tokens: u32,
+        step_offset: u32,
+    ) -> Result<()> {
+        let (pipeline, bind, groups) = match self.grid {
+            Grid::Elements { per_token } => {
+                let g = grid_2d((n_tokens * per_token).div_ceil(64));
+                (&self.pipeline, &self.bind, [g[0], g[1], 1])
+            }
+            Grid::Rows => (&self.pipeline, &self.bind, [n_tokens, 1, 1]),
+            Grid::Single => (&self.pipeline, &self.bind, [1, 1, 1]),
+            Grid::Matmul {
+                n,
+                last_only,
+                rows_per_group,
+                direct,
+            } => {
+                let rows = if last_only { 1 } else { n_tokens };
+                match &self.gemm {
+                    Some((p, b)) if rows > 1 && direct => {
+                        let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
+                        (p, b, [g[0], g[1], 1])
+                    }
+                    Some((p, b)) if rows > 1 => (p, b, [n.div_ceil(64), rows.div_ceil(64), 1]),
+                    _ => {
+                        let g = grid_2d(n.div_ceil(rows_per_group));
+                        (&self.pipeline, &self.bind, [g[0], g[1], 1])
+                    }
+                }
+            }
+        };
+        gpu.check_dispatch(self.label, groups)?;
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind, &[step_offset]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+}
+
+/// One layer's weights on the GPU, with their storage types.
+struct LayerWeights {
+    ln_in: wgpu::Buffer,
+    ln_post: wgpu::Buffer,
+    q: (wgpu::Buffer, WeightDtype),
+    k: (wgpu::Buffer, WeightDtype),
+    v: (wgpu::Buffer, WeightDtype),
+    o: (wgpu::Buffer, WeightDtype),
+    lambda: Option<(wgpu::Buffer, WeightDtype)>,
+    gate: (wgpu::Buffer, WeightDtype),
+    up: (wgpu::Buffer, WeightDtype),
+    down: (wgpu::Buffer, WeightDtype),
+}
+
+/// All weights on the GPU. Matrices keep the file's type; norm weights are widened to f32.
+pub struct GpuWeights {
+    embed: (wgpu::Buffer, WeightDtype),
+    layers: Vec<LayerWeights>,
+    norm: wgpu::Buffer,
+    /// `None` when the head is tied to the embedding.
+    lm_head: Option<(wgpu::Buffer, WeightDtype)>,
+}
+
+/// Uploads every weight. `progress(done, total)` reports bytes uploaded. A tensor too large for one
+/// binding is refused (with its name) before anything is allocated.
+pub fn upload_weights(
+    gpu: &Gpu,
+    cfg: &Config,
+    weights: &HostWeights,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GpuWeights> {
+    for name in weights.names() {
+        let (_, raw) = weights.raw(name)?;
+        gpu.check_binding(name, raw.len() as u64)?;
+    }
+    let total = weights.total_bytes();
+    let mut done = 0u64;
+    progress(0, total);
+    let mut matrix = |name: &str| -> Result<(wgpu::Buffer, WeightDtype)> {
+        let (info, raw) = weights.raw(name)?;
+        let buf = gpu.storage_init(name, raw)?;
+        done += raw.len() as u64;
+        progress(done, total);
+        Ok((buf, info.dtype))
+    };
+    let widened = |name: &str| -> Result<wgpu::Buffer> {
+        gpu.storage_init(name, bytemuck::cast_slice(&weights.to_f32(name)?))
+    };
+    let embed = matrix("model.embed_tokens.weight")?;
+    let mut layers = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        layers.push(LayerWeights {
+            ln_in: widened(&format!("{p}.input_layernorm.weight"))?,
+            ln_post: widened(&format!("{p}.post_attention_layernorm.weight"))?,
+            q: matrix(&format!("{p}.self_attn.q_proj.weight"))?,
+            k: matrix(&format!("{p}.self_attn.k_proj.weight"))?,
+            v: matrix(&format!("{p}.self_attn.v_proj.weight"))?,
+            o: matrix(&format!("{p}.self_attn.o_proj.weight"))?,
+            lambda: if cfg.mode() == Mode::Diff {
+                Some(matrix(&format!("{p}.self_attn.lambda_proj.weight"))?)
+            } else {
+                None
+            },
+            gate: matrix(&format!("{p}.mlp.gate_proj.weight"))?,
+            up: matrix(&format!("{p}.mlp.up_proj.weight"))?,
+            down: matrix(&format!("{p}.mlp.down_proj.weight"))?,
+        });
+    }
+    let norm = widened("model.norm.weight")?;
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(matrix("lm_head.weight")?)
+    };
+    Ok(GpuWeights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+    })
+}
+
+/// Activation buffers, sized for one prefill chunk.
+struct Activations {
+    x: wgpu::Buffer,
+    a: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    lam: Option<wgpu::Buffer>,
+    att: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    last: wgpu::Buffer,
+    logits: wgpu::Buffer,
+}
+
+/// Every buffer the forward pass writes or the host reads, allocated once.
+pub struct Buffers {
+    act: Activations,
+    /// Token ids: the prompt chunks of one submission, or each decode step's input.
+    pub ids: wgpu::Buffer,
+    pub cache: KvCache,
+    rope_table: wgpu::Buffer,
+    /// Two slots per step: its [`Step`] block, then its attention parameters.
+    pub arena: UniformArena,
+    /// The sampler's results, one (id, log-probability bits, flags, 0) per step.
+    pub sampled: wgpu::Buffer,
+    /// Read-back of `sampled` plus two GPU timestamps.
+    pub sampled_readback: wgpu::Buffer,
+    /// Read-back of the last position's logits (the CPU sampler and tests).
+    pub logits_readback: wgpu::Buffer,
+    /// Timestamps at the start and end of a submission's compute pass, where the adapter has them.
+    pub timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// Prompt tokens per forward chunk.
+    pub chunk: u32,
+}
+
+/// Bytes of `sampled` for [`MAX_STEPS`] steps.
+pub const SAMPLED_BYTES: u64 = MAX_STEPS as u64 * 16;
+
+impl Buffers {
+    /// Allocates everything for `context` positions and prompt chunks of `chunk` tokens.
+    pub fn new(gpu: &Gpu, cfg: &Config, context: u32, chunk: u32, kv: KvDtype) -> Result<Self> {
+        let n = chunk as usize;
+        let f32s = |label: &str, values: usize| gpu.storage(label, values as u64 * 4);
+        let d = cfg.hidden_size as usize;
+        let hd = cfg.head_dim as usize;
+        let kv_width = cfg.num_key_value_heads as usize * hd;
+        let heads = cfg.num_attention_heads as usize;
+        let inter = cfg.intermediate_size as usize;
+        let act = Activations {
+            x: f32s("hidden state", n * d)?,
+            a: f32s("normed hidden state", n * d)?,
+            q: f32s("queries", n * cfg.q_heads() as usize * hd)?,
+            k: f32s("keys", n * kv_width)?,
+            v: f32s("values", n * kv_width)?,
+            lam: if cfg.mode() == Mode::Diff {
+                Some(f32s("lambda logits", n * heads)?)
+            } else {
+                None
+            },
+            att: f32s("attention output", n * heads * hd)?,
+            gate: f32s("mlp gate", n * inter)?,
+            up: f32s("mlp up", n * inter)?,
+            last: f32s("final norm", d)?,
+            logits: f32s("logits", cfg.vocab_size as usize)?,
+        };
+        // A submission's prompt chunks lie side by side; the sampler writes the id after them.
+        let id_slots = (chunk * MAX_STEPS).max(MAX_STEPS) + 1;
+        let timestamps = gpu.timestamp_queries("step timestamps", 2).map(|q| {
+            let resolve = gpu.buffer(
+                "timestamp resolve",
+                16,
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            );
+            (q, resolve)
+        });
+        Ok(Self {
+            act,
+            ids: gpu.storage("token ids", id_slots as u64 * 4)?,
+            cache: KvCache::new(gpu, cfg, context, kv)?,
+            rope_table: rope_table(gpu, cfg, context)?,
+            arena: UniformArena::new(gpu, "step parameters", 2 * MAX_STEPS),
+            sampled: gpu.storage("sampled tokens", SAMPLED_BYTES)?,
+            sampled_readback: gpu.readback_buffer("sampled read-back", SAMPLED_BYTES + 16),
+            logits_readback: gpu.readback_buffer("logits read-back", cfg.vocab_size as u64 * 4),
+            timestamps,
+            chunk,
+        })
+    }
+
+    /// The logits of the last position (a GPU buffer the head writes).
+    pub fn logits(&self) -> &wgpu::Buffer {
+        &self.act.logits
+    }
+}
+
+/// RoPE (cos, sin) per position and pair, in float64, rounded once.
+fn rope_table(gpu: &Gpu, cfg: &Config, context: u32) -> Result<wgpu::Buffer> {
+    let hd = cfg.head_dim as usize;
+    let mut rope = Vec::with_capacity(context as usize * hd);
+    for pos in 0..context as usize {
+        for i in 0..hd / 2 {
+            let inv_freq = cfg.rope_theta.powf(-2.0 * i as f64 / hd as f64);
+            let angle = pos as f64 * inv_freq;
+            rope.push(angle.cos() as f32);
+            rope.push(angle.sin() as f32);
+        }
+    }
+    gpu.storage_init("rope table", bytemuck::cast_slice(&rope))
+}
+
+/// Per-layer dispatches around attention, and the layer's attention bind groups.
+struct LayerOps {
+    pre: Vec<Op>,
+    attention: AttentionBinding,
+    post: Vec<Op>,
+}
+
+/// The whole forward pass, prepared: ops for the embedding, each layer, the head and the sampler.
+pub struct Plan {
+    embed: Op,
+    layers: Vec<LayerOps>,
+    head: Vec<Op>,
+    greedy: Op,
+    pub attention: AttentionOp,
+    // Weights and per-op parameter blocks: held so that they outlive the bind groups using them.
+    _weights: GpuWeights,
+    _params: Vec<wgpu::Buffer>,
+}
+
+/// Builds ops: pipelines from `gpu`'s cache, per-op parameter blocks kept in `params`.
+struct Builder<'a> {
+    gpu: &'a Gpu,
+    cfg: &'a Config,
+    tuning: Tuning,
+    step: &'a wgpu::Buffer,
+    params: Vec<wgpu::Buffer>,
+}
+
+impl Builder<'_> {
+    fn params(&mut self, label: &str, v: [u32; 4]) -> wgpu::Buffer {
+        let buf = self.gpu.uniform(label, &v);
+        self.params.push(buf.clone());
+        buf
+    }
+
+    fn op(
+        &mut self,
+        label: &'static str,
+        spec: ShaderSpec,
+        params: [u32; 4],
+        bufs: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Result<Op> {
+        let pipeline = self.gpu.pipeline(&spec)?;
+        let params = self.params(label, params);
+        let mut all = vec![self.step, &params];
+        all.extend_from_slice(bufs);
+        let bind = self.gpu.bind(&pipeline, &all);
+        Ok(Op {
+            label,
+            pipeline,
+            bind,
+            gemm: None,
+            grid,
+        })
+    }
+
+    fn elementwise(
+        &mut self,
+        name: &'static str,
+        consts: Vec<(&'static str, Const)>,
+        params: [u32; 4],
+        bufs: &[&wgpu::Buffer],
+        per_token: u32,
+    ) -> Result<Op> {
+        let mut spec = ShaderSpec::new(name);
+        spec.consts = consts;
+        self.op(name, spec, params, bufs, Grid::Elements { per_token })
+    }
+
+    /// y = x W^T (+ y with `accumulate`), W (n, k).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &mut self,
+        label: &'static str,
+        (w, dtype): (&wgpu::Buffer, WeightDtype),
+        (k, n): (u32, u32),
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+        last_only: bool,
+    ) -> Result<Op> {
+        let params = self.params(label, [k, n, accumulate as u32, last_only as u32]);
+        let spec = ShaderSpec::new("matmul")
+            .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
+            .with("LANES", Const::U32(self.tuning.lanes));
+        let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
+        let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
+        let gemm = if last_only {
+            None
+        } else {
+            let entry = if self.tuning.tiled {
+                "gemm"
+            } else {
+                "gemm_direct"
+            };
+            let p = self.gpu.pipeline(&spec.entry(entry))?;
+            let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
+            Some((p, b))
+        };
+        Ok(Op {
+            label,
+            pipeline: mv,
+            bind,
+            gemm,
+            grid: Grid::Matmul {
+                n,
+                last_only,
+                rows_per_group: 64 / self.tuning.lanes,
+                direct: !self.tuning.tiled,
+            },
+        })
+    }
+
+    fn rmsnorm(
+        &mut self,
+        w: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        last_only: bool,
+    ) -> Result<Op> {
+        let eps = (self.cfg.rms_norm_eps as f32).to_bits();
+        let params = [self.cfg.hidden_size, eps, last_only as u32, 0];
+        let grid = if last_only { Grid::Single } else { Grid::Rows };
+        self.op(
+            "rmsnorm",
+            ShaderSpec::new("rmsnorm"),
+            params,
+            &[x, w, out],
+            grid,
+        )
+    }
+}
+
+impl Plan {
+    /// Prepares every dispatch of the forward pass over `bufs` and `weights`.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &Config,
+        tuning: Tuning,
+        weights: GpuWeights,
+        bufs: &Buffers,
+    ) -> Result<Self> {
+        let act = &bufs.act;
+        let d = cfg.hidden_size;
+        let hd = cfg.head_dim;
+        let half = hd / 2;
+        let q_width = cfg.q_heads() * hd;
+        let kv_width = cfg.num_key_value_heads * hd;
+        let heads = cfg.num_attention_heads;
+        let inter = cfg.intermediate_size;
+        let kv_dtype = bufs.cache.dtype();
+        let mut b = Builder {
+            gpu,
+            cfg,
+            tuning,
+            step: bufs.arena.buffer(),
+            params: Vec::new(),
+        };
+
+        let (embed_w, embed_t) = (&weights.embed.0, weights.embed.1);
+        let embed = b.elementwise(
+            "embed",
+            vec![("WEIGHT_DTYPE", Const::U32(embed_t.shader_code()))],
+            [d, 0, 0, 0],
+            &[&bufs.ids, embed_w, &act.x],
+            d,
+        )?;
+
+        let mut att_cfg = AttentionConfig::new(cfg.mode(), heads, cfg.num_key_value_heads, hd);
+        att_cfg.kv_dtype = kv_dtype;
+        let mut attention = AttentionOp::new(gpu, att_cfg)?;
+        attention.reserve(gpu, bufs.chunk, bufs.cache.context())?;
+
+        let kv_f16 = vec![("KV_F16", Const::Bool(kv_dtype == KvDtype::F16))];
+        let kv_items = match kv_dtype {
+            KvDtype::F16 => kv_width / 2,
+            KvDtype::F32 => kv_width,
+        };
+        let mut layers = Vec::new();
+        for (l, w) in weights.layers.iter().enumerate() {
+            let (kc, vc) = bufs.cache.layer(l);
+            let mut pre = vec![b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?];
+            pre.push(b.matmul(
+                "q_proj",
+                (&w.q.0, w.q.1),
+                (d, q_width),
+                &act.a,
+                &act.q,
+                false,
+                false,
+            )?);
+            pre.push(b.matmul(
+                "k_proj",
+                (&w.k.0, w.k.1),
+                (d, kv_width),
+                &act.a,
+                &act.k,
+                false,
+                false,
+            )?);
+            pre.push(b.matmul(
+                "v_proj",
+                (&w.v.0, w.v.1),
+                (d, kv_width),
+                &act.a,
+                &act.v,
+                false,
+                false,
+            )?);
+            if let (Some((wl, tl)), Some(lam)) = (&w.lambda, &act.lam) {
+                pre.push(b.matmul(
+                    "lambda_proj",
+                    (wl, *tl),
+                    (d, heads),
+                    &act.a,
+                    lam,
+                    false,
+                    false,
+                )?);
+            }
+            let (rt, q, k) = (&bufs.rope_table, &act.q, &act.k);
+            pre.push(b.elementwise(
+                "rope",
+                vec![],
+                [cfg.q_heads(), half, 0, 0],
+                &[rt, q],
+                cfg.q_heads() * half,
+            )?);
+            let kv_heads = cfg.num_key_value_heads;
+            pre.push(b.elementwise(
+                "rope",
+                vec![],
+                [kv_heads, half, 0, 0],
+                &[rt, k],
+                kv_heads * half,
+            )?);
+            let append = [kv_width, 0, 0, 0];
+            pre.push(b.elementwise("kv_append", kv_f16.clone(), append, &[k, kc], kv_items)?);
+            pre.push(b.elementwise(
+                "kv_append",
+                kv_f16.clone(),
+                append,
+                &[&act.v, vc],
+                kv_items,
+            )?);
+
+            let binding = attention.bind(
+                gpu,
+                bufs.arena.buffer(),
+                &AttentionBuffers {
+                    q: &act.q,
+                    k: kc,
+                    v: vc,
+                    lam: act.lam.as_ref(),
+                    out: &act.att,
+                },
+            )?;
+
+            let mut post = vec![b.matmul(
+                "o_proj",
+                (&w.o.0, w.o.1),
+                (heads * hd, d),
+                &act.att,
+                &act.x,
+                true,
+                false,
+            )?];
+            post.push(b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?);
+            post.push(b.matmul(
+                "gate_proj",
+                (&w.gate.0, w.gate.1),
+                (d, inter),
+                &act.a,
+                &act.gate,
+                false,
+                false,
+            )?);
+            post.push(b.matmul(
+                "up_proj",
+                (&w.up.0, w.up.1),
+                (d, inter),
+                &act.a,
+                &act.up,
+                false,
+                false,
+            )?);
+            post.push(b.elementwise(
+                "swiglu",
+                vec![],
+                [inter, 0, 0, 0],
+                &[&act.gate, &act.up],
+                inter,
+            )?);
+            post.push(b.matmul(
+                "down_proj",
+                (&w.down.0, w.down.1),
+                (inter, d),
+                &act.gate,
+                &act.x,
+                true,
+                false,
+            )?);
+            layers.push(LayerOps {
+                pre,
+                attention: binding,
+                post,
+            });
+        }
+
+        let head_w = weights.lm_head.as_ref().unwrap_or(&weights.embed);
+        let head = vec![
+            b.rmsnorm(&weights.norm, &act.x, &act.last, true)?,
+            b.matmul(
+                "lm_head",
+                (&head_w.0, head_w.1),
+                (d, cfg.vocab_size),
+                &act.last,
+                &act.logits,
+                false,
+                true,
+            )?,
+        ];
+        let greedy = b.op(
+            "greedy sample",
+            ShaderSpec::new("sample").entry("greedy"),
+            [cfg.vocab_size, 0, 0, 0],
+            &[&act.logits, &bufs.ids, &bufs.sampled],
+            Grid::Single,
+        )?;
+        Ok(Self {
+            embed,
+            layers,
+            head,
+            greedy,
+            attention,
+            _weights: weights,
+            _params: b.params,
+        })
+    }
+
+    /// Records one forward chunk of `n` tokens at position `past` into an open pass: slot `slot`'s
+    /// step block and attention parameters must already be set in the arena (see
+    /// [`Plan::set_slot`]). With `logits`, the head runs for the last position; with `greedy`, the
+    /// sampler too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_forward(
+        &self,
+        gpu: &Gpu,
+        pass: &mut wgpu::ComputePass,
+        arena: &UniformArena,
+        slot: u32,
+        call: &AttentionCall,
+        logits: bool,
+        greedy: bool,
+    ) -> Result<()> {
+        let n = call.n_queries;
+        let step = arena.offset(2 * slot);
+        let att = arena.offset(2 * slot + 1);
+        let plan = self.attention.plan(call, Kernel::Auto)?;
+        self.embed.record(gpu, pass, n, step)?;
+        for layer in &self.layers {
+            for op in &layer.pre {
+                op.record(gpu, pass, n, step)?;
+            }
+            self.attention
+                .record(gpu, pass, &layer.attention, call, &plan, att)?;
+            for op in &layer.post {
+                op.record(gpu, pass, n, step)?;
+            }
+        }
+        if logits || greedy {
+            for op in &self.head {
+                op.record(gpu, pass, n, step)?;
+            }
+        }
+        if greedy {
+            self.greedy.record(gpu, pass, n, step)?;
+        }
+        Ok(())
+    }
+
+    /// Sets slot `slot` of the arena for a forward chunk: its step block and attention parameters.
+    pub fn set_slot(
+        &self,
+        arena: &mut UniformArena,
+        slot: u32,
+        call: &AttentionCall,
+        ids_offset: u32,
+    ) -> Result<()> {
+        if slot >= MAX_STEPS {
+            return Err(Error::config(format!(
+                "step slot {slot}: a submission holds at most {MAX_STEPS} steps"
+            )));
+        }
+        let plan = self.attention.plan(call, Kernel::Auto)?;
+        arena.set(
+            2 * slot,
+            &Step {
+                n_tokens: call.n_queries,
+                past_len: call.past_len,
+                ids_offset,
+                sample_slot: slot,
+            },
+        );
+        arena.set(2 * slot + 1, &self.attention.params(call, &plan));
+        Ok(())
+    }
+}
