@@ -223,6 +223,8 @@ pub struct Gpu {
     /// GPU objects created through this struct (buffers, bind groups, pipelines, query sets): the
     /// engine's tests hold it constant across decode steps.
     created: AtomicU64,
+    /// Bytes of the buffers created through this struct.
+    allocated: AtomicU64,
     errors: ErrorSink,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -285,6 +287,7 @@ impl Gpu {
             coop_f16,
             pipelines: Mutex::default(),
             created: AtomicU64::new(0),
+            allocated: AtomicU64::new(0),
             errors,
             lost,
         })
@@ -385,8 +388,19 @@ impl Gpu {
         self.created.load(Ordering::Relaxed)
     }
 
+    /// Bytes of all buffers created so far through this struct (weights, cache, activations,
+    /// parameters, read-back), whether or not they were dropped since.
+    pub fn bytes_allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
     fn count_created(&self) {
         self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_buffer(&self, bytes: u64) {
+        self.count_created();
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Checks that a buffer of `bytes` fits the adapter's binding and buffer limits.
@@ -426,7 +440,7 @@ impl Gpu {
     /// A storage buffer of `bytes` (rounded up to 16), usable as copy source and destination.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, bytes)?;
-        self.count_created();
+        self.count_buffer(bytes.max(16).next_multiple_of(16));
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(16),
@@ -448,7 +462,7 @@ impl Gpu {
             padded.resize(data.len().max(16).next_multiple_of(16), 0);
             &padded[..]
         };
-        self.count_created();
+        self.count_buffer(contents.len() as u64);
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -462,7 +476,7 @@ impl Gpu {
 
     /// A uniform buffer holding `value`.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.count_created();
+        self.count_buffer(std::mem::size_of::<T>() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -474,7 +488,7 @@ impl Gpu {
     /// A buffer with the given usage (`bytes` rounded up to 16), for the uses the other helpers do
     /// not cover (query resolution).
     pub fn buffer(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.count_created();
+        self.count_buffer(bytes.max(16).next_multiple_of(16));
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(16),
@@ -485,7 +499,7 @@ impl Gpu {
 
     /// A buffer the host maps to read results back (copy destination, `bytes` rounded up to 16).
     pub fn readback_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.count_created();
+        self.count_buffer(bytes.max(16).next_multiple_of(16));
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(16).next_multiple_of(16),
@@ -624,7 +638,7 @@ impl UniformArena {
         let align = gpu.limits.min_uniform_buffer_offset_alignment as u64;
         let stride = UNIFORM_SLOT.next_multiple_of(align.max(1));
         let bytes = stride * slots.max(1) as u64;
-        gpu.count_created();
+        gpu.count_buffer(bytes);
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,

@@ -46,6 +46,46 @@ impl RandomModel {
         }
     }
 
+    /// Names of the shapes [`RandomModel::preset`] knows.
+    pub const PRESETS: &'static [&'static str] = &["diffv2-small", "smollm2-135m"];
+
+    /// A model of a named real shape with random weights (benchmarks): `diffv2-small` (the shipped
+    /// model: D = 384, 6 layers, h = 6, h_kv = 2, d = 64, FFN 1024, vocab 8192, context 512) or
+    /// `smollm2-135m` (SmolLM2-135M: standard attention, D = 576, 30 layers, h = 9, h_kv = 3,
+    /// d = 64, FFN 1536, vocab 49152, context 8192; RoPE base 10000 here, which costs the same).
+    pub fn preset(name: &str, dtype: WeightDtype, seed: u64) -> Option<Self> {
+        let base = Self {
+            dtype,
+            ..Self::tiny("diff_v2", seed)
+        };
+        match name {
+            "diffv2-small" => Some(Self {
+                vocab_size: 8192,
+                hidden_size: 384,
+                layers: 6,
+                heads: 6,
+                kv_heads: 2,
+                head_dim: 64,
+                intermediate_size: 1024,
+                context: 512,
+                ..base
+            }),
+            "smollm2-135m" => Some(Self {
+                attention: "standard".into(),
+                vocab_size: 49152,
+                hidden_size: 576,
+                layers: 30,
+                heads: 9,
+                kv_heads: 3,
+                head_dim: 64,
+                intermediate_size: 1536,
+                context: 8192,
+                ..base
+            }),
+            _ => None,
+        }
+    }
+
     pub fn config(&self) -> Config {
         Config {
             vocab_size: self.vocab_size,

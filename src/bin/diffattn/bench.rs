@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Attention(AttentionBench),
     /// Measure the read and copy bandwidth the attention rows are compared with.
     Bandwidth(BandwidthBench),
+    /// Time a model: prefill, first token, decode tok/s (batch 1, greedy), GPU and host time per token.
+    Generate(crate::bench_generate::GenerateBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -415,9 +417,10 @@ fn run_bandwidth(b: &BandwidthBench, opts: &GpuOptions) -> Result<()> {
     Ok(())
 }
 
-pub fn run(cmd: &BenchCommand, opts: &GpuOptions) -> Result<()> {
+pub fn run(cmd: &BenchCommand, opts: &GpuOptions, process_start: std::time::Instant) -> Result<()> {
     match cmd {
         BenchCommand::Attention(b) => run_attention(b, opts),
         BenchCommand::Bandwidth(b) => run_bandwidth(b, opts),
+        BenchCommand::Generate(b) => crate::bench_generate::run(b, opts, process_start),
     }
 }

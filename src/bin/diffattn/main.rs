@@ -2,6 +2,7 @@
 
 mod attn;
 mod bench;
+mod bench_generate;
 mod generate;
 mod verify;
 
@@ -121,13 +122,13 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
     let opts = gpu_options(&cli)?;
     match cli.command {
         Command::Adapters { json } => adapters(&opts, json),
         Command::Verify(args) => verify::run(&args, &opts),
         Command::Attn(args) => attn::run(&args, &opts),
-        Command::Bench { what } => bench::run(&what, &opts),
+        Command::Bench { what } => bench::run(&what, &opts, start),
         Command::Generate(args) => generate::run(&args, &opts),
     }
 }
@@ -158,9 +159,10 @@ fn ensure_runtime_dir() {
 fn ensure_runtime_dir() {}
 
 fn main() {
+    let start = std::time::Instant::now();
     ensure_runtime_dir();
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(cli, start) {
         let code = e.downcast_ref::<ExitCode>().map(|c| c.0).unwrap_or(1);
         eprintln!("error: {e:#}");
         std::process::exit(code);

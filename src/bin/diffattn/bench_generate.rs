@@ -1,0 +1,201 @@
+//! `diffattn bench generate`: a model's prefill, first-token and decode speed, batch 1, greedy,
+//! as `diffattn generate` runs it (tokens picked on the GPU, adaptive steps per submission).
+
+use anyhow::{Context, Result, bail};
+use diffattn::attention::KvDtype;
+use diffattn::model::plan::MAX_STEPS;
+use diffattn::model::random::RandomModel;
+use diffattn::model::{Engine, EngineOptions, ModelSource, WeightDtype};
+use diffattn::testing::Rng;
+use diffattn::{Gpu, GpuOptions};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args, Clone)]
+pub struct GenerateBench {
+    /// A model directory (default: the shipped model, unless --random-config is given).
+    #[arg(long, conflicts_with = "random_config")]
+    model: Option<std::path::PathBuf>,
+    /// A named shape with random weights instead of a model: diffv2-small or smollm2-135m.
+    #[arg(long)]
+    random_config: Option<String>,
+    /// Weight type of a random model: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    weights: String,
+    /// Prompt length (random token ids, seeded).
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    /// Tokens to generate after the prompt (the first comes from the prefill).
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// KV cache type: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv: String,
+    /// Timed runs after one warm-up run; the median run is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// One timed run: prompt, then decode to the token count.
+struct Run {
+    first_token_s: f64,
+    decode_s: f64,
+    decode_steps: usize,
+    submits: usize,
+    gpu_s: Option<f64>,
+}
+
+fn load_source(b: &GenerateBench) -> Result<(String, String, ModelSource)> {
+    if let Some(name) = &b.random_config {
+        let dtype = match b.weights.as_str() {
+            "f32" => WeightDtype::F32,
+            "f16" => WeightDtype::F16,
+            "bf16" => WeightDtype::BF16,
+            other => bail!("--weights {other} (expected f32, f16 or bf16)"),
+        };
+        let m = RandomModel::preset(name, dtype, 7).with_context(|| {
+            format!(
+                "unknown --random-config {name} (known: {})",
+                RandomModel::PRESETS.join(", ")
+            )
+        })?;
+        return Ok((name.clone(), b.weights.clone(), m.source()));
+    }
+    let dir = b
+        .model
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("models/diffv2-small"));
+    let source = ModelSource::read_dir(&dir, &mut |_, _| {})?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok((name, "file".into(), source))
+}
+
+/// Prompt, then greedy decoding in submissions of 1, 2, 4, ... MAX_STEPS steps, as `Generation` does.
+fn run_once(engine: &mut Engine, prompt: &[u32], tokens: usize) -> Result<Run> {
+    engine.reset();
+    let t = Instant::now();
+    let first = engine.prefill_greedy_blocking(prompt)?;
+    let first_token_s = t.elapsed().as_secs_f64();
+    let room = (engine.context() - engine.position()) as usize;
+    let mut left = tokens.saturating_sub(1).min(room);
+    let (mut feed, mut batch) = (first.id, 1u32);
+    let (mut steps, mut submits, mut gpu_s) = (0, 0, None);
+    let t = Instant::now();
+    while left > 0 {
+        let n = batch.min(left as u32);
+        let picked = engine.decode_greedy_blocking(feed, n)?;
+        feed = picked.last().expect("at least one step").id;
+        if let Some(g) = engine.last_gpu_seconds() {
+            *gpu_s.get_or_insert(0.0) += g;
+        }
+        steps += n as usize;
+        submits += 1;
+        left -= n as usize;
+        batch = (batch * 2).min(MAX_STEPS);
+    }
+    Ok(Run {
+        first_token_s,
+        decode_s: t.elapsed().as_secs_f64(),
+        decode_steps: steps,
+        submits,
+        gpu_s,
+    })
+}
+
+pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Result<()> {
+    if b.prompt_tokens == 0 || b.tokens == 0 || b.repeats == 0 {
+        bail!("--prompt-tokens, --tokens and --repeats must be at least 1");
+    }
+    let kv_dtype = KvDtype::parse(&b.kv)?;
+    let gpu = Arc::new(Gpu::new_blocking(opts)?);
+    let (model, weights, source) = load_source(b)?;
+    let (cfg, host_weights, _) = source.parse()?;
+    let t_load = Instant::now();
+    let mut engine = Engine::new(
+        gpu.clone(),
+        &cfg,
+        &host_weights,
+        EngineOptions {
+            kv_dtype,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    if b.prompt_tokens >= engine.context() as usize {
+        bail!(
+            "--prompt-tokens {} leaves no room in the context of {}",
+            b.prompt_tokens,
+            engine.context()
+        );
+    }
+    let mut rng = Rng::new(11);
+    let prompt: Vec<u32> = (0..b.prompt_tokens)
+        .map(|_| (rng.uniform() * cfg.vocab_size as f64) as u32 % cfg.vocab_size)
+        .collect();
+    // The cold start: from process start to the first token of the first run.
+    let warm = run_once(&mut engine, &prompt, b.tokens)?;
+    let cold_start_s = process_start.elapsed().as_secs_f64() - warm.decode_s;
+    let mut runs = Vec::with_capacity(b.repeats);
+    for _ in 0..b.repeats {
+        runs.push(run_once(&mut engine, &prompt, b.tokens)?);
+    }
+    runs.sort_by(|x, y| x.decode_s.total_cmp(&y.decode_s));
+    let r = &runs[runs.len() / 2];
+    let mut firsts: Vec<f64> = runs.iter().map(|r| r.first_token_s).collect();
+    firsts.sort_by(f64::total_cmp);
+    let first_token_s = firsts[firsts.len() / 2];
+    let decode_tok_s = r.decode_steps as f64 / r.decode_s;
+    let per_token = |s: f64| s * 1e3 / r.decode_steps.max(1) as f64;
+    let gpu_ms = r.gpu_s.map(per_token);
+    let host_ms = r.gpu_s.map(|g| per_token(r.decode_s - g));
+    let adapter = gpu.describe();
+    let row = serde_json::json!({
+        "bench": "generate",
+        "impl": "diffattn",
+        "model": model,
+        "weights": weights,
+        "kv": b.kv,
+        "prompt_tokens": b.prompt_tokens,
+        "tokens": b.tokens,
+        "prefill_tok_s": b.prompt_tokens as f64 / first_token_s,
+        "prefill_ms": first_token_s * 1e3,
+        "first_token_ms": first_token_s * 1e3,
+        "decode_tok_s": decode_tok_s,
+        "gpu_ms_per_token": gpu_ms,
+        "host_ms_per_token": host_ms,
+        "gpu_memory_mib": gpu.bytes_allocated() as f64 / (1 << 20) as f64,
+        "tokens_per_submit": r.decode_steps as f64 / r.submits.max(1) as f64,
+        "cold_start_ms": cold_start_s * 1e3,
+        "load_ms": load_s * 1e3,
+        "repeats": b.repeats,
+        "adapter": adapter,
+    });
+    if b.json {
+        println!("{row}");
+    } else {
+        println!(
+            "{model} ({weights} weights, {} KV) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill)\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
+            b.kv,
+            b.prompt_tokens,
+            first_token_s * 1e3,
+            b.prompt_tokens as f64 / first_token_s,
+            r.decode_steps,
+            decode_tok_s,
+            r.decode_steps as f64 / r.submits.max(1) as f64,
+            match (gpu_ms, host_ms) {
+                (Some(g), Some(h)) => format!(", GPU {g:.3} ms + host {h:.3} ms per token"),
+                _ => String::new(),
+            },
+            cold_start_s * 1e3,
+            load_s * 1e3,
+            gpu.bytes_allocated() as f64 / (1 << 20) as f64,
+        );
+    }
+    Ok(())
+}
