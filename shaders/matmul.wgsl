@@ -8,8 +8,9 @@
 // WGSL (no SHADER_F16 needed) and bf16 is the top half of an f32, so a shift widens it.
 // K must be a multiple of 8 (the host checks it).
 //
-// Two entry points: `matvec` for one token (decode: memory-bound, 16 lanes per output row),
-// `gemm` for many (prefill: 64x64 output tiles staged through workgroup memory).
+// Three entry points: `matvec` for one token (decode: memory-bound, 16 lanes per output row),
+// `gemm` for many on GPUs (blocks of TB tokens per weight load) and `gemm_direct` for many on CPU
+// adapters.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16.
@@ -20,8 +21,6 @@ const WEIGHT_DTYPE: u32 = 0u;
 const LANES: u32 = 16u;
 
 const MV_ROWS: u32 = 64u / LANES;
-const TILE: u32 = 64u;
-const TK: u32 = 16u;
 
 struct Step {
     n_tokens: u32,
@@ -128,73 +127,52 @@ fn matvec(
     }
 }
 
-// Tiles are stored k-major: xs[kk * TILE + row], ws[kk * TILE + col].
-var<workgroup> xs: array<f32, 1024>;
-var<workgroup> ws: array<f32, 1024>;
+// Many rows on a GPU: `matvec`'s layout (LANES lanes per output row, neighbouring lanes reading
+// neighbouring 16-byte words of the weight row), with every weight load serving a block of TB
+// tokens, so that a prompt chunk reads the weights ceil(rows / TB) times and the activations come
+// from cache. Partial sums of a block are reduced through workgroup memory with one barrier.
+const TB: u32 = 8u;
 
-@compute @workgroup_size(256)
-fn gemm(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let n0 = wid.x * TILE;
-    let t0 = wid.y * TILE;
+var<workgroup> red_rows: array<f32, 512>;
+
+@compute @workgroup_size(64)
+fn gemm(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let lane = lid % LANES;
+    let o = (wid.y * groups.x + wid.x) * MV_ROWS + lid / LANES;
+    let valid = o < p.n;
+    let k8s = p.k / 8u;
     let n_rows = rows();
-    let tx = tid % 16u;
-    let ty = tid / 16u;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        // x tile: 64 rows x 16 k = 256 vec4, one per thread.
-        {
-            let r = tid / 4u;
-            let kq = tid % 4u;
-            var v = vec4<f32>(0.0);
-            if t0 + r < n_rows && k0 + kq * 4u < p.k {
-                v = x[((t0 + r) * p.k + k0) / 4u + kq];
-            }
-            for (var j = 0u; j < 4u; j++) {
-                xs[(kq * 4u + j) * TILE + r] = v[j];
-            }
-        }
-        // W tile: 64 rows x 16 k = 128 groups of 8.
-        if tid < 128u {
-            let r = tid / 2u;
-            let hk = tid % 2u;
-            var wv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
-            if n0 + r < p.n && k0 + hk * 8u < p.k {
-                wv = load8(n0 + r, k0 / 8u + hk);
-            }
-            for (var j = 0u; j < 4u; j++) {
-                ws[(hk * 8u + j) * TILE + r] = wv.a[j];
-                ws[(hk * 8u + 4u + j) * TILE + r] = wv.b[j];
-            }
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var xv: array<f32, 4>;
-            var wv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                xv[i] = xs[kk * TILE + ty + 16u * i];
-                wv[i] = ws[kk * TILE + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += xv[i] * wv[j];
+    for (var t0 = 0u; t0 < n_rows; t0 += TB) {
+        var acc: array<f32, TB>;
+        if valid {
+            for (var k8 = lane; k8 < k8s; k8 += LANES) {
+                let wv = load8(o, k8);
+                for (var i = 0u; i < TB; i++) {
+                    // Rows past the end repeat the last row; their sums are not stored.
+                    let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
+                    acc[i] += dot(wv.a, x[xrow]) + dot(wv.b, x[xrow + 1u]);
                 }
             }
         }
+        for (var i = 0u; i < TB; i++) {
+            red_rows[lid * TB + i] = acc[i];
+        }
         workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + tx + 16u * j;
-            if t < n_rows && o < p.n {
-                store(t, o, acc[i][j]);
+        let row0 = lid - lane;
+        for (var i = lane; i < TB; i += LANES) {
+            var sum = 0.0;
+            for (var l = 0u; l < LANES; l++) {
+                sum += red_rows[(row0 + l) * TB + i];
+            }
+            if valid && t0 + i < n_rows {
+                store(t0 + i, o, sum);
             }
         }
+        workgroupBarrier();
     }
 }
 

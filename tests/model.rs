@@ -47,7 +47,8 @@ fn prefill_and_decode_with(
     let m = RandomModel::tiny(attention, seed);
     let opts = EngineOptions {
         kv_dtype,
-        prefill_chunk: 7,
+        // 11 rows: a full block of 8 and a partial one in the token-blocked kernel.
+        prefill_chunk: 11,
         matvec_lanes: gpu_kernels.map(|g| if g { 16 } else { 1 }),
         tiled_gemm: gpu_kernels,
         context: None,

@@ -33,8 +33,9 @@ pub struct EngineOptions {
     /// Lanes per output row in the decode matrix-vector kernel (1 to 64, a power of two);
     /// `None` picks by adapter: 16 on GPUs, 1 on CPU adapters.
     pub matvec_lanes: Option<u32>,
-    /// Prefill with the tiled workgroup-memory kernel (`gemm`) rather than the barrier-free
-    /// `gemm_direct`; `None` picks by adapter: tiled on GPUs, direct on CPU adapters.
+    /// Prefill with the token-blocked kernel (`gemm`: matvec's layout, each weight load serving
+    /// 8 tokens) rather than the barrier-free `gemm_direct`; `None` picks by adapter: blocked on
+    /// GPUs, direct on CPU adapters.
     pub tiled_gemm: Option<bool>,
 }
 

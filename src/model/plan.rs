@@ -40,7 +40,7 @@ crate::gpu::shader_struct! {
 pub struct Tuning {
     /// Lanes per output row in the decode matrix-vector kernel.
     pub lanes: u32,
-    /// Prefill with the tiled workgroup-memory kernel rather than `gemm_direct`.
+    /// Prefill with the token-blocked GPU kernel (`gemm`) rather than `gemm_direct`.
     pub tiled: bool,
 }
 
@@ -58,7 +58,7 @@ enum Grid {
         n: u32,
         last_only: bool,
         rows_per_group: u32,
-        /// The many-row kernel is `gemm_direct` rather than the tiled `gemm`.
+        /// The many-row kernel is `gemm_direct` rather than the token-blocked `gemm`.
         direct: bool,
     },
 }
@@ -100,7 +100,12 @@ impl Op {
                         let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
                         (p, b, [g[0], g[1], 1])
                     }
-                    Some((p, b)) if rows > 1 => (p, b, [n.div_ceil(64), rows.div_ceil(64), 1]),
+                    // The GPU many-row kernel has matvec's grid: a block of output rows per
+                    // workgroup, all token rows in it.
+                    Some((p, b)) if rows > 1 => {
+                        let g = grid_2d(n.div_ceil(rows_per_group));
+                        (p, b, [g[0], g[1], 1])
+                    }
                     _ => {
                         let g = grid_2d(n.div_ceil(rows_per_group));
                         (&self.pipeline, &self.bind, [g[0], g[1], 1])
