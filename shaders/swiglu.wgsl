@@ -1,4 +1,5 @@
-// SwiGLU gate, in place: gate = silu(gate) * up, over (n_tokens, intermediate).
+// SwiGLU on the fused gate/up product: out[t, j] = silu(gu[t, j]) * gu[t, width + j], where each
+// token row of gu is [gate | up] (width values each).
 
 struct Step {
     n_tokens: u32,
@@ -16,8 +17,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> gate: array<f32>;
-@group(0) @binding(3) var<storage, read> up: array<f32>;
+@group(0) @binding(2) var<storage, read> gu: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -25,7 +26,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if idx >= step.n_tokens * p.width {
         return;
     }
-    let g = gate[idx];
+    let t = idx / p.width;
+    let j = idx % p.width;
+    let g = gu[2u * t * p.width + j];
+    let u = gu[(2u * t + 1u) * p.width + j];
     // g / (1 + exp(-g)) tends to -0 for very negative g (exp overflows to +inf): no NaN.
-    gate[idx] = g / (1.0 + exp(-g)) * up[idx];
+    out[idx] = g / (1.0 + exp(-g)) * u;
 }

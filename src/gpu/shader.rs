@@ -29,8 +29,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
-    ("rope", include_str!("../../shaders/rope.wgsl")),
-    ("kv_append", include_str!("../../shaders/kv_append.wgsl")),
+    (
+        "rope_append",
+        include_str!("../../shaders/rope_append.wgsl"),
+    ),
     ("swiglu", include_str!("../../shaders/swiglu.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
 ];

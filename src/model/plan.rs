@@ -121,17 +121,14 @@ impl Op {
     }
 }
 
-/// One layer's weights on the GPU, with their storage types.
+/// One layer's weights on the GPU, with their storage types. The products that read the same
+/// input are fused: q, k, v and lambda rows stacked in one matrix, gate and up in another.
 struct LayerWeights {
     ln_in: wgpu::Buffer,
     ln_post: wgpu::Buffer,
-    q: (wgpu::Buffer, WeightDtype),
-    k: (wgpu::Buffer, WeightDtype),
-    v: (wgpu::Buffer, WeightDtype),
+    qkvl: (wgpu::Buffer, WeightDtype),
     o: (wgpu::Buffer, WeightDtype),
-    lambda: Option<(wgpu::Buffer, WeightDtype)>,
-    gate: (wgpu::Buffer, WeightDtype),
-    up: (wgpu::Buffer, WeightDtype),
+    gate_up: (wgpu::Buffer, WeightDtype),
     down: (wgpu::Buffer, WeightDtype),
 }
 
@@ -159,42 +156,49 @@ pub fn upload_weights(
     let total = weights.total_bytes();
     let mut done = 0u64;
     progress(0, total);
-    let mut matrix = |name: &str| -> Result<(wgpu::Buffer, WeightDtype)> {
-        let (info, raw) = weights.raw(name)?;
-        let buf = gpu.storage_init(name, raw)?;
-        done += raw.len() as u64;
-        progress(done, total);
-        Ok((buf, info.dtype))
+    let mut upload = |label: &str, parts: &[&str]| -> Result<(wgpu::Buffer, WeightDtype)> {
+        let (bytes, dtype) = stacked(weights, parts)?;
+        gpu.check_binding(label, bytes.len() as u64)?;
+        let buf = gpu.storage_init(label, &bytes)?;
+        done += parts
+            .iter()
+            .map(|n| weights.raw(n).map_or(0, |(_, r)| r.len() as u64))
+            .sum::<u64>();
+        progress(done.min(total), total);
+        Ok((buf, dtype))
     };
     let widened = |name: &str| -> Result<wgpu::Buffer> {
         gpu.storage_init(name, bytemuck::cast_slice(&weights.to_f32(name)?))
     };
-    let embed = matrix("model.embed_tokens.weight")?;
+    let embed = upload("model.embed_tokens.weight", &["model.embed_tokens.weight"])?;
     let mut layers = Vec::new();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
+        let name = |t: &str| format!("{p}.{t}.weight");
+        let mut qkvl = vec![
+            name("self_attn.q_proj"),
+            name("self_attn.k_proj"),
+            name("self_attn.v_proj"),
+        ];
+        if cfg.mode() == Mode::Diff {
+            qkvl.push(name("self_attn.lambda_proj"));
+        }
+        let qkvl: Vec<&str> = qkvl.iter().map(String::as_str).collect();
+        let (gate, up) = (name("mlp.gate_proj"), name("mlp.up_proj"));
         layers.push(LayerWeights {
-            ln_in: widened(&format!("{p}.input_layernorm.weight"))?,
-            ln_post: widened(&format!("{p}.post_attention_layernorm.weight"))?,
-            q: matrix(&format!("{p}.self_attn.q_proj.weight"))?,
-            k: matrix(&format!("{p}.self_attn.k_proj.weight"))?,
-            v: matrix(&format!("{p}.self_attn.v_proj.weight"))?,
-            o: matrix(&format!("{p}.self_attn.o_proj.weight"))?,
-            lambda: if cfg.mode() == Mode::Diff {
-                Some(matrix(&format!("{p}.self_attn.lambda_proj.weight"))?)
-            } else {
-                None
-            },
-            gate: matrix(&format!("{p}.mlp.gate_proj.weight"))?,
-            up: matrix(&format!("{p}.mlp.up_proj.weight"))?,
-            down: matrix(&format!("{p}.mlp.down_proj.weight"))?,
+            ln_in: widened(&name("input_layernorm"))?,
+            ln_post: widened(&name("post_attention_layernorm"))?,
+            qkvl: upload(&format!("layer {l} q/k/v/lambda"), &qkvl)?,
+            o: upload(&name("self_attn.o_proj"), &[&name("self_attn.o_proj")])?,
+            gate_up: upload(&format!("layer {l} gate/up"), &[&gate, &up])?,
+            down: upload(&name("mlp.down_proj"), &[&name("mlp.down_proj")])?,
         });
     }
     let norm = widened("model.norm.weight")?;
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(matrix("lm_head.weight")?)
+        Some(upload("lm_head.weight", &["lm_head.weight"])?)
     };
     Ok(GpuWeights {
         embed,
@@ -204,17 +208,46 @@ pub fn upload_weights(
     })
 }
 
+/// The rows of several matrices of one input width, stacked into one matrix in the given order:
+/// their bytes as stored when all share a type, else all widened to f32.
+fn stacked(weights: &HostWeights, names: &[&str]) -> Result<(Vec<u8>, WeightDtype)> {
+    let mut parts = Vec::with_capacity(names.len());
+    for n in names {
+        parts.push(weights.raw(n)?);
+    }
+    let dtype = parts[0].0.dtype;
+    if parts.len() == 1 {
+        return Ok((parts[0].1.to_vec(), dtype));
+    }
+    if parts.iter().all(|(info, _)| info.dtype == dtype) {
+        return Ok((
+            parts
+                .iter()
+                .flat_map(|(_, raw)| raw.iter().copied())
+                .collect(),
+            dtype,
+        ));
+    }
+    let mut wide = Vec::new();
+    for n in names {
+        wide.extend_from_slice(bytemuck::cast_slice(&weights.to_f32(n)?));
+    }
+    Ok((wide, WeightDtype::F32))
+}
+
 /// Activation buffers, sized for one prefill chunk.
 struct Activations {
     x: wgpu::Buffer,
     a: wgpu::Buffer,
+    /// Token rows of the fused product: [q | k | v | lambda].
+    qkvl: wgpu::Buffer,
     q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
     lam: Option<wgpu::Buffer>,
     att: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
+    /// Token rows of the fused product: [gate | up].
+    gate_up: wgpu::Buffer,
+    /// silu(gate) * up.
+    hidden: wgpu::Buffer,
     last: wgpu::Buffer,
     logits: wgpu::Buffer,
 }
@@ -253,20 +286,21 @@ impl Buffers {
         let kv_width = cfg.num_key_value_heads as usize * hd;
         let heads = cfg.num_attention_heads as usize;
         let inter = cfg.intermediate_size as usize;
+        let lam_width = if cfg.mode() == Mode::Diff { heads } else { 0 };
+        let qkvl_width = cfg.q_heads() as usize * hd + 2 * kv_width + lam_width;
         let act = Activations {
             x: f32s("hidden state", n * d)?,
             a: f32s("normed hidden state", n * d)?,
+            qkvl: f32s("q/k/v/lambda", n * qkvl_width)?,
             q: f32s("queries", n * cfg.q_heads() as usize * hd)?,
-            k: f32s("keys", n * kv_width)?,
-            v: f32s("values", n * kv_width)?,
             lam: if cfg.mode() == Mode::Diff {
                 Some(f32s("lambda logits", n * heads)?)
             } else {
                 None
             },
             att: f32s("attention output", n * heads * hd)?,
-            gate: f32s("mlp gate", n * inter)?,
-            up: f32s("mlp up", n * inter)?,
+            gate_up: f32s("mlp gate/up", n * 2 * inter)?,
+            hidden: f32s("mlp hidden", n * inter)?,
             last: f32s("final norm", d)?,
             logits: f32s("logits", cfg.vocab_size as usize)?,
         };
@@ -490,78 +524,36 @@ impl Plan {
         attention.reserve(gpu, bufs.chunk, bufs.cache.context())?;
 
         let kv_f16 = vec![("KV_F16", Const::Bool(kv_dtype == KvDtype::F16))];
-        let kv_items = match kv_dtype {
-            KvDtype::F16 => kv_width / 2,
-            KvDtype::F32 => kv_width,
-        };
+        let kv_heads = cfg.num_key_value_heads;
+        let lam_heads = if cfg.mode() == Mode::Diff { heads } else { 0 };
+        let qkvl_width = q_width + 2 * kv_width + lam_heads;
+        // Standard attention has no lambda: the split writes none into this stand-in.
+        let no_lam = gpu.storage("lambda (unused)", 16)?;
+        let lam = act.lam.as_ref().unwrap_or(&no_lam);
+        let split_items = cfg.q_heads() * half + 2 * kv_heads * half + lam_heads;
         let mut layers = Vec::new();
         for (l, w) in weights.layers.iter().enumerate() {
             let (kc, vc) = bufs.cache.layer(l);
-            let mut pre = vec![b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?];
-            pre.push(b.matmul(
-                "q_proj",
-                (&w.q.0, w.q.1),
-                (d, q_width),
-                &act.a,
-                &act.q,
-                false,
-                false,
-            )?);
-            pre.push(b.matmul(
-                "k_proj",
-                (&w.k.0, w.k.1),
-                (d, kv_width),
-                &act.a,
-                &act.k,
-                false,
-                false,
-            )?);
-            pre.push(b.matmul(
-                "v_proj",
-                (&w.v.0, w.v.1),
-                (d, kv_width),
-                &act.a,
-                &act.v,
-                false,
-                false,
-            )?);
-            if let (Some((wl, tl)), Some(lam)) = (&w.lambda, &act.lam) {
-                pre.push(b.matmul(
-                    "lambda_proj",
-                    (wl, *tl),
-                    (d, heads),
+            let (qkvl, gate_up) = (&act.qkvl, &act.gate_up);
+            let pre = vec![
+                b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?,
+                b.matmul(
+                    "q/k/v/lambda",
+                    (&w.qkvl.0, w.qkvl.1),
+                    (d, qkvl_width),
                     &act.a,
-                    lam,
+                    qkvl,
                     false,
                     false,
-                )?);
-            }
-            let (rt, q, k) = (&bufs.rope_table, &act.q, &act.k);
-            pre.push(b.elementwise(
-                "rope",
-                vec![],
-                [cfg.q_heads(), half, 0, 0],
-                &[rt, q],
-                cfg.q_heads() * half,
-            )?);
-            let kv_heads = cfg.num_key_value_heads;
-            pre.push(b.elementwise(
-                "rope",
-                vec![],
-                [kv_heads, half, 0, 0],
-                &[rt, k],
-                kv_heads * half,
-            )?);
-            let append = [kv_width, 0, 0, 0];
-            pre.push(b.elementwise("kv_append", kv_f16.clone(), append, &[k, kc], kv_items)?);
-            pre.push(b.elementwise(
-                "kv_append",
-                kv_f16.clone(),
-                append,
-                &[&act.v, vc],
-                kv_items,
-            )?);
-
+                )?,
+                b.elementwise(
+                    "rope_append",
+                    kv_f16.clone(),
+                    [cfg.q_heads(), kv_heads, half, lam_heads],
+                    &[&bufs.rope_table, qkvl, &act.q, kc, vc, lam],
+                    split_items,
+                )?,
+            ];
             let binding = attention.bind(
                 gpu,
                 bufs.arena.buffer(),
@@ -573,57 +565,50 @@ impl Plan {
                     out: &act.att,
                 },
             )?;
-
-            let mut post = vec![b.matmul(
-                "o_proj",
-                (&w.o.0, w.o.1),
-                (heads * hd, d),
-                &act.att,
-                &act.x,
-                true,
-                false,
-            )?];
-            post.push(b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?);
-            post.push(b.matmul(
-                "gate_proj",
-                (&w.gate.0, w.gate.1),
-                (d, inter),
-                &act.a,
-                &act.gate,
-                false,
-                false,
-            )?);
-            post.push(b.matmul(
-                "up_proj",
-                (&w.up.0, w.up.1),
-                (d, inter),
-                &act.a,
-                &act.up,
-                false,
-                false,
-            )?);
-            post.push(b.elementwise(
-                "swiglu",
-                vec![],
-                [inter, 0, 0, 0],
-                &[&act.gate, &act.up],
-                inter,
-            )?);
-            post.push(b.matmul(
-                "down_proj",
-                (&w.down.0, w.down.1),
-                (inter, d),
-                &act.gate,
-                &act.x,
-                true,
-                false,
-            )?);
+            let post = vec![
+                b.matmul(
+                    "o_proj",
+                    (&w.o.0, w.o.1),
+                    (heads * hd, d),
+                    &act.att,
+                    &act.x,
+                    true,
+                    false,
+                )?,
+                b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?,
+                b.matmul(
+                    "gate/up",
+                    (&w.gate_up.0, w.gate_up.1),
+                    (d, 2 * inter),
+                    &act.a,
+                    gate_up,
+                    false,
+                    false,
+                )?,
+                b.elementwise(
+                    "swiglu",
+                    vec![],
+                    [inter, 0, 0, 0],
+                    &[gate_up, &act.hidden],
+                    inter,
+                )?,
+                b.matmul(
+                    "down_proj",
+                    (&w.down.0, w.down.1),
+                    (inter, d),
+                    &act.hidden,
+                    &act.x,
+                    true,
+                    false,
+                )?,
+            ];
             layers.push(LayerOps {
                 pre,
                 attention: binding,
                 post,
             });
         }
+        b.params.push(no_lam);
 
         let head_w = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         let head = vec![
