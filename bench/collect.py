@@ -207,11 +207,53 @@ def build_rows(ours, torch_rows):
                                  f"process {counts[k]}", "us", r["median_us"], "first process",
                                  f["median_us"]))
 
+    rows.extend(generate_rows(ours, torch_rows))
+
     for r in ours:
         if r["bench"] == "row" and "work" in r:
             rows.append(make_row(r["work"], r.get("unit", ""), r.get("diffattn"),
                                  r.get("baseline", ""), r.get("baseline_value"),
                                  r.get("bw_fraction")))
+    return rows
+
+
+def generate_rows(ours, torch_rows):
+    """Token generation (batch 1, greedy): per diffattn model/prompt, decode tok/s against the
+    fastest PyTorch way of the same model and prompt, prefill tok/s against PyTorch eager, first
+    token ms against the fastest PyTorch first token. The random SmolLM2-shape model is
+    "smollm2-135m" on our side and "smollm2-135m-arch" on PyTorch's."""
+    def ok(r):
+        return r["bench"] == "generate" and "error" not in r and r.get("decode_tok_s")
+
+    def model_key(name):
+        return {"smollm2-135m-arch": "smollm2-135m"}.get(name, name)
+
+    mine = [r for r in ours if ok(r)]
+    theirs = [r for r in torch_rows if ok(r)]
+    rows = []
+    for r in mine:
+        same = [t for t in theirs if model_key(t.get("model")) == model_key(r.get("model"))
+                and t.get("prompt_tokens") == r.get("prompt_tokens")]
+        what = (f"generate {r.get('model')} ({r.get('weights')} weights, {r.get('kv')} KV), "
+                f"prompt {r.get('prompt_tokens')}")
+        best = max(same, key=lambda t: t["decode_tok_s"], default=None)
+        rows.append(make_row(f"{what}: decode", "tok/s", r["decode_tok_s"],
+                             f"pytorch {best['dtype']} {best['way']}" if best else "pytorch",
+                             best["decode_tok_s"] if best else None))
+        eager = [t for t in same if t.get("way") == "eager" and t.get("prefill_tok_s")]
+        fast = max(eager, key=lambda t: t["prefill_tok_s"], default=None)
+        rows.append(make_row(f"{what}: prefill", "tok/s", r.get("prefill_tok_s"),
+                             f"pytorch {fast['dtype']} eager" if fast else "pytorch eager",
+                             fast["prefill_tok_s"] if fast else None))
+        firsts = [t for t in same if t.get("first_token_ms")]
+        quick = min(firsts, key=lambda t: t["first_token_ms"], default=None)
+        rows.append(make_row(f"{what}: first token", "ms", r.get("first_token_ms"),
+                             f"pytorch {quick['dtype']} {quick['way']}" if quick else "pytorch",
+                             quick["first_token_ms"] if quick else None))
+        if r.get("gpu_ms_per_token") is not None:
+            rows.append(make_row(f"{what}: GPU ms per decode token (host {r.get('host_ms_per_token', 0):.3f} ms)",
+                                 "ms", r["gpu_ms_per_token"], "pytorch gpu events",
+                                 best.get("gpu_ms_per_token") if best else None))
     return rows
 
 
@@ -269,14 +311,23 @@ def results_block(result):
     return f"{head}\n\n{table(result['rows'])}\n"
 
 
-def update_docs(path, block):
+def markers(part):
+    """The docs markers of a part's table: the whole run's, or a named part's own."""
+    if not part:
+        return BEGIN, END
+    return f"<!-- results-{part}:begin -->", f"<!-- results-{part}:end -->"
+
+
+def update_docs(path, block, part=None):
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else DOCS_TEMPLATE
-    section = f"{BEGIN}\n{block}{END}"
-    b, e = text.find(BEGIN), text.find(END)
+    begin, end = markers(part)
+    section = f"{begin}\n{block}{end}"
+    b, e = text.find(begin), text.find(end)
     if b >= 0 and e > b:
-        text = text[:b] + section + text[e + len(END):]
+        text = text[:b] + section + text[e + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n## Results\n\n" + section + "\n"
+        title = f"Results ({part})" if part else "Results"
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + section + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -285,7 +336,7 @@ def update_docs(path, block):
 # ---------------------------------------------------------------- main
 
 
-def collect(ours_path, torch_path, commit, out_dir, docs, date=None, quiet=False):
+def collect(ours_path, torch_path, commit, out_dir, docs, date=None, quiet=False, part=None):
     ours = read_jsonl(ours_path)
     torch_rows = read_jsonl(torch_path)
     gpu, driver = machine(ours, torch_rows)
@@ -293,13 +344,14 @@ def collect(ours_path, torch_path, commit, out_dir, docs, date=None, quiet=False
     result = {"date": date, "gpu": gpu, "driver": driver, "commit": commit,
               "rows": build_rows(ours, torch_rows)}
     os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, f"{date}-{slug(gpu)}.json")
+    name = f"{date}-{slug(gpu)}" + (f"-{slug(part)}" if part else "")
+    out = os.path.join(out_dir, f"{name}.json")
     with open(out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
     block = results_block(result)
     if docs:
-        update_docs(docs, block)
+        update_docs(docs, block, part)
     if not quiet:
         print(block)
         print(f"wrote {out}" + (f" and {docs}" if docs else ""), file=sys.stderr)
@@ -337,6 +389,10 @@ def self_test():
             json.dumps(_att("diff", 65536, 90.0, kv_dtype="f16", kv_bytes=kvb)),
             json.dumps({"bench": "row", "work": "generate 128 tokens", "unit": "tok/s",
                         "diffattn": 300.0, "baseline": "pytorch eager", "baseline_value": 200.0}),
+            json.dumps({"bench": "generate", "impl": "diffattn", "model": "smollm2-135m",
+                        "weights": "f16", "kv": "f16", "prompt_tokens": 16, "tokens": 256,
+                        "prefill_tok_s": 2000.0, "first_token_ms": 8.0, "decode_tok_s": 350.0,
+                        "gpu_ms_per_token": 2.0, "host_ms_per_token": 0.9}),
         ]
         torch_lines = [
             json.dumps({"bench": "env", "gpu": "NVIDIA H200 (fake)", "driver": "999.1",
@@ -349,6 +405,16 @@ def self_test():
                             dtype="fp32", gqa="repeat")),
             json.dumps(_att("standard", 4096, 10.0, mode="prefill", impl="pytorch",
                             dtype="fp32", error="out of memory")),
+            json.dumps({"bench": "generate", "impl": "pytorch", "model": "smollm2-135m-arch",
+                        "way": "eager", "dtype": "fp16", "prompt_tokens": 16, "tokens": 256,
+                        "prefill_tok_s": 4000.0, "first_token_ms": 4.0, "decode_tok_s": 25.0}),
+            json.dumps({"bench": "generate", "impl": "pytorch", "model": "smollm2-135m-arch",
+                        "way": "cuda-graph", "dtype": "fp16", "prompt_tokens": 16, "tokens": 256,
+                        "prefill_tok_s": 3000.0, "first_token_ms": 5.0, "decode_tok_s": 200.0,
+                        "gpu_ms_per_token": 4.0}),
+            json.dumps({"bench": "generate", "impl": "pytorch", "model": "smollm2-135m-arch",
+                        "way": "transformers-generate", "dtype": "fp16", "prompt_tokens": 16,
+                        "tokens": 64, "error": "failed"}),
         ]
         paths = {}
         for name, lines in (("ours.jsonl", ours), ("torch.jsonl", torch_lines)):
@@ -399,6 +465,15 @@ def self_test():
         assert "placement decode diff h=32 h_kv=8 d=128 S=65536 f16 process 1" not in rows
         r = rows["generate 128 tokens"]
         assert r["unit"] == "tok/s" and close(r["ratio"], 1.5), r
+        g = "generate smollm2-135m (f16 weights, f16 KV), prompt 16"
+        r = rows[f"{g}: decode"]
+        assert r["baseline"] == "pytorch fp16 cuda-graph" and close(r["ratio"], 350 / 200), r
+        r = rows[f"{g}: prefill"]
+        assert r["baseline"] == "pytorch fp16 eager" and close(r["ratio"], 2000 / 4000), r
+        r = rows[f"{g}: first token"]
+        assert r["unit"] == "ms" and close(r["ratio"], 4 / 8), r
+        r = rows[f"{g}: GPU ms per decode token (host 0.900 ms)"]
+        assert close(r["ratio"], 4 / 2), r
 
         text = open(docs).read()
         assert text.startswith("# Benchmarks\n\nintro kept\n\n" + BEGIN), text[:80]
@@ -412,6 +487,15 @@ def self_test():
                 os.path.join(tmp, "results"), docs, date="2026-01-02", quiet=True)
         again = open(docs).read()
         assert again.replace("def456", "abc123") == text
+
+        # A partial run: its own file and its own table; the whole run's table stays.
+        out3, _ = collect(paths["ours.jsonl"], paths["torch.jsonl"], "p1",
+                          os.path.join(tmp, "results"), docs, date="2026-01-02", quiet=True,
+                          part="generate")
+        assert os.path.basename(out3) == "2026-01-02-nvidia-h200-fake-generate.json", out3
+        both = open(docs).read()
+        assert both.count(BEGIN) == 1 and "<!-- results-generate:begin -->" in both
+        assert "## Results (generate)" in both and "def456" in both and "p1" in both
 
         # No docs file yet, no torch lines at all: the template is created, nothing crashes.
         fresh = os.path.join(tmp, "new", "BENCHMARKS.md")
@@ -435,13 +519,16 @@ def main():
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--docs", default="docs/BENCHMARKS.md")
     ap.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    ap.add_argument("--part", help="a partial run (e.g. generate): its own results file "
+                    "(<date>-<gpu>-<part>.json) and its own table in the docs")
     ap.add_argument("--self-test", action="store_true", help="run the built-in test and exit")
     args = ap.parse_args()
     if args.self_test:
         return self_test()
     if not args.ours:
         ap.error("--ours is required")
-    collect(args.ours, args.torch, args.commit, args.out_dir, args.docs, date=args.date)
+    collect(args.ours, args.torch, args.commit, args.out_dir, args.docs, date=args.date,
+            part=args.part)
     return 0
 
 

@@ -4,11 +4,14 @@
 #   bench/run.sh [BIN]        (BIN: .dev/diffattn if present, else target/release/diffattn)
 #
 # It builds nothing. In one call, on one machine, it runs the read-bandwidth probe, the
-# `diffattn bench attention` rows, a placement check (one row again in three fresh processes) and
-# bench/pytorch_baseline.py, then bench/collect.py. Everything goes to OUTDIR=${OUT:-bench/out}:
+# `diffattn bench attention` rows, the `diffattn bench generate` rows, a placement check (one row
+# again in three fresh processes), bench/pytorch_baseline.py and bench/pytorch_generate.py, then
+# bench/collect.py. Everything goes to OUTDIR=${OUT:-bench/out}:
 #   ours.jsonl  torch.jsonl  adapters.json  log.txt  results/<date>-<gpu>.json  BENCHMARKS.md
 # A failing row is logged and skipped; the run goes on. Progress (with elapsed seconds) on stderr.
-# Budget: about 8 minutes on an H200. Env: PREFILL_F16=1 adds the f16 prefill row;
+# Budget: about 8 minutes on an H200 for the attention part, 4 for generation; a call has 10, so
+# PART=attention and PART=generate split the run in two calls (each writes its own results file and
+# its own table; without PART everything runs). Env: PREFILL_F16=1 adds the f16 prefill row;
 # ROW_TIMEOUT / TORCH_TIMEOUT (seconds) bound one diffattn process and the PyTorch script.
 set -euo pipefail
 
@@ -23,12 +26,15 @@ OUTDIR=${OUT:-bench/out}
 ROW_TIMEOUT=${ROW_TIMEOUT:-120}
 TORCH_TIMEOUT=${TORCH_TIMEOUT:-300}
 REPEATS=30
+PART=${PART:-}
+want() { [[ -z $PART || $PART == "$1" ]]; }
 
 mkdir -p "$OUTDIR"
 OURS=$OUTDIR/ours.jsonl
 TORCH=$OUTDIR/torch.jsonl
 LOG=$OUTDIR/log.txt
 : >"$OURS"
+: >"$TORCH"
 : >"$LOG"
 FAILED=0
 
@@ -78,43 +84,63 @@ fi
 
 ours bench bandwidth --json
 
-# Decode, f16 K/V: both layer shapes over the cache lengths.
-for shape in "32 8 128" "16 4 64"; do
-    read -r H K D <<<"$shape"
-    for S in 1024 4096 16384 32768 65536; do
-        attention decode "$H" "$K" "$D" "$S" f16 "$REPEATS"
+if want attention; then
+    # Decode, f16 K/V: both layer shapes over the cache lengths.
+    for shape in "32 8 128" "16 4 64"; do
+        read -r H K D <<<"$shape"
+        for S in 1024 4096 16384 32768 65536; do
+            attention decode "$H" "$K" "$D" "$S" f16 "$REPEATS"
+        done
     done
-done
-# Decode, f32 K/V: the long caches only.
-for shape in "32 8 128" "16 4 64"; do
-    read -r H K D <<<"$shape"
-    for S in 16384 65536; do
-        attention decode "$H" "$K" "$D" "$S" f32 "$REPEATS"
+    # Decode, f32 K/V: the long caches only.
+    for shape in "32 8 128" "16 4 64"; do
+        read -r H K D <<<"$shape"
+        for S in 16384 65536; do
+            attention decode "$H" "$K" "$D" "$S" f32 "$REPEATS"
+        done
     done
-done
-# The small model's shape.
-for S in 1024 4096; do
-    attention decode 6 2 64 "$S" f16 "$REPEATS"
-done
+    # The small model's shape.
+    for S in 1024 4096; do
+        attention decode 6 2 64 "$S" f16 "$REPEATS"
+    done
 
-# Prefill, N = S = 4096, causal.
-attention prefill 32 8 128 4096 f32 5
-if [[ -e .dev/has_f16_prefill || ${PREFILL_F16:-0} == 1 ]]; then
-    attention prefill 32 8 128 4096 f16 5
+    # Prefill, N = S = 4096, causal.
+    attention prefill 32 8 128 4096 f32 5
+    if [[ -e .dev/has_f16_prefill || ${PREFILL_F16:-0} == 1 ]]; then
+        attention prefill 32 8 128 4096 f16 5
+    fi
+
+    # Placement: the same row in three fresh processes (collect.py compares them with the first).
+    for p in 1 2 3; do
+        progress "placement process $p"
+        ours bench attention --mode decode --variant diff --heads 32 --kv-heads 8 --head-dim 128 \
+            --seq 65536 --kv-dtype f16 --repeats "$REPEATS" --rotate auto --json
+    done
+
+    progress "pytorch baseline"
+    if bounded "$TORCH_TIMEOUT" python3 bench/pytorch_baseline.py >>"$TORCH" 2>>"$LOG"; then
+        progress "pytorch baseline done ($(wc -l <"$TORCH") lines)"
+    else
+        progress "pytorch baseline FAILED (exit $?); the table will have no PyTorch values"
+    fi
 fi
 
-# Placement: the same row in three fresh processes (collect.py compares them with the first).
-for p in 1 2 3; do
-    progress "placement process $p"
-    ours bench attention --mode decode --variant diff --heads 32 --kv-heads 8 --head-dim 128 \
-        --seq 65536 --kv-dtype f16 --repeats "$REPEATS" --rotate auto --json
-done
+if want generate; then
+    # Token generation, batch 1, greedy: the shipped model (short and long prompt, f32 and f16 KV) and
+    # the SmolLM2-135M shape with random f16 weights.
+    for kv in f32 f16; do
+        for P in 16 454; do
+            ours bench generate --model models/diffv2-small --prompt-tokens "$P" --tokens 256 --kv "$kv" --json
+        done
+    done
+    ours bench generate --random-config smollm2-135m --weights f16 --kv f16 --prompt-tokens 16 --tokens 256 --json
 
-progress "pytorch baseline"
-if bounded "$TORCH_TIMEOUT" python3 bench/pytorch_baseline.py >"$TORCH" 2>>"$LOG"; then
-    progress "pytorch baseline done ($(wc -l <"$TORCH") lines)"
-else
-    progress "pytorch baseline FAILED (exit $?); the table will have no PyTorch values"
+    progress "pytorch generation baseline"
+    if bounded "$TORCH_TIMEOUT" python3 bench/pytorch_generate.py >>"$TORCH" 2>>"$LOG"; then
+        progress "pytorch generation baseline done"
+    else
+        progress "pytorch generation baseline FAILED (exit $?); generation rows will have no PyTorch values"
+    fi
 fi
 
 # The GPU machine gets a copy of the working tree whose .git may not be this checkout's: a
@@ -124,7 +150,7 @@ if [[ -f docs/BENCHMARKS.md ]]; then
     cp docs/BENCHMARKS.md "$OUTDIR/BENCHMARKS.md"
 fi
 progress "collect (commit $COMMIT)"
-if ! python3 bench/collect.py --ours "$OURS" --torch "$TORCH" --commit "$COMMIT" \
+if ! python3 bench/collect.py --ours "$OURS" --torch "$TORCH" --commit "$COMMIT" ${PART:+--part "$PART"} \
     --out-dir "$OUTDIR/results" --docs "$OUTDIR/BENCHMARKS.md" 2>>"$LOG"; then
     progress "collect FAILED: raw lines are in $OURS and $TORCH"
     exit 1
