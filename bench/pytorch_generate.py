@@ -109,7 +109,10 @@ def load_shipped(device):
     d = os.path.join(ROOT, "models", "diffv2-small")
     cfg = ModelConfig.load(os.path.join(d, "config.json"))
     lm = LanguageModel(cfg)
-    state = load_file(os.path.join(d, "model.safetensors"))
+    state = {}
+    for name in sorted(os.listdir(d)):  # one file or shards, as the model directory holds them
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(d, name)))
     missing, unexpected = lm.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weights: missing {missing}, unexpected {unexpected}")

@@ -3,8 +3,9 @@
 // One workgroup scans the logits of the last position: the largest logit wins (the lowest id on a
 // tie, as the CPU sampler's argmax), its log-probability is -log(sum_i exp(l_i - max)), and any
 // NaN or infinite logit raises a flag that the host turns into an error. The chosen id is written
-// to ids[ids_offset + n_tokens], where the next step's embedding gather reads it, and the result to
-// out[sample_slot] for the host: (id, log-probability as f32 bits, flags, 0).
+// to ids[ids_offset + n_tokens], where the next step's embedding gather reads it, and to ids[0],
+// where the next submission's first step does; the result goes to out[sample_slot] for the host:
+// (id, log-probability as f32 bits, flags, 0).
 
 const WG: u32 = 256u;
 // Flag bits of out[slot].z.
@@ -95,6 +96,9 @@ fn greedy(@builtin(local_invocation_index) lid: u32) {
         // An all-non-finite row leaves no candidate: id 0 with the flag set, never used as a token.
         let chosen = select(best_id[0], 0u, best_id[0] == 0xffffffffu);
         ids[step.ids_offset + step.n_tokens] = chosen;
+        // Also the first input of a decode submission started before this one is read back: every
+        // step's embedding has run by now, so ids[0] is free to take it.
+        ids[0] = chosen;
         out[step.sample_slot] = vec4<u32>(chosen, bitcast<u32>(-log(sums[0])), flags, 0u);
     }
 }

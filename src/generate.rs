@@ -329,8 +329,8 @@ impl<'a> Generation<'a> {
                 .picked
                 .pop_front()
                 .ok_or_else(|| Error::config("no token was picked (internal)"))?;
-            // The last picked token of a submission is the only one not yet in the cache.
-            self.unfed = self.picked.is_empty().then_some(id);
+            // The last picked token is not in the cache yet, unless a started submission feeds it.
+            self.unfed = (self.picked.is_empty() && self.engine.started_steps() == 0).then_some(id);
             id
         } else {
             let logits = self.logits.as_ref().expect("logits computed above");
@@ -385,7 +385,7 @@ impl<'a> Generation<'a> {
 
     /// Position of the next token to feed: the engine's, less the picked tokens it ran ahead by.
     fn cache_position(&self) -> u32 {
-        self.engine.position() - self.picked.len() as u32
+        self.engine.position() - self.picked.len() as u32 - self.engine.started_steps()
     }
 
     async fn run_prompt(&mut self) -> Result<()> {
@@ -414,25 +414,48 @@ impl<'a> Generation<'a> {
         Ok(())
     }
 
-    /// Runs the next submission of GPU-picked steps, as many as the batch size, the tokens still
-    /// wanted and the context allow.
-    async fn decode_on_gpu(&mut self) -> Result<()> {
-        let Some(id) = self.unfed.take() else {
-            return Err(Error::config("no token to feed (internal)"));
-        };
-        let wanted = self.opts.max_tokens.saturating_sub(self.stats.generated) as u32;
+    /// Steps of the next GPU submission: as many as the batch size, the tokens still wanted
+    /// (beyond those picked or started) and the context allow; 0 when none are needed.
+    fn next_steps(&mut self) -> u32 {
+        let coming = self.picked.len() + self.engine.started_steps() as usize;
+        let wanted = self
+            .opts
+            .max_tokens
+            .saturating_sub(self.stats.generated + coming) as u32;
         let room = self.engine.context() - self.engine.position();
-        let steps = self.batch.min(wanted).min(room).max(1);
+        let steps = self.batch.min(wanted).min(room);
+        if steps > 0 {
+            self.batch = (self.batch * 2).min(crate::model::plan::MAX_STEPS);
+        }
+        steps
+    }
+
+    /// Reads the next submission of GPU-picked steps, keeping one more running meanwhile (fed on
+    /// the GPU with the last token of the one being read), so that the host's recording and
+    /// reading overlap the GPU's work.
+    async fn decode_on_gpu(&mut self) -> Result<()> {
         let t = now();
-        let picked = self.engine.decode_greedy(id, steps).await?;
+        if self.engine.started_steps() == 0 {
+            let Some(id) = self.unfed.take() else {
+                return Err(Error::config("no token to feed (internal)"));
+            };
+            let steps = self.next_steps().max(1);
+            self.engine.decode_greedy_start(Some(id), steps)?;
+            self.stats.decode_steps += steps as usize;
+            self.stats.decode_submits += 1;
+        }
+        let steps = self.next_steps();
+        if steps > 0 {
+            self.engine.decode_greedy_start(None, steps)?;
+            self.stats.decode_steps += steps as usize;
+            self.stats.decode_submits += 1;
+        }
+        let picked = self.engine.decode_greedy_finish().await?;
         self.stats.decode_s += since(t);
-        self.stats.decode_steps += steps as usize;
-        self.stats.decode_submits += 1;
         if let Some(g) = self.engine.last_gpu_seconds() {
             *self.stats.decode_gpu_s.get_or_insert(0.0) += g;
         }
         self.picked.extend(picked.iter().map(|p| p.id));
-        self.batch = (self.batch * 2).min(crate::model::plan::MAX_STEPS);
         Ok(())
     }
 

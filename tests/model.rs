@@ -199,6 +199,42 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
         }
         assert_eq!(got, want, "{attention}: greedy ids");
         assert_eq!(on_gpu.position(), by_logits.position());
+
+        // Pipelined: the second submission takes its first token from the first on the GPU.
+        on_gpu.reset();
+        let first = on_gpu.prefill_greedy_blocking(&prompt).unwrap();
+        on_gpu.decode_greedy_start(Some(first.id), 3).unwrap();
+        on_gpu.decode_greedy_start(None, 4).unwrap();
+        assert!(
+            on_gpu.decode_greedy_start(None, 1).is_err(),
+            "a third in flight"
+        );
+        assert!(
+            on_gpu.prefill_blocking(&prompt).is_err(),
+            "prefill while decoding"
+        );
+        assert_eq!(on_gpu.started_steps(), 7);
+        let mut piped = vec![first.id];
+        piped.extend(
+            on_gpu
+                .decode_greedy_finish_blocking()
+                .unwrap()
+                .iter()
+                .map(|p| p.id),
+        );
+        piped.extend(
+            on_gpu
+                .decode_greedy_finish_blocking()
+                .unwrap()
+                .iter()
+                .map(|p| p.id),
+        );
+        assert_eq!(piped, want[..8], "{attention}: pipelined greedy ids");
+        assert!(on_gpu.decode_greedy_finish_blocking().is_err());
+        assert!(
+            on_gpu.decode_greedy_start(None, 1).is_err(),
+            "nothing to take a token from"
+        );
     }
 }
 
@@ -241,6 +277,10 @@ fn steps_create_no_gpu_resources() {
         e.step_blocking(3).unwrap();
         let t = e.prefill_greedy_blocking(&[5, 6]).unwrap();
         e.decode_greedy_blocking(t.id, 8).unwrap();
+        e.decode_greedy_start(Some(t.id), 2).unwrap();
+        e.decode_greedy_start(None, 3).unwrap();
+        e.decode_greedy_finish_blocking().unwrap();
+        e.decode_greedy_finish_blocking().unwrap();
         assert_eq!(
             gpu.resources_created(),
             before,

@@ -599,6 +599,20 @@ impl Gpu {
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
         Ok(())
     }
+
+    /// Blocks (natively) until one submission is done, leaving later ones running.
+    pub fn wait_for(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        drop(submission);
+        Ok(())
+    }
 }
 
 /// Bytes of one uniform-arena slot as a binding sees it: every parameter block fits.

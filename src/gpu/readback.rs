@@ -77,12 +77,22 @@ pub async fn read_buffer(
     Ok(data[..bytes as usize].to_vec())
 }
 
-/// Maps a read-back buffer (MAP_READ) after the work writing it was submitted, copies its first
-/// `bytes` bytes out and unmaps it, so that the same buffer serves every step.
-pub(crate) async fn map_read(gpu: &Gpu, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+/// Maps a read-back buffer (MAP_READ) after the work writing it was submitted (`submission`, or
+/// everything submitted), copies its first `bytes` bytes out and unmaps it, so that the same
+/// buffer serves every step.
+pub(crate) async fn map_read(
+    gpu: &Gpu,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let (send, recv) = channel();
     buffer.slice(..).map_async(wgpu::MapMode::Read, send);
-    gpu.wait()?;
+    match submission {
+        // Only the submission that wrote the buffer: later ones keep the GPU busy meanwhile.
+        Some(index) => gpu.wait_for(index)?,
+        None => gpu.wait()?,
+    }
     recv.await.map_err(|e| Error::Readback(e.to_string()))?;
     let data = {
         let view = buffer

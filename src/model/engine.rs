@@ -92,6 +92,13 @@ enum Tail {
     Greedy,
 }
 
+/// A decode submission started and not yet read back.
+struct InFlight {
+    steps: u32,
+    readback: usize,
+    submission: wgpu::SubmissionIndex,
+}
+
 /// A loaded model on the GPU, with its KV cache.
 pub struct Engine {
     gpu: Arc<Gpu>,
@@ -102,6 +109,10 @@ pub struct Engine {
     bufs: Buffers,
     plan: Plan,
     last_gpu_s: Option<f64>,
+    /// Started decode submissions, oldest first (at most two).
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// The read-back buffer the next submission copies to.
+    next_readback: usize,
 }
 
 impl Engine {
@@ -138,6 +149,8 @@ impl Engine {
             bufs,
             plan,
             last_gpu_s: None,
+            in_flight: Default::default(),
+            next_readback: 0,
             gpu,
         })
     }
@@ -176,14 +189,38 @@ impl Engine {
     }
 
     /// Empties the cache; the next call starts at position 0. Old entries need no clearing:
-    /// attention never reads past the current position.
+    /// attention never reads past the current position. Started decode submissions are forgotten.
     pub fn reset(&mut self) {
+        self.forget_started();
         self.past_len = 0;
     }
 
-    /// Drops cached positions from `len` on (e.g. to retry from a shorter prefix).
+    /// Drops cached positions from `len` on (e.g. to retry from a shorter prefix, or to drop tokens
+    /// decoded ahead). Started decode submissions are forgotten.
     pub fn truncate(&mut self, len: u32) {
+        self.forget_started();
         self.past_len = self.past_len.min(len);
+    }
+
+    /// Decode steps started with [`Engine::decode_greedy_start`] and not yet finished.
+    pub fn started_steps(&self) -> u32 {
+        self.in_flight.iter().map(|f| f.steps).sum()
+    }
+
+    /// Forgets started decode submissions without reading them (they still run; their cache
+    /// positions stay counted until a reset or truncate).
+    fn forget_started(&mut self) {
+        self.in_flight.clear();
+    }
+
+    fn check_idle(&self) -> Result<()> {
+        if self.in_flight.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::config(
+                "finish (or truncate away) the started decode submissions first",
+            ))
+        }
     }
 
     fn check_tokens(&self, ids: &[u32], extra: u32) -> Result<()> {
@@ -211,9 +248,10 @@ impl Engine {
     /// Runs `ids` through the model at the cache's position, in chunks, and returns the logits
     /// of the last one. Fails without touching the cache when the tokens do not fit the context.
     pub async fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_idle()?;
         self.check_tokens(ids, 0)?;
-        self.run_prompt(ids, Tail::Logits)?;
-        self.read_logits().await
+        let (_, readback) = self.run_prompt(ids, Tail::Logits)?;
+        self.read_logits(readback).await
     }
 
     /// Feeds one token; returns the logits for the next.
@@ -224,9 +262,10 @@ impl Engine {
     /// Runs `ids` like [`Engine::prefill`] and picks the most likely next token on the GPU (the
     /// lowest id on a tie); only the id and its log-probability are read back.
     pub async fn prefill_greedy(&mut self, ids: &[u32]) -> Result<Sampled> {
+        self.check_idle()?;
         self.check_tokens(ids, 0)?;
-        let slot = self.run_prompt(ids, Tail::Greedy)?;
-        let out = self.read_sampled(slot..slot + 1).await?;
+        let (slot, readback) = self.run_prompt(ids, Tail::Greedy)?;
+        let out = self.read_sampled(readback, slot..slot + 1, None).await?;
         Ok(out[0])
     }
 
@@ -235,30 +274,73 @@ impl Engine {
     /// holds `first` and every picked token but the last (position + `steps`); to keep fewer,
     /// [`Engine::truncate`].
     pub async fn decode_greedy(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
+        if !self.in_flight.is_empty() {
+            return Err(Error::config(
+                "decode_greedy: finish the started decode submissions first",
+            ));
+        }
+        self.decode_greedy_start(Some(first), steps)?;
+        self.decode_greedy_finish().await
+    }
+
+    /// Starts `steps` greedy decode steps (1 to [`MAX_STEPS`]) in one submission without waiting
+    /// for them. `first` is the token to feed; `None` feeds the last token the previous started
+    /// submission picks, on the GPU, so that a second submission runs while the host reads the
+    /// first's tokens ([`Engine::decode_greedy_finish`]). At most two can be started at once.
+    pub fn decode_greedy_start(&mut self, first: Option<u32>, steps: u32) -> Result<()> {
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(Error::config(format!(
-                "decode_greedy: {steps} steps (1 to {MAX_STEPS} per submission)"
+                "decode: {steps} steps (1 to {MAX_STEPS} per submission)"
             )));
         }
-        self.check_tokens(&[first], steps - 1)?;
+        if self.in_flight.len() >= 2 {
+            return Err(Error::config("decode: two submissions are already started"));
+        }
         let gpu = self.gpu.clone();
-        gpu.queue
-            .write_buffer(&self.bufs.ids, 0, bytemuck::bytes_of(&first));
+        match first {
+            Some(id) => {
+                self.check_tokens(&[id], steps - 1)?;
+                gpu.queue
+                    .write_buffer(&self.bufs.ids, 0, bytemuck::bytes_of(&id));
+            }
+            None if self.in_flight.is_empty() => {
+                return Err(Error::config(
+                    "decode: no started submission to take the first token from",
+                ));
+            }
+            // The sampler of every step also leaves its token at ids[0]: the next input.
+            None => self.check_tokens(&[0], steps - 1)?,
+        }
         let past = self.past_len;
         let calls: Vec<(AttentionCall, u32)> =
             (0..steps).map(|i| (causal_call(past + i, 1), i)).collect();
-        self.submit(&calls, Tail::Greedy)?;
+        let (submission, readback) = self.submit(&calls, Tail::Greedy)?;
         self.past_len += steps;
-        self.read_sampled(0..steps).await
+        self.in_flight.push_back(InFlight {
+            steps,
+            readback,
+            submission,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest started decode submission and returns its picked tokens.
+    pub async fn decode_greedy_finish(&mut self) -> Result<Vec<Sampled>> {
+        let f = self
+            .in_flight
+            .pop_front()
+            .ok_or_else(|| Error::config("decode: no started submission to finish"))?;
+        self.read_sampled(f.readback, 0..f.steps, Some(f.submission))
+            .await
     }
 
     /// Records the prompt in submissions of up to [`MAX_STEPS`] chunks; the last ends with `tail`.
-    /// Returns the arena slot of the last chunk.
-    fn run_prompt(&mut self, ids: &[u32], tail: Tail) -> Result<u32> {
+    /// Returns the arena slot of the last chunk and the read-back buffer of its submission.
+    fn run_prompt(&mut self, ids: &[u32], tail: Tail) -> Result<(u32, usize)> {
         let chunk = self.bufs.chunk as usize;
         let per_submit = chunk * MAX_STEPS as usize;
         let n_submits = ids.len().div_ceil(per_submit);
-        let mut slot = 0;
+        let (mut slot, mut readback) = (0, 0);
         for (s, part) in ids.chunks(per_submit).enumerate() {
             let gpu = self.gpu.clone();
             gpu.queue
@@ -274,18 +356,24 @@ impl Engine {
                 .collect();
             let last = s + 1 == n_submits;
             // Earlier submissions only fill the cache; the last one also makes what was asked.
-            self.submit(&calls, if last { tail } else { Tail::Logits })?;
+            readback = self
+                .submit(&calls, if last { tail } else { Tail::Logits })?
+                .1;
             // A failed submission does not advance the position: the chunks before it stay usable.
             self.past_len += part.len() as u32;
             slot = calls.len() as u32 - 1;
         }
-        Ok(slot)
+        Ok((slot, readback))
     }
 
     /// Records forward chunks (call, ids offset) into one compute pass and submits it. With
     /// `Tail::Logits` only the last chunk runs the head; with `Tail::Greedy` every chunk that ends
     /// a step picks a token (every decode step; the last prompt chunk).
-    fn submit(&mut self, calls: &[(AttentionCall, u32)], tail: Tail) -> Result<()> {
+    fn submit(
+        &mut self,
+        calls: &[(AttentionCall, u32)],
+        tail: Tail,
+    ) -> Result<(wgpu::SubmissionIndex, usize)> {
         let gpu = self.gpu.clone();
         let decoding = tail == Tail::Greedy && calls.iter().all(|(c, _)| c.n_queries == 1);
         for (slot, (call, ids_offset)) in calls.iter().enumerate() {
@@ -324,9 +412,10 @@ impl Engine {
             }
         }
         let b = &self.bufs;
+        let readback = &b.sampled_readback[self.next_readback];
         if let Some((q, resolve)) = &b.timestamps {
             enc.resolve_query_set(q, 0..2, resolve, 0);
-            enc.copy_buffer_to_buffer(resolve, 0, &b.sampled_readback, SAMPLED_BYTES, 16);
+            enc.copy_buffer_to_buffer(resolve, 0, readback, SAMPLED_BYTES, 16);
         }
         match tail {
             Tail::Logits => enc.copy_buffer_to_buffer(
@@ -336,12 +425,13 @@ impl Engine {
                 0,
                 b.logits_readback.size(),
             ),
-            Tail::Greedy => {
-                enc.copy_buffer_to_buffer(&b.sampled, 0, &b.sampled_readback, 0, SAMPLED_BYTES)
-            }
+            Tail::Greedy => enc.copy_buffer_to_buffer(&b.sampled, 0, readback, 0, SAMPLED_BYTES),
         }
-        gpu.queue.submit([enc.finish()]);
-        gpu.take_error("forward pass")
+        let index = gpu.queue.submit([enc.finish()]);
+        gpu.take_error("forward pass")?;
+        let used = self.next_readback;
+        self.next_readback = 1 - used;
+        Ok((index, used))
     }
 
     /// The GPU time of the last submission from its two timestamps (read with the sampled ids).
@@ -356,9 +446,15 @@ impl Engine {
         self.last_gpu_s = Some(ticks as f64 * period * 1e-9);
     }
 
-    async fn read_sampled(&mut self, slots: std::ops::Range<u32>) -> Result<Vec<Sampled>> {
+    async fn read_sampled(
+        &mut self,
+        readback: usize,
+        slots: std::ops::Range<u32>,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<Sampled>> {
         let gpu = self.gpu.clone();
-        let bytes = map_read(&gpu, &self.bufs.sampled_readback, SAMPLED_BYTES + 16).await?;
+        let buffer = &self.bufs.sampled_readback[readback];
+        let bytes = map_read(&gpu, buffer, SAMPLED_BYTES + 16, submission).await?;
         self.note_gpu_time(&bytes);
         let words: &[[u32; 4]] = bytemuck::cast_slice(&bytes[..SAMPLED_BYTES as usize]);
         let mut out = Vec::with_capacity(slots.len());
@@ -380,14 +476,15 @@ impl Engine {
         Ok(out)
     }
 
-    async fn read_logits(&mut self) -> Result<Vec<f32>> {
+    async fn read_logits(&mut self, readback: usize) -> Result<Vec<f32>> {
         let gpu = self.gpu.clone();
         let vocab = self.cfg.vocab_size as u64;
         if self.bufs.timestamps.is_some() {
-            let bytes = map_read(&gpu, &self.bufs.sampled_readback, SAMPLED_BYTES + 16).await?;
+            let buffer = &self.bufs.sampled_readback[readback];
+            let bytes = map_read(&gpu, buffer, SAMPLED_BYTES + 16, None).await?;
             self.note_gpu_time(&bytes);
         }
-        let bytes = map_read(&gpu, &self.bufs.logits_readback, vocab * 4).await?;
+        let bytes = map_read(&gpu, &self.bufs.logits_readback, vocab * 4, None).await?;
         let logits: Vec<f32> = bytemuck::cast_slice(&bytes).to_vec();
         // A NaN or infinite logit is an error, never a token.
         Error::check_finite("the logits", &logits)?;
@@ -410,6 +507,12 @@ impl Engine {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn prefill_greedy_blocking(&mut self, ids: &[u32]) -> Result<Sampled> {
         pollster::block_on(self.prefill_greedy(ids))
+    }
+
+    /// Blocking [`Engine::decode_greedy_finish`] for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn decode_greedy_finish_blocking(&mut self) -> Result<Vec<Sampled>> {
+        pollster::block_on(self.decode_greedy_finish())
     }
 
     /// Blocking [`Engine::decode_greedy`] for native programs.

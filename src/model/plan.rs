@@ -263,8 +263,9 @@ pub struct Buffers {
     pub arena: UniformArena,
     /// The sampler's results, one (id, log-probability bits, flags, 0) per step.
     pub sampled: wgpu::Buffer,
-    /// Read-back of `sampled` plus two GPU timestamps.
-    pub sampled_readback: wgpu::Buffer,
+    /// Read-backs of `sampled` plus two GPU timestamps: two, so that one decode submission can
+    /// run while the host reads the previous one's tokens.
+    pub sampled_readback: [wgpu::Buffer; 2],
     /// Read-back of the last position's logits (the CPU sampler and tests).
     pub logits_readback: wgpu::Buffer,
     /// Timestamps at the start and end of a submission's compute pass, where the adapter has them.
@@ -321,7 +322,10 @@ impl Buffers {
             rope_table: rope_table(gpu, cfg, context)?,
             arena: UniformArena::new(gpu, "step parameters", 2 * MAX_STEPS),
             sampled: gpu.storage("sampled tokens", SAMPLED_BYTES)?,
-            sampled_readback: gpu.readback_buffer("sampled read-back", SAMPLED_BYTES + 16),
+            sampled_readback: [
+                gpu.readback_buffer("sampled read-back 0", SAMPLED_BYTES + 16),
+                gpu.readback_buffer("sampled read-back 1", SAMPLED_BYTES + 16),
+            ],
             logits_readback: gpu.readback_buffer("logits read-back", cfg.vocab_size as u64 * 4),
             timestamps,
             chunk,
