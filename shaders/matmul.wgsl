@@ -129,11 +129,13 @@ fn matvec(
 
 // Many rows on a GPU: `matvec`'s layout (LANES lanes per output row, neighbouring lanes reading
 // neighbouring 16-byte words of the weight row), with every weight load serving a block of TB
-// tokens, so that a prompt chunk reads the weights ceil(rows / TB) times and the activations come
-// from cache. Partial sums of a block are reduced through workgroup memory with one barrier.
+// tokens; the grid's z dimension takes the token blocks, so a prompt chunk runs as many
+// workgroups as its blocks times the output rows' and the activations come from cache. Partial
+// sums of a block are reduced through workgroup memory with one barrier.
+// Specialised by the host (GEMM_TOKENS).
 const TB: u32 = 8u;
 
-var<workgroup> red_rows: array<f32, 512>;
+var<workgroup> red_rows: array<f32, 64u * TB>;
 
 @compute @workgroup_size(64)
 fn gemm(
@@ -146,33 +148,31 @@ fn gemm(
     let valid = o < p.n;
     let k8s = p.k / 8u;
     let n_rows = rows();
-    for (var t0 = 0u; t0 < n_rows; t0 += TB) {
-        var acc: array<f32, TB>;
-        if valid {
-            for (var k8 = lane; k8 < k8s; k8 += LANES) {
-                let wv = load8(o, k8);
-                for (var i = 0u; i < TB; i++) {
-                    // Rows past the end repeat the last row; their sums are not stored.
-                    let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
-                    acc[i] += dot(wv.a, x[xrow]) + dot(wv.b, x[xrow + 1u]);
-                }
+    let t0 = wid.z * TB;
+    var acc: array<f32, TB>;
+    if valid {
+        for (var k8 = lane; k8 < k8s; k8 += LANES) {
+            let wv = load8(o, k8);
+            for (var i = 0u; i < TB; i++) {
+                // Rows past the end repeat the last row; their sums are not stored.
+                let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
+                acc[i] += dot(wv.a, x[xrow]) + dot(wv.b, x[xrow + 1u]);
             }
         }
-        for (var i = 0u; i < TB; i++) {
-            red_rows[lid * TB + i] = acc[i];
+    }
+    for (var i = 0u; i < TB; i++) {
+        red_rows[lid * TB + i] = acc[i];
+    }
+    workgroupBarrier();
+    let row0 = lid - lane;
+    for (var i = lane; i < TB; i += LANES) {
+        var sum = 0.0;
+        for (var l = 0u; l < LANES; l++) {
+            sum += red_rows[(row0 + l) * TB + i];
         }
-        workgroupBarrier();
-        let row0 = lid - lane;
-        for (var i = lane; i < TB; i += LANES) {
-            var sum = 0.0;
-            for (var l = 0u; l < LANES; l++) {
-                sum += red_rows[(row0 + l) * TB + i];
-            }
-            if valid && t0 + i < n_rows {
-                store(t0 + i, o, sum);
-            }
+        if valid && t0 + i < n_rows {
+            store(t0 + i, o, sum);
         }
-        workgroupBarrier();
     }
 }
 

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{Const, Gpu, ShaderSpec, UniformArena};
 use std::sync::Arc;
 
+/// Token rows per workgroup of the GPU many-row product (matmul.wgsl's `TB`, specialised).
+const GEMM_TOKENS: u32 = 8;
+
 /// Forward chunks (prefill) or decode steps one submission can hold: each takes two arena slots.
 pub const MAX_STEPS: u32 = 32;
 
@@ -100,11 +103,11 @@ impl Op {
                         let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
                         (p, b, [g[0], g[1], 1])
                     }
-                    // The GPU many-row kernel has matvec's grid: a block of output rows per
-                    // workgroup, all token rows in it.
+                    // The GPU many-row kernel has matvec's grid over output rows, and one
+                    // workgroup layer per block of GEMM_TOKENS token rows.
                     Some((p, b)) if rows > 1 => {
                         let g = grid_2d(n.div_ceil(rows_per_group));
-                        (p, b, [g[0], g[1], 1])
+                        (p, b, [g[0], g[1], rows.div_ceil(GEMM_TOKENS)])
                     }
                     _ => {
                         let g = grid_2d(n.div_ceil(rows_per_group));
@@ -438,7 +441,8 @@ impl Builder<'_> {
         let params = self.params(label, [k, n, accumulate as u32, last_only as u32]);
         let spec = ShaderSpec::new("matmul")
             .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
-            .with("LANES", Const::U32(self.tuning.lanes));
+            .with("LANES", Const::U32(self.tuning.lanes))
+            .with("TB", Const::U32(GEMM_TOKENS));
         let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
         let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
         let gemm = if last_only {
