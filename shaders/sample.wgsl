@@ -30,6 +30,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<u32>>;
+// Token ids by position (the penalty window of the sampling kernel, sample_dist.wgsl).
+@group(0) @binding(5) var<storage, read_write> history: array<u32>;
 
 var<workgroup> best_value: array<f32, WG>;
 var<workgroup> best_id: array<u32, WG>;
@@ -99,6 +101,7 @@ fn greedy(@builtin(local_invocation_index) lid: u32) {
         // Also the first input of a decode submission started before this one is read back: every
         // step's embedding has run by now, so ids[0] is free to take it.
         ids[0] = chosen;
+        history[step.past_len + step.n_tokens] = chosen;
         out[step.sample_slot] = vec4<u32>(chosen, bitcast<u32>(-log(sums[0])), flags, 0u);
     }
 }

@@ -96,9 +96,10 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Continue after what the engine's cache holds instead of starting from an empty cache.
     pub keep_cache: bool,
-    /// With plain greedy sampling (no penalty), pick tokens on the GPU, several steps per
-    /// submission, reading back ids instead of logits. Off, every step reads the logits and the
-    /// CPU sampler picks (the same ids; for comparison).
+    /// Pick tokens on the GPU where the sampling settings allow it
+    /// ([`SamplingParams::runs_on_gpu`]), several steps per submission, reading back ids instead
+    /// of logits. Off, every step reads the logits and the CPU sampler picks (for greedy decoding
+    /// the same ids; for sampling the same distribution from another random stream).
     pub pick_on_gpu: bool,
 }
 
@@ -230,7 +231,7 @@ impl<'a> Generation<'a> {
         opts: GenerateOptions,
     ) -> Self {
         let sampler = Sampler::new(opts.sampling.clone());
-        let on_gpu = opts.pick_on_gpu && opts.sampling.is_plain_greedy();
+        let on_gpu = opts.pick_on_gpu && opts.sampling.runs_on_gpu();
         Self {
             detok: StreamDecoder::new(&prompt),
             history: prompt.clone(),
@@ -404,7 +405,8 @@ impl<'a> Generation<'a> {
         }
         let t = now();
         if self.on_gpu {
-            let first = self.engine.prefill_greedy(&self.prompt).await?;
+            self.engine.set_gpu_sampling(Some(&self.opts.sampling))?;
+            let first = self.engine.prefill_pick(&self.prompt).await?;
             self.picked.push_back(first.id);
         } else {
             self.logits = Some(self.engine.prefill(&self.prompt).await?);
@@ -440,17 +442,17 @@ impl<'a> Generation<'a> {
                 return Err(Error::config("no token to feed (internal)"));
             };
             let steps = self.next_steps().max(1);
-            self.engine.decode_greedy_start(Some(id), steps)?;
+            self.engine.decode_pick_start(Some(id), steps)?;
             self.stats.decode_steps += steps as usize;
             self.stats.decode_submits += 1;
         }
         let steps = self.next_steps();
         if steps > 0 {
-            self.engine.decode_greedy_start(None, steps)?;
+            self.engine.decode_pick_start(None, steps)?;
             self.stats.decode_steps += steps as usize;
             self.stats.decode_submits += 1;
         }
-        let picked = self.engine.decode_greedy_finish().await?;
+        let picked = self.engine.decode_pick_finish().await?;
         self.stats.decode_s += since(t);
         if let Some(g) = self.engine.last_gpu_seconds() {
             *self.stats.decode_gpu_s.get_or_insert(0.0) += g;

@@ -49,6 +49,24 @@ impl SamplingParams {
             && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
     }
 
+    /// Whether the GPU sampler (`Engine::set_gpu_sampling`) takes these settings: plain greedy, or
+    /// a finite temperature above 0, top_p in (0, 1], and a repetition penalty that is off or looks
+    /// back over 1 to 256 tokens. Anything else samples on the CPU from read-back logits.
+    pub fn runs_on_gpu(&self) -> bool {
+        if self.is_plain_greedy() {
+            return true;
+        }
+        let window = self.repeat_penalty == 1.0
+            || (self.repeat_penalty > 0.0
+                && self.repeat_penalty.is_finite()
+                && (1..=256).contains(&self.repeat_last_n));
+        self.temperature > 0.0
+            && self.temperature.is_finite()
+            && self.top_p > 0.0
+            && self.top_p <= 1.0
+            && window
+    }
+
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,

@@ -177,7 +177,7 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
             .map(|i| (i * 29 + seed as u32) % m.vocab_size)
             .collect();
 
-        let first = on_gpu.prefill_greedy_blocking(&prompt).unwrap();
+        let first = on_gpu.prefill_pick_blocking(&prompt).unwrap();
         let logits = by_logits.prefill_blocking(&prompt).unwrap();
         assert_eq!(first.id, argmax(&logits), "{attention}: first token");
         assert_close_logprob(&logits, first);
@@ -192,7 +192,7 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
         let mut got = vec![first.id];
         let mut feed = first.id;
         for steps in [1, 3, 7] {
-            let picked = on_gpu.decode_greedy_blocking(feed, steps).unwrap();
+            let picked = on_gpu.decode_pick_blocking(feed, steps).unwrap();
             assert_eq!(picked.len(), steps as usize);
             got.extend(picked.iter().map(|p| p.id));
             feed = picked.last().unwrap().id;
@@ -202,11 +202,11 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
 
         // Pipelined: the second submission takes its first token from the first on the GPU.
         on_gpu.reset();
-        let first = on_gpu.prefill_greedy_blocking(&prompt).unwrap();
-        on_gpu.decode_greedy_start(Some(first.id), 3).unwrap();
-        on_gpu.decode_greedy_start(None, 4).unwrap();
+        let first = on_gpu.prefill_pick_blocking(&prompt).unwrap();
+        on_gpu.decode_pick_start(Some(first.id), 3).unwrap();
+        on_gpu.decode_pick_start(None, 4).unwrap();
         assert!(
-            on_gpu.decode_greedy_start(None, 1).is_err(),
+            on_gpu.decode_pick_start(None, 1).is_err(),
             "a third in flight"
         );
         assert!(
@@ -217,22 +217,22 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
         let mut piped = vec![first.id];
         piped.extend(
             on_gpu
-                .decode_greedy_finish_blocking()
+                .decode_pick_finish_blocking()
                 .unwrap()
                 .iter()
                 .map(|p| p.id),
         );
         piped.extend(
             on_gpu
-                .decode_greedy_finish_blocking()
+                .decode_pick_finish_blocking()
                 .unwrap()
                 .iter()
                 .map(|p| p.id),
         );
         assert_eq!(piped, want[..8], "{attention}: pipelined greedy ids");
-        assert!(on_gpu.decode_greedy_finish_blocking().is_err());
+        assert!(on_gpu.decode_pick_finish_blocking().is_err());
         assert!(
-            on_gpu.decode_greedy_start(None, 1).is_err(),
+            on_gpu.decode_pick_start(None, 1).is_err(),
             "nothing to take a token from"
         );
     }
@@ -275,12 +275,12 @@ fn steps_create_no_gpu_resources() {
         e.reset();
         e.prefill_blocking(&prompt).unwrap();
         e.step_blocking(3).unwrap();
-        let t = e.prefill_greedy_blocking(&[5, 6]).unwrap();
-        e.decode_greedy_blocking(t.id, 8).unwrap();
-        e.decode_greedy_start(Some(t.id), 2).unwrap();
-        e.decode_greedy_start(None, 3).unwrap();
-        e.decode_greedy_finish_blocking().unwrap();
-        e.decode_greedy_finish_blocking().unwrap();
+        let t = e.prefill_pick_blocking(&[5, 6]).unwrap();
+        e.decode_pick_blocking(t.id, 8).unwrap();
+        e.decode_pick_start(Some(t.id), 2).unwrap();
+        e.decode_pick_start(None, 3).unwrap();
+        e.decode_pick_finish_blocking().unwrap();
+        e.decode_pick_finish_blocking().unwrap();
         assert_eq!(
             gpu.resources_created(),
             before,
@@ -297,12 +297,110 @@ fn gpu_decode_past_the_context_is_refused() {
     m.context = 16;
     let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
     let t = e
-        .prefill_greedy_blocking(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        .prefill_pick_blocking(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
         .unwrap();
-    let err = e.decode_greedy_blocking(t.id, 7).unwrap_err();
+    let err = e.decode_pick_blocking(t.id, 7).unwrap_err();
     assert!(err.to_string().contains("exceed the context"), "{err}");
     assert_eq!(e.position(), 10);
-    assert!(e.decode_greedy_blocking(t.id, 0).is_err());
-    assert_eq!(e.decode_greedy_blocking(t.id, 6).unwrap().len(), 6);
+    assert!(e.decode_pick_blocking(t.id, 0).is_err());
+    assert_eq!(e.decode_pick_blocking(t.id, 6).unwrap().len(), 6);
     assert_eq!(e.position(), 16);
+}
+
+/// The GPU sampler draws from the CPU sampler's distribution (penalty, temperature, top-k, top-p):
+/// every drawn id is one the CPU would keep, and frequencies over seeds match its probabilities.
+#[test]
+fn gpu_sampling_draws_from_the_cpu_distribution() {
+    use diffattn::sample::{Sampler, SamplingParams};
+    let gpu = Arc::new(common::gpu());
+    let m = RandomModel::tiny("diff_v2", 41);
+    let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
+    let prompt: Vec<u32> = vec![3, 9, 27, 81, 243, 3, 9];
+    let logits = e.prefill_blocking(&prompt).unwrap();
+    let cases = [
+        (1.0, 0, 1.0, 1.0, 0),
+        (0.7, 20, 0.9, 1.0, 0),
+        // The window holds 3 and 9 twice: each is penalised once.
+        (1.3, 0, 0.95, 1.5, 7),
+    ];
+    for (temperature, top_k, top_p, repeat_penalty, repeat_last_n) in cases {
+        let base = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            repeat_last_n,
+            seed: 0,
+        };
+        let want = Sampler::new(base.clone()).distribution(&logits, &prompt);
+        let draws = 1200;
+        let mut counts = std::collections::HashMap::new();
+        for seed in 0..draws {
+            e.reset();
+            e.set_gpu_sampling(Some(&SamplingParams {
+                seed,
+                ..base.clone()
+            }))
+            .unwrap();
+            let id = e.prefill_pick_blocking(&prompt).unwrap().id;
+            *counts.entry(id).or_insert(0usize) += 1;
+        }
+        for (&id, &c) in &counts {
+            assert!(
+                want.iter().any(|w| w.0 == id),
+                "{base:?}: drew {id} ({c} times), which the CPU sampler never keeps"
+            );
+        }
+        for &(id, p) in &want {
+            let f = *counts.get(&id).unwrap_or(&0) as f64 / draws as f64;
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            assert!(
+                (f - p).abs() <= 5.0 * sd + 2e-3,
+                "{base:?}: token {id} frequency {f:.4}, CPU probability {p:.4}"
+            );
+        }
+    }
+    // Settings the GPU sampler does not take are refused by name.
+    let all_history = SamplingParams {
+        repeat_last_n: 0,
+        ..Default::default()
+    };
+    assert!(e.set_gpu_sampling(Some(&all_history)).is_err());
+}
+
+/// A seeded GPU-sampled run gives the same tokens however its steps are grouped into submissions.
+#[test]
+fn gpu_sampling_does_not_depend_on_the_submission_grouping() {
+    use diffattn::sample::SamplingParams;
+    let gpu = Arc::new(common::gpu());
+    let m = RandomModel::tiny("standard", 43);
+    let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
+    let params = SamplingParams {
+        seed: 99,
+        ..Default::default()
+    };
+    e.set_gpu_sampling(Some(&params)).unwrap();
+    let prompt = [5u32, 6, 7];
+    let run = |e: &mut Engine, groups: &[u32]| -> Vec<u32> {
+        e.reset();
+        let first = e.prefill_pick_blocking(&prompt).unwrap().id;
+        let mut ids = vec![first];
+        for &g in groups {
+            let picked = e.decode_pick_blocking(*ids.last().unwrap(), g).unwrap();
+            ids.extend(picked.iter().map(|p| p.id));
+        }
+        ids
+    };
+    let one = run(&mut e, &[12]);
+    let many = run(&mut e, &[1, 2, 4, 5]);
+    assert_eq!(one, many);
+    let other = {
+        e.set_gpu_sampling(Some(&SamplingParams {
+            seed: 100,
+            ..params
+        }))
+        .unwrap();
+        run(&mut e, &[12])
+    };
+    assert_ne!(one, other, "another seed, the same 13 tokens");
 }

@@ -330,3 +330,31 @@ fn step_blocks_and_binding_lists_match() {
         "expected the model shaders, found {steps} Step blocks"
     );
 }
+
+/// The sampling kernel's `Params` is `model::plan::SampleParams`: names and order, size.
+#[test]
+fn sampling_params_match_the_rust_definition() {
+    let (_, source) = diffattn::gpu::shader::SOURCES
+        .iter()
+        .find(|(n, _)| *n == "sample_dist")
+        .unwrap();
+    let module = naga::front::wgsl::parse_str(source).unwrap();
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some("Params"))
+        .unwrap();
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("Params is not a struct");
+    };
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_deref().unwrap()).collect();
+    let want: Vec<&str> = diffattn::model::plan::SampleParams::FIELDS
+        .iter()
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(names, want);
+    assert_eq!(
+        *span as usize,
+        std::mem::size_of::<diffattn::model::plan::SampleParams>()
+    );
+}

@@ -35,6 +35,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("swiglu", include_str!("../../shaders/swiglu.wgsl")),
     ("sample", include_str!("../../shaders/sample.wgsl")),
+    (
+        "sample_dist",
+        include_str!("../../shaders/sample_dist.wgsl"),
+    ),
 ];
 
 /// A value for one specialisation constant.

@@ -4,8 +4,8 @@
 //! Three ways to run the model:
 //! - [`Engine::prefill`] / [`Engine::step`] return the last position's logits (the CPU sampler,
 //!   attention maps, model checks);
-//! - [`Engine::prefill_greedy`] runs a prompt and picks the next token on the GPU;
-//! - [`Engine::decode_greedy`] runs up to [`MAX_STEPS`] decode steps in one submission, each
+//! - [`Engine::prefill_pick`] runs a prompt and picks the next token on the GPU;
+//! - [`Engine::decode_pick`] runs up to [`MAX_STEPS`] decode steps in one submission, each
 //!   step's token chosen on the GPU and fed to the next without a round trip; only the ids (and
 //!   their log-probabilities) come back.
 //!
@@ -13,12 +13,15 @@
 //! block and its attention parameters), bound with dynamic offsets.
 
 use super::config::Config;
-use super::plan::{self, Buffers, MAX_STEPS, Plan, SAMPLED_BYTES, Tuning};
+use super::plan::{
+    self, Buffers, MAX_PENALTY_WINDOW, MAX_STEPS, Pick, Plan, SAMPLED_BYTES, SampleParams, Tuning,
+};
 use super::weights::HostWeights;
 use crate::attention::{AttentionCall, KvDtype};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::readback::map_read;
+use crate::sample::SamplingParams;
 use std::sync::Arc;
 
 /// How the engine is set up on the GPU.
@@ -88,8 +91,8 @@ pub struct Sampled {
 enum Tail {
     /// The last position's logits, copied for the host.
     Logits,
-    /// A token chosen on the GPU after every step.
-    Greedy,
+    /// A token chosen on the GPU after every step (by the engine's [`Pick`]).
+    Pick,
 }
 
 /// A decode submission started and not yet read back.
@@ -113,6 +116,8 @@ pub struct Engine {
     in_flight: std::collections::VecDeque<InFlight>,
     /// The read-back buffer the next submission copies to.
     next_readback: usize,
+    /// How tokens are picked on the GPU.
+    pick: Pick,
 }
 
 impl Engine {
@@ -151,6 +156,7 @@ impl Engine {
             last_gpu_s: None,
             in_flight: Default::default(),
             next_readback: 0,
+            pick: Pick::Greedy,
             gpu,
         })
     }
@@ -202,7 +208,42 @@ impl Engine {
         self.past_len = self.past_len.min(len);
     }
 
-    /// Decode steps started with [`Engine::decode_greedy_start`] and not yet finished.
+    /// How [`Engine::prefill_pick`] and the decode submissions pick tokens: `None` (the default)
+    /// or plain-greedy settings take the most likely token; other settings draw from the CPU
+    /// sampler's distribution with a random number keyed by (seed, position), so a seeded run does
+    /// not depend on how steps are grouped into submissions. Settings the GPU sampler cannot take
+    /// (see [`SamplingParams::runs_on_gpu`]) are refused.
+    pub fn set_gpu_sampling(&mut self, params: Option<&SamplingParams>) -> Result<()> {
+        let Some(p) = params.filter(|p| !p.is_plain_greedy()) else {
+            self.pick = Pick::Greedy;
+            return Ok(());
+        };
+        if !p.runs_on_gpu() {
+            return Err(Error::config(format!(
+                "these sampling settings run on the CPU only (temperature {}, top_p {}, repetition \
+                 penalty {} over {} tokens; the GPU takes windows of 1 to {MAX_PENALTY_WINDOW})",
+                p.temperature, p.top_p, p.repeat_penalty, p.repeat_last_n
+            )));
+        }
+        let penalise = p.repeat_penalty != 1.0;
+        let block = SampleParams {
+            vocab: self.cfg.vocab_size,
+            top_k: p.top_k.min(self.cfg.vocab_size as usize) as u32,
+            last_n: if penalise { p.repeat_last_n as u32 } else { 0 },
+            seed_lo: p.seed as u32,
+            seed_hi: (p.seed >> 32) as u32,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            penalty: if penalise { p.repeat_penalty } else { 1.0 },
+        };
+        self.gpu
+            .queue
+            .write_buffer(&self.plan.sample_params, 0, bytemuck::bytes_of(&block));
+        self.pick = Pick::Sample;
+        Ok(())
+    }
+
+    /// Decode steps started with [`Engine::decode_pick_start`] and not yet finished.
     pub fn started_steps(&self) -> u32 {
         self.in_flight.iter().map(|f| f.steps).sum()
     }
@@ -261,10 +302,10 @@ impl Engine {
 
     /// Runs `ids` like [`Engine::prefill`] and picks the most likely next token on the GPU (the
     /// lowest id on a tie); only the id and its log-probability are read back.
-    pub async fn prefill_greedy(&mut self, ids: &[u32]) -> Result<Sampled> {
+    pub async fn prefill_pick(&mut self, ids: &[u32]) -> Result<Sampled> {
         self.check_idle()?;
         self.check_tokens(ids, 0)?;
-        let (slot, readback) = self.run_prompt(ids, Tail::Greedy)?;
+        let (slot, readback) = self.run_prompt(ids, Tail::Pick)?;
         let out = self.read_sampled(readback, slot..slot + 1, None).await?;
         Ok(out[0])
     }
@@ -273,21 +314,21 @@ impl Engine {
     /// in one submission (1 to [`MAX_STEPS`]); returns the `steps` picked tokens. The cache then
     /// holds `first` and every picked token but the last (position + `steps`); to keep fewer,
     /// [`Engine::truncate`].
-    pub async fn decode_greedy(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
+    pub async fn decode_pick(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
         if !self.in_flight.is_empty() {
             return Err(Error::config(
-                "decode_greedy: finish the started decode submissions first",
+                "decode_pick: finish the started decode submissions first",
             ));
         }
-        self.decode_greedy_start(Some(first), steps)?;
-        self.decode_greedy_finish().await
+        self.decode_pick_start(Some(first), steps)?;
+        self.decode_pick_finish().await
     }
 
     /// Starts `steps` greedy decode steps (1 to [`MAX_STEPS`]) in one submission without waiting
     /// for them. `first` is the token to feed; `None` feeds the last token the previous started
     /// submission picks, on the GPU, so that a second submission runs while the host reads the
-    /// first's tokens ([`Engine::decode_greedy_finish`]). At most two can be started at once.
-    pub fn decode_greedy_start(&mut self, first: Option<u32>, steps: u32) -> Result<()> {
+    /// first's tokens ([`Engine::decode_pick_finish`]). At most two can be started at once.
+    pub fn decode_pick_start(&mut self, first: Option<u32>, steps: u32) -> Result<()> {
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(Error::config(format!(
                 "decode: {steps} steps (1 to {MAX_STEPS} per submission)"
@@ -314,7 +355,7 @@ impl Engine {
         let past = self.past_len;
         let calls: Vec<(AttentionCall, u32)> =
             (0..steps).map(|i| (causal_call(past + i, 1), i)).collect();
-        let (submission, readback) = self.submit(&calls, Tail::Greedy)?;
+        let (submission, readback) = self.submit(&calls, Tail::Pick)?;
         self.past_len += steps;
         self.in_flight.push_back(InFlight {
             steps,
@@ -325,7 +366,7 @@ impl Engine {
     }
 
     /// Waits for the oldest started decode submission and returns its picked tokens.
-    pub async fn decode_greedy_finish(&mut self) -> Result<Vec<Sampled>> {
+    pub async fn decode_pick_finish(&mut self) -> Result<Vec<Sampled>> {
         let f = self
             .in_flight
             .pop_front()
@@ -346,6 +387,12 @@ impl Engine {
             gpu.queue
                 .write_buffer(&self.bufs.ids, 0, bytemuck::cast_slice(part));
             let past = self.past_len;
+            // The penalty window of the GPU sampler reads the prompt from here.
+            gpu.queue.write_buffer(
+                &self.bufs.history,
+                past as u64 * 4,
+                bytemuck::cast_slice(part),
+            );
             let calls: Vec<(AttentionCall, u32)> = part
                 .chunks(chunk)
                 .enumerate()
@@ -367,7 +414,7 @@ impl Engine {
     }
 
     /// Records forward chunks (call, ids offset) into one compute pass and submits it. With
-    /// `Tail::Logits` only the last chunk runs the head; with `Tail::Greedy` every chunk that ends
+    /// `Tail::Logits` only the last chunk runs the head; with `Tail::Pick` every chunk that ends
     /// a step picks a token (every decode step; the last prompt chunk).
     fn submit(
         &mut self,
@@ -375,7 +422,7 @@ impl Engine {
         tail: Tail,
     ) -> Result<(wgpu::SubmissionIndex, usize)> {
         let gpu = self.gpu.clone();
-        let decoding = tail == Tail::Greedy && calls.iter().all(|(c, _)| c.n_queries == 1);
+        let decoding = tail == Tail::Pick && calls.iter().all(|(c, _)| c.n_queries == 1);
         for (slot, (call, ids_offset)) in calls.iter().enumerate() {
             self.plan
                 .set_slot(&mut self.bufs.arena, slot as u32, call, *ids_offset)?;
@@ -398,7 +445,7 @@ impl Engine {
             });
             for (slot, (call, _)) in calls.iter().enumerate() {
                 let last = slot + 1 == calls.len();
-                let greedy = tail == Tail::Greedy && (decoding || last);
+                let pick = (tail == Tail::Pick && (decoding || last)).then_some(self.pick);
                 let logits = tail == Tail::Logits && last;
                 self.plan.record_forward(
                     &gpu,
@@ -407,7 +454,7 @@ impl Engine {
                     slot as u32,
                     call,
                     logits,
-                    greedy,
+                    pick,
                 )?;
             }
         }
@@ -425,7 +472,7 @@ impl Engine {
                 0,
                 b.logits_readback.size(),
             ),
-            Tail::Greedy => enc.copy_buffer_to_buffer(&b.sampled, 0, readback, 0, SAMPLED_BYTES),
+            Tail::Pick => enc.copy_buffer_to_buffer(&b.sampled, 0, readback, 0, SAMPLED_BYTES),
         }
         let index = gpu.queue.submit([enc.finish()]);
         gpu.take_error("forward pass")?;
@@ -503,22 +550,22 @@ impl Engine {
         pollster::block_on(self.step(id))
     }
 
-    /// Blocking [`Engine::prefill_greedy`] for native programs.
+    /// Blocking [`Engine::prefill_pick`] for native programs.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn prefill_greedy_blocking(&mut self, ids: &[u32]) -> Result<Sampled> {
-        pollster::block_on(self.prefill_greedy(ids))
+    pub fn prefill_pick_blocking(&mut self, ids: &[u32]) -> Result<Sampled> {
+        pollster::block_on(self.prefill_pick(ids))
     }
 
-    /// Blocking [`Engine::decode_greedy_finish`] for native programs.
+    /// Blocking [`Engine::decode_pick_finish`] for native programs.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn decode_greedy_finish_blocking(&mut self) -> Result<Vec<Sampled>> {
-        pollster::block_on(self.decode_greedy_finish())
+    pub fn decode_pick_finish_blocking(&mut self) -> Result<Vec<Sampled>> {
+        pollster::block_on(self.decode_pick_finish())
     }
 
-    /// Blocking [`Engine::decode_greedy`] for native programs.
+    /// Blocking [`Engine::decode_pick`] for native programs.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn decode_greedy_blocking(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
-        pollster::block_on(self.decode_greedy(first, steps))
+    pub fn decode_pick_blocking(&mut self, first: u32, steps: u32) -> Result<Vec<Sampled>> {
+        pollster::block_on(self.decode_pick(first, steps))
     }
 }
 

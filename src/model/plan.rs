@@ -38,6 +38,40 @@ crate::gpu::shader_struct! {
     }
 }
 
+crate::gpu::shader_struct! {
+    /// The sampling kernel's parameters (`Params` in sample_dist.wgsl; checked by the shader tests).
+    pub struct SampleParams {
+        /// Vocabulary size.
+        vocab: u32,
+        /// Keep the k most likely tokens; 0 keeps all.
+        top_k: u32,
+        /// Tokens the repetition penalty looks back over (1 to MAX_PENALTY_WINDOW); 0 turns it off.
+        last_n: u32,
+        /// Low and high words of the seed.
+        seed_lo: u32,
+        seed_hi: u32,
+        /// Above 0.
+        temperature: f32,
+        /// In (0, 1]; 1 keeps all.
+        top_p: f32,
+        /// The CTRL-style repetition penalty; 1 turns it off.
+        penalty: f32,
+    }
+}
+
+/// The longest repetition-penalty window the sampling kernel takes (it deduplicates the window
+/// pairwise); longer windows sample on the CPU.
+pub const MAX_PENALTY_WINDOW: u32 = 256;
+
+/// Which kernel picks the next token on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The most likely token (sample.wgsl).
+    Greedy,
+    /// A draw from the sampler's distribution (sample_dist.wgsl).
+    Sample,
+}
+
 /// How the plan's kernels are chosen (from [`super::EngineOptions`] and the adapter).
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -269,6 +303,10 @@ pub struct Buffers {
     /// Read-backs of `sampled` plus two GPU timestamps: two, so that one decode submission can
     /// run while the host reads the previous one's tokens.
     pub sampled_readback: [wgpu::Buffer; 2],
+    /// Token ids by position: what the repetition penalty looks back over on the GPU.
+    pub history: wgpu::Buffer,
+    /// The sampling kernel's scratch: one f32 per vocabulary entry.
+    sample_work: wgpu::Buffer,
     /// Read-back of the last position's logits (the CPU sampler and tests).
     pub logits_readback: wgpu::Buffer,
     /// Timestamps at the start and end of a submission's compute pass, where the adapter has them.
@@ -322,6 +360,9 @@ impl Buffers {
             act,
             ids: gpu.storage("token ids", id_slots as u64 * 4)?,
             cache: KvCache::new(gpu, cfg, context, kv)?,
+            // One more than the context: the token picked after the last position lands there.
+            history: gpu.storage("token history", (context as u64 + 1) * 4)?,
+            sample_work: gpu.storage("sampling scratch", cfg.vocab_size as u64 * 4)?,
             rope_table: rope_table(gpu, cfg, context)?,
             arena: UniformArena::new(gpu, "step parameters", 2 * MAX_STEPS),
             sampled: gpu.storage("sampled tokens", SAMPLED_BYTES)?,
@@ -369,6 +410,9 @@ pub struct Plan {
     layers: Vec<LayerOps>,
     head: Vec<Op>,
     greedy: Op,
+    sample: Op,
+    /// The sampling kernel's parameter block, rewritten when the sampling settings change.
+    pub sample_params: wgpu::Buffer,
     pub attention: AttentionOp,
     // Weights and per-op parameter blocks: held so that they outlive the bind groups using them.
     _weights: GpuWeights,
@@ -635,14 +679,46 @@ impl Plan {
             "greedy sample",
             ShaderSpec::new("sample").entry("greedy"),
             [cfg.vocab_size, 0, 0, 0],
-            &[&act.logits, &bufs.ids, &bufs.sampled],
+            &[&act.logits, &bufs.ids, &bufs.sampled, &bufs.history],
             Grid::Single,
         )?;
+        let sample_params = gpu.uniform(
+            "sampling parameters",
+            &SampleParams {
+                vocab: cfg.vocab_size,
+                temperature: 1.0,
+                top_p: 1.0,
+                penalty: 1.0,
+                ..Default::default()
+            },
+        );
+        let pipeline = gpu.pipeline(&ShaderSpec::new("sample_dist"))?;
+        let bind = gpu.bind(
+            &pipeline,
+            &[
+                bufs.arena.buffer(),
+                &sample_params,
+                &act.logits,
+                &bufs.ids,
+                &bufs.sampled,
+                &bufs.history,
+                &bufs.sample_work,
+            ],
+        );
+        let sample = Op {
+            label: "sample",
+            pipeline,
+            bind,
+            gemm: None,
+            grid: Grid::Single,
+        };
         Ok(Self {
             embed,
             layers,
             head,
             greedy,
+            sample,
+            sample_params,
             attention,
             _weights: weights,
             _params: b.params,
@@ -651,8 +727,8 @@ impl Plan {
 
     /// Records one forward chunk of `n` tokens at position `past` into an open pass: slot `slot`'s
     /// step block and attention parameters must already be set in the arena (see
-    /// [`Plan::set_slot`]). With `logits`, the head runs for the last position; with `greedy`, the
-    /// sampler too.
+    /// [`Plan::set_slot`]). With `logits`, the head runs for the last position; with `pick`, the
+    /// head and that token-picking kernel.
     #[allow(clippy::too_many_arguments)]
     pub fn record_forward(
         &self,
@@ -662,7 +738,7 @@ impl Plan {
         slot: u32,
         call: &AttentionCall,
         logits: bool,
-        greedy: bool,
+        pick: Option<Pick>,
     ) -> Result<()> {
         let n = call.n_queries;
         let step = arena.offset(2 * slot);
@@ -679,13 +755,15 @@ impl Plan {
                 op.record(gpu, pass, n, step)?;
             }
         }
-        if logits || greedy {
+        if logits || pick.is_some() {
             for op in &self.head {
                 op.record(gpu, pass, n, step)?;
             }
         }
-        if greedy {
-            self.greedy.record(gpu, pass, n, step)?;
+        match pick {
+            Some(Pick::Greedy) => self.greedy.record(gpu, pass, n, step)?,
+            Some(Pick::Sample) => self.sample.record(gpu, pass, n, step)?,
+            None => {}
         }
         Ok(())
     }

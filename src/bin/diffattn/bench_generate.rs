@@ -88,7 +88,7 @@ fn load_source(b: &GenerateBench) -> Result<(String, String, ModelSource)> {
 fn run_once(engine: &mut Engine, prompt: &[u32], tokens: usize) -> Result<Run> {
     engine.reset();
     let t = Instant::now();
-    let first = engine.prefill_greedy_blocking(prompt)?;
+    let first = engine.prefill_pick_blocking(prompt)?;
     let first_token_s = t.elapsed().as_secs_f64();
     let prefill_gpu_s = engine.last_gpu_seconds();
     let room = (engine.context() - engine.position()) as usize;
@@ -103,7 +103,7 @@ fn run_once(engine: &mut Engine, prompt: &[u32], tokens: usize) -> Result<Run> {
     let t = Instant::now();
     if target > 0 {
         let n = next(0);
-        engine.decode_greedy_start(Some(first.id), n)?;
+        engine.decode_pick_start(Some(first.id), n)?;
         started += n as usize;
         submits += 1;
     }
@@ -111,11 +111,11 @@ fn run_once(engine: &mut Engine, prompt: &[u32], tokens: usize) -> Result<Run> {
     while engine.started_steps() > 0 {
         if started < target {
             let n = next(started);
-            engine.decode_greedy_start(None, n)?;
+            engine.decode_pick_start(None, n)?;
             started += n as usize;
             submits += 1;
         }
-        steps += engine.decode_greedy_finish_blocking()?.len();
+        steps += engine.decode_pick_finish_blocking()?.len();
         if let Some(g) = engine.last_gpu_seconds() {
             *gpu_s.get_or_insert(0.0) += g;
         }
