@@ -20,6 +20,7 @@ pub mod reference;
 pub mod sample;
 pub mod testing;
 pub mod tokenizer;
+pub mod util;
 
 pub use attention::{AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 pub use error::{Error, Result};

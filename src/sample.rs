@@ -4,7 +4,7 @@
 //! temperature scaling, top-k, top-p (nucleus), and a draw from the renormalised distribution.
 //! Every random draw comes from one seeded generator, so a seed reproduces a run exactly.
 
-use crate::testing::Rng;
+use crate::util::Rng;
 
 /// Sampling settings (see docs/model-format.md for the exact definitions).
 #[derive(Clone, Debug, PartialEq)]

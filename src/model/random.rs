@@ -4,7 +4,7 @@
 use super::config::Config;
 use super::files::{CONFIG, INDEX, ModelSource, SINGLE, TOKENIZER};
 use super::weights::{Shard, WeightDtype, expected_tensors};
-use crate::testing::Rng;
+use crate::util::Rng;
 
 /// The shape and storage of a random model. Vocabulary ids: 0 is `<|endoftext|>`, 1..=256 the
 /// 256 bytes of a byte-level tokenizer, the rest unused by the tokenizer.

@@ -6,7 +6,7 @@ use diffattn::attention::{
     KvDtype, Mode,
 };
 use diffattn::gpu::ShaderSpec;
-use diffattn::testing::Rng;
+use diffattn::util::Rng;
 use diffattn::{Gpu, GpuOptions};
 
 #[derive(clap::Subcommand)]

@@ -6,7 +6,7 @@ use diffattn::attention::KvDtype;
 use diffattn::model::plan::MAX_STEPS;
 use diffattn::model::random::RandomModel;
 use diffattn::model::{Engine, EngineOptions, ModelSource, WeightDtype};
-use diffattn::testing::Rng;
+use diffattn::util::Rng;
 use diffattn::{Gpu, GpuOptions};
 use std::sync::Arc;
 use std::time::Instant;
