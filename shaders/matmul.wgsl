@@ -1,8 +1,6 @@
 // y = x W^T (+ y): the linear layers. x (rows, K) f32, W (N, K) row-major as stored in the
 // safetensors file, y (rows, N) f32. With `accumulate` the product is added to y, which fuses the
-// residual connections of o_proj and down_proj into their matmuls. With NORM the RMSNorm before the
-// product is folded in: y = (W (g * x)) / rms(x), rms(x) = sqrt(mean(x^2) + eps), the sum of squares
-// gathered in the same pass over x, so the normalised row is never written.
+// residual connections of o_proj and down_proj into their matmuls.
 //
 // Weights are bound as array<vec4<u32>> whatever their type, so every load is 16 bytes:
 // f32 weights give 4 values per load, f16 and bf16 weights (two halves per u32, low half first, as
@@ -22,9 +20,6 @@ const WEIGHT_DTYPE: u32 = 0u;
 // loops, since each barrier of the reduction costs them a context switch.
 const LANES: u32 = 16u;
 
-// Fold the RMSNorm (weights g at binding 5, eps in Params) into the product.
-const NORM: bool = false;
-
 const MV_ROWS: u32 = 64u / LANES;
 
 struct Step {
@@ -38,12 +33,8 @@ struct Params {
     k: u32,
     n: u32,
     accumulate: u32,
-    // Only one row: the last token's (the LM head after a prompt chunk).
+    // Only one row (the last token's, already selected by the final norm).
     last_only: u32,
-    eps: f32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -51,8 +42,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-// The folded RMSNorm's weights (NORM; otherwise any buffer, unread).
-@group(0) @binding(5) var<storage, read> g: array<vec4<f32>>;
 
 struct W8 {
     a: vec4<f32>,
@@ -86,40 +75,6 @@ fn rows() -> u32 {
     return step.n_tokens;
 }
 
-// The x row that output row t reads.
-fn x_row(t: u32) -> u32 {
-    if p.last_only != 0u {
-        return step.n_tokens - 1u;
-    }
-    return t;
-}
-
-// x (row, 8*k8 .. 8*k8 + 8), times the norm weights with NORM.
-fn load_x(row: u32, k8: u32) -> W8 {
-    let i = row * p.k / 4u + 2u * k8;
-    if NORM {
-        return W8(x[i] * g[2u * k8], x[i + 1u] * g[2u * k8 + 1u]);
-    }
-    return W8(x[i], x[i + 1u]);
-}
-
-// Sum of squares of x (row, 8*k8 .. 8*k8 + 8): what the folded norm divides by.
-fn squares(row: u32, k8: u32) -> f32 {
-    if !NORM {
-        return 0.0;
-    }
-    let i = row * p.k / 4u + 2u * k8;
-    return dot(x[i], x[i]) + dot(x[i + 1u], x[i + 1u]);
-}
-
-// The folded norm's scale from a row's sum of squares (1 without NORM).
-fn inv_rms(ss: f32) -> f32 {
-    if !NORM {
-        return 1.0;
-    }
-    return inverseSqrt(ss / f32(p.k) + p.eps);
-}
-
 fn store(t: u32, o: u32, v: f32) {
     let i = t * p.n + o;
     if p.accumulate != 0u {
@@ -129,8 +84,7 @@ fn store(t: u32, o: u32, v: f32) {
     }
 }
 
-// (partial product, partial sum of squares) per invocation.
-var<workgroup> red: array<vec2<f32>, 64>;
+var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn matvec(
@@ -144,18 +98,17 @@ fn matvec(
     let k8s = p.k / 8u;
     let n_rows = rows();
     for (var t = 0u; t < n_rows; t++) {
-        var acc = vec2<f32>(0.0);
+        var acc = 0.0;
         if valid {
-            let row = x_row(t);
+            let xrow = t * p.k / 4u;
             for (var k8 = lane; k8 < k8s; k8 += LANES) {
                 let wv = load8(o, k8);
-                let xv = load_x(row, k8);
-                acc += vec2<f32>(dot(wv.a, xv.a) + dot(wv.b, xv.b), squares(row, k8));
+                acc += dot(wv.a, x[xrow + 2u * k8]) + dot(wv.b, x[xrow + 2u * k8 + 1u]);
             }
         }
         if LANES == 1u {
             if valid {
-                store(t, o, acc.x * inv_rms(acc.y));
+                store(t, o, acc);
             }
         } else {
             red[lid] = acc;
@@ -167,7 +120,7 @@ fn matvec(
                 workgroupBarrier();
             }
             if valid && lane == 0u {
-                store(t, o, red[lid].x * inv_rms(red[lid].y));
+                store(t, o, red[lid]);
             }
             workgroupBarrier();
         }
@@ -182,7 +135,7 @@ fn matvec(
 // Specialised by the host (GEMM_TOKENS).
 const TB: u32 = 8u;
 
-var<workgroup> red_rows: array<vec2<f32>, 64u * TB>;
+var<workgroup> red_rows: array<f32, 64u * TB>;
 
 @compute @workgroup_size(64)
 fn gemm(
@@ -196,15 +149,14 @@ fn gemm(
     let k8s = p.k / 8u;
     let n_rows = rows();
     let t0 = wid.z * TB;
-    var acc: array<vec2<f32>, TB>;
+    var acc: array<f32, TB>;
     if valid {
         for (var k8 = lane; k8 < k8s; k8 += LANES) {
             let wv = load8(o, k8);
             for (var i = 0u; i < TB; i++) {
                 // Rows past the end repeat the last row; their sums are not stored.
-                let row = x_row(min(t0 + i, n_rows - 1u));
-                let xv = load_x(row, k8);
-                acc[i] += vec2<f32>(dot(wv.a, xv.a) + dot(wv.b, xv.b), squares(row, k8));
+                let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
+                acc[i] += dot(wv.a, x[xrow]) + dot(wv.b, x[xrow + 1u]);
             }
         }
     }
@@ -214,12 +166,12 @@ fn gemm(
     workgroupBarrier();
     let row0 = lid - lane;
     for (var i = lane; i < TB; i += LANES) {
-        var sum = vec2<f32>(0.0);
+        var sum = 0.0;
         for (var l = 0u; l < LANES; l++) {
             sum += red_rows[(row0 + l) * TB + i];
         }
         if valid && t0 + i < n_rows {
-            store(t0 + i, o, sum.x * inv_rms(sum.y));
+            store(t0 + i, o, sum);
         }
     }
 }
@@ -238,7 +190,6 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     var acc: array<array<f32, 4>, 4>;
-    var ss = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             acc[i][j] = 0.0;
@@ -252,19 +203,18 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
             wv[j] = load8(min(o0 + j, p.n - 1u), k8);
         }
         for (var i = 0u; i < 4u; i++) {
-            let row = x_row(min(t0 + i, n_rows - 1u));
-            let xv = load_x(row, k8);
-            ss[i] += squares(row, k8);
+            let xrow = min(t0 + i, n_rows - 1u) * p.k / 4u + 2u * k8;
+            let xa = x[xrow];
+            let xb = x[xrow + 1u];
             for (var j = 0u; j < 4u; j++) {
-                acc[i][j] += dot(wv[j].a, xv.a) + dot(wv[j].b, xv.b);
+                acc[i][j] += dot(wv[j].a, xa) + dot(wv[j].b, xb);
             }
         }
     }
     for (var i = 0u; i < 4u; i++) {
-        let scale = inv_rms(ss[i]);
         for (var j = 0u; j < 4u; j++) {
             if t0 + i < n_rows && o0 + j < p.n {
-                store(t0 + i, o0 + j, acc[i][j] * scale);
+                store(t0 + i, o0 + j, acc[i][j]);
             }
         }
     }

@@ -203,20 +203,9 @@ fn model_shader_specialisations_translate() {
             .1
     };
     for dtype in [0u32, 1, 2] {
-        let s = specialise(
-            "embed",
-            src("embed"),
-            &[("WEIGHT_DTYPE", Const::U32(dtype))],
-        )
-        .unwrap();
-        translate_everywhere(&format!("embed dtype={dtype}"), &s);
-        for norm in [false, true] {
-            let consts = [
-                ("WEIGHT_DTYPE", Const::U32(dtype)),
-                ("NORM", Const::Bool(norm)),
-            ];
-            let s = specialise("matmul", src("matmul"), &consts).unwrap();
-            translate_everywhere(&format!("matmul dtype={dtype} norm={norm}"), &s);
+        for name in ["matmul", "embed"] {
+            let s = specialise(name, src(name), &[("WEIGHT_DTYPE", Const::U32(dtype))]).unwrap();
+            translate_everywhere(&format!("{name} dtype={dtype}"), &s);
         }
     }
     for f16 in [false, true] {

@@ -27,6 +27,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("embed", include_str!("../../shaders/embed.wgsl")),
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
+    ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (
         "rope_append",

@@ -86,6 +86,8 @@ pub struct Tuning {
 enum Grid {
     /// One thread per item, `per_token` items per token, 64 threads per workgroup.
     Elements { per_token: u32 },
+    /// One workgroup per token row.
+    Rows,
     /// One workgroup.
     Single,
     /// A matmul with `n` outputs per row: matvec for one row, a many-row kernel otherwise.
@@ -121,6 +123,7 @@ impl Op {
                 let g = grid_2d((n_tokens * per_token).div_ceil(64));
                 (&self.pipeline, &self.bind, [g[0], g[1], 1])
             }
+            Grid::Rows => (&self.pipeline, &self.bind, [n_tokens, 1, 1]),
             Grid::Single => (&self.pipeline, &self.bind, [1, 1, 1]),
             Grid::Matmul {
                 n,
@@ -272,6 +275,7 @@ fn stacked(weights: &HostWeights, names: &[&str]) -> Result<(Vec<u8>, WeightDtyp
 /// Activation buffers, sized for one prefill chunk.
 struct Activations {
     x: wgpu::Buffer,
+    a: wgpu::Buffer,
     /// Token rows of the fused product: [q | k | v | lambda].
     qkvl: wgpu::Buffer,
     q: wgpu::Buffer,
@@ -281,6 +285,7 @@ struct Activations {
     gate_up: wgpu::Buffer,
     /// silu(gate) * up.
     hidden: wgpu::Buffer,
+    last: wgpu::Buffer,
     logits: wgpu::Buffer,
 }
 
@@ -327,6 +332,7 @@ impl Buffers {
         let qkvl_width = cfg.q_heads() as usize * hd + 2 * kv_width + lam_width;
         let act = Activations {
             x: f32s("hidden state", n * d)?,
+            a: f32s("normed hidden state", n * d)?,
             qkvl: f32s("q/k/v/lambda", n * qkvl_width)?,
             q: f32s("queries", n * cfg.q_heads() as usize * hd)?,
             lam: if cfg.mode() == Mode::Diff {
@@ -337,6 +343,7 @@ impl Buffers {
             att: f32s("attention output", n * heads * hd)?,
             gate_up: f32s("mlp gate/up", n * 2 * inter)?,
             hidden: f32s("mlp hidden", n * inter)?,
+            last: f32s("final norm", d)?,
             logits: f32s("logits", cfg.vocab_size as usize)?,
         };
         // A submission's prompt chunks lie side by side; the sampler writes the id after them.
@@ -463,26 +470,26 @@ impl Builder<'_> {
         self.op(name, spec, params, bufs, Grid::Elements { per_token })
     }
 
-    /// y = x W^T (+ y with `accumulate`), W (n, k); with `norm`, the RMSNorm of x with those
-    /// weights folded in.
-    fn matmul(&mut self, label: &'static str, m: Product) -> Result<Op> {
-        let (w, dtype) = m.weights;
-        let (k, n) = m.shape;
-        let eps = (self.cfg.rms_norm_eps as f32).to_bits();
-        let block = [k, n, m.accumulate as u32, m.last_only as u32, eps, 0, 0, 0];
-        let params = self.gpu.uniform(label, &block);
-        self.params.push(params.clone());
+    /// y = x W^T (+ y with `accumulate`), W (n, k).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &mut self,
+        label: &'static str,
+        (w, dtype): (&wgpu::Buffer, WeightDtype),
+        (k, n): (u32, u32),
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+        last_only: bool,
+    ) -> Result<Op> {
+        let params = self.params(label, [k, n, accumulate as u32, last_only as u32]);
         let spec = ShaderSpec::new("matmul")
             .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
             .with("LANES", Const::U32(self.tuning.lanes))
-            .with("TB", Const::U32(GEMM_TOKENS))
-            .with("NORM", Const::Bool(m.norm.is_some()));
-        // Without a norm, binding 5 is unread: the weights stand in for it.
-        let g = m.norm.unwrap_or(w);
-        let bufs = [self.step, &params, m.x, w, m.y, g];
+            .with("TB", Const::U32(GEMM_TOKENS));
         let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
-        let bind = self.gpu.bind(&mv, &bufs);
-        let gemm = if m.last_only {
+        let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
+        let gemm = if last_only {
             None
         } else {
             let entry = if self.tuning.tiled {
@@ -491,7 +498,7 @@ impl Builder<'_> {
                 "gemm_direct"
             };
             let p = self.gpu.pipeline(&spec.entry(entry))?;
-            let b = self.gpu.bind(&p, &bufs);
+            let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
             Some((p, b))
         };
         Ok(Op {
@@ -501,59 +508,30 @@ impl Builder<'_> {
             gemm,
             grid: Grid::Matmul {
                 n,
-                last_only: m.last_only,
+                last_only,
                 rows_per_group: 64 / self.tuning.lanes,
                 direct: !self.tuning.tiled,
             },
         })
     }
-}
 
-/// One linear layer of the plan: y = x W^T over token rows.
-struct Product<'a> {
-    weights: (&'a wgpu::Buffer, WeightDtype),
-    /// (k, n): input and output widths.
-    shape: (u32, u32),
-    x: &'a wgpu::Buffer,
-    y: &'a wgpu::Buffer,
-    /// Add to y (a residual connection).
-    accumulate: bool,
-    /// Only the last token's row (the LM head).
-    last_only: bool,
-    /// RMSNorm weights to fold in.
-    norm: Option<&'a wgpu::Buffer>,
-}
-
-impl<'a> Product<'a> {
-    fn new(
-        weights: &'a (wgpu::Buffer, WeightDtype),
-        shape: (u32, u32),
-        x: &'a wgpu::Buffer,
-        y: &'a wgpu::Buffer,
-    ) -> Self {
-        Self {
-            weights: (&weights.0, weights.1),
-            shape,
-            x,
-            y,
-            accumulate: false,
-            last_only: false,
-            norm: None,
-        }
-    }
-
-    fn normed(self, g: &'a wgpu::Buffer) -> Self {
-        Self {
-            norm: Some(g),
-            ..self
-        }
-    }
-
-    fn residual(self) -> Self {
-        Self {
-            accumulate: true,
-            ..self
-        }
+    fn rmsnorm(
+        &mut self,
+        w: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        last_only: bool,
+    ) -> Result<Op> {
+        let eps = (self.cfg.rms_norm_eps as f32).to_bits();
+        let params = [self.cfg.hidden_size, eps, last_only as u32, 0];
+        let grid = if last_only { Grid::Single } else { Grid::Rows };
+        self.op(
+            "rmsnorm",
+            ShaderSpec::new("rmsnorm"),
+            params,
+            &[x, w, out],
+            grid,
+        )
     }
 }
 
@@ -610,9 +588,15 @@ impl Plan {
             let (kc, vc) = bufs.cache.layer(l);
             let (qkvl, gate_up) = (&act.qkvl, &act.gate_up);
             let pre = vec![
+                b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?,
                 b.matmul(
-                    "norm + q/k/v/lambda",
-                    Product::new(&w.qkvl, (d, qkvl_width), &act.x, qkvl).normed(&w.ln_in),
+                    "q/k/v/lambda",
+                    (&w.qkvl.0, w.qkvl.1),
+                    (d, qkvl_width),
+                    &act.a,
+                    qkvl,
+                    false,
+                    false,
                 )?,
                 b.elementwise(
                     "rope_append",
@@ -636,11 +620,22 @@ impl Plan {
             let post = vec![
                 b.matmul(
                     "o_proj",
-                    Product::new(&w.o, (heads * hd, d), &act.att, &act.x).residual(),
+                    (&w.o.0, w.o.1),
+                    (heads * hd, d),
+                    &act.att,
+                    &act.x,
+                    true,
+                    false,
                 )?,
+                b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?,
                 b.matmul(
-                    "norm + gate/up",
-                    Product::new(&w.gate_up, (d, 2 * inter), &act.x, gate_up).normed(&w.ln_post),
+                    "gate/up",
+                    (&w.gate_up.0, w.gate_up.1),
+                    (d, 2 * inter),
+                    &act.a,
+                    gate_up,
+                    false,
+                    false,
                 )?,
                 b.elementwise(
                     "swiglu",
@@ -651,7 +646,12 @@ impl Plan {
                 )?,
                 b.matmul(
                     "down_proj",
-                    Product::new(&w.down, (inter, d), &act.hidden, &act.x).residual(),
+                    (&w.down.0, w.down.1),
+                    (inter, d),
+                    &act.hidden,
+                    &act.x,
+                    true,
+                    false,
                 )?,
             ];
             layers.push(LayerOps {
@@ -664,13 +664,15 @@ impl Plan {
 
         let head_w = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         let head = vec![
+            b.rmsnorm(&weights.norm, &act.x, &act.last, true)?,
             b.matmul(
-                "norm + lm_head",
-                Product {
-                    last_only: true,
-                    ..Product::new(head_w, (d, cfg.vocab_size), &act.x, &act.logits)
-                        .normed(&weights.norm)
-                },
+                "lm_head",
+                (&head_w.0, head_w.1),
+                (d, cfg.vocab_size),
+                &act.last,
+                &act.logits,
+                false,
+                true,
             )?,
         ];
         let greedy = b.op(
