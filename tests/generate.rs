@@ -405,3 +405,61 @@ fn gpu_picked_generation_equals_the_cpu_sampler() {
     }
     assert_eq!(counts[0], counts[1]);
 }
+
+/// The CLI keeps compiled pipelines under $XDG_CACHE_HOME/diffattn (Vulkan adapters), reads them
+/// back on the next start, and `--no-pipeline-cache` writes nothing.
+#[test]
+fn cli_persists_the_pipeline_cache_unless_told_not_to() {
+    let base = std::env::temp_dir().join(format!("diffattn-pcache-{}", std::process::id()));
+    let dir = base.join("model");
+    RandomModel::tiny("diff_v2", 4).write_dir(&dir).unwrap();
+    let run = |cache: &std::path::Path, extra: &[&str]| -> String {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "ab",
+        ];
+        args.extend_from_slice(&["--max-tokens", "4", "--temperature", "0", "--json"]);
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+            .args(&args)
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ids: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"text\""))
+            .map(str::to_string)
+            .collect();
+        ids.join("\n")
+    };
+    let files = |cache: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.join("diffattn"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let vulkan = common::gpu().info.backend == wgpu::Backend::Vulkan;
+    let kept = base.join("kept");
+    let first = run(&kept, &[]);
+    if vulkan {
+        let written = files(&kept);
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert!(written[0].extension().is_some_and(|e| e == "bin"));
+    }
+    assert_eq!(
+        run(&kept, &[]),
+        first,
+        "a start from the cache generates the same"
+    );
+    let none = base.join("none");
+    assert_eq!(run(&none, &["--no-pipeline-cache"]), first);
+    assert!(files(&none).is_empty());
+}

@@ -28,6 +28,10 @@ pub struct GpuOptions {
     pub disable_f16: bool,
     /// Do not use cooperative matrices even where the adapter has them (to test the portable path).
     pub disable_coop: bool,
+    /// A directory for compiled pipelines (native Vulkan): read when the device opens, written by
+    /// [`Gpu::save_pipeline_cache`], so that a second start skips the driver's shader compilation.
+    /// `None` keeps nothing on disk.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Parses a backend name as the CLI accepts it.
@@ -220,6 +224,8 @@ pub struct Gpu {
     /// Cooperative matrices with 16x16x16 f16 -> f32 tiles are enabled on this device.
     pub coop_f16: bool,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// The driver's pipeline cache and the file it persists to, where enabled and supported.
+    pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     /// GPU objects created through this struct (buffers, bind groups, pipelines, query sets): the
     /// engine's tests hold it constant across decode steps.
     created: AtomicU64,
@@ -234,7 +240,9 @@ impl Gpu {
     pub async fn new(opts: &GpuOptions) -> Result<Self> {
         let adapter = choose_adapter(opts).await?;
         let info = adapter.get_info();
-        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let mut wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::PIPELINE_CACHE;
         if !opts.disable_f16 {
             wanted |= wgpu::Features::SHADER_F16;
         }
@@ -268,6 +276,10 @@ impl Gpu {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let pipeline_cache = open_pipeline_cache(&device, &info, features, opts);
+        #[cfg(target_arch = "wasm32")]
+        let pipeline_cache = None;
         let errors: ErrorSink = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -286,6 +298,7 @@ impl Gpu {
             limits,
             coop_f16,
             pipelines: Mutex::default(),
+            pipeline_cache,
             created: AtomicU64::new(0),
             allocated: AtomicU64::new(0),
             errors,
@@ -368,7 +381,7 @@ impl Gpu {
                 module: &module,
                 entry_point: Some(spec.entry),
                 compilation_options: Default::default(),
-                cache: None,
+                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
             });
         if let Some(e) = pollster_free_block(scope.pop()) {
             return Err(Error::Shader {
@@ -380,6 +393,26 @@ impl Gpu {
         let pipeline = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Writes the driver's pipeline cache to its file (see [`GpuOptions::pipeline_cache_dir`]);
+    /// returns the path written, or `None` where no cache is kept. Written to a temporary file and
+    /// renamed, so a crash never leaves a torn cache.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_pipeline_cache(&self) -> std::io::Result<Option<std::path::PathBuf>> {
+        let Some((cache, path)) = &self.pipeline_cache else {
+            return Ok(None);
+        };
+        let Some(data) = cache.get_data() else {
+            return Ok(None);
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(Some(path.clone()))
     }
 
     /// GPU objects created so far through this struct (buffers, bind groups, pipelines, query
@@ -613,6 +646,34 @@ impl Gpu {
         drop(submission);
         Ok(())
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The driver's pipeline cache, seeded from its file when one exists (a stale or foreign file is
+/// ignored by the driver, which then starts empty).
+fn open_pipeline_cache(
+    device: &wgpu::Device,
+    info: &wgpu::AdapterInfo,
+    features: wgpu::Features,
+    opts: &GpuOptions,
+) -> Option<(wgpu::PipelineCache, std::path::PathBuf)> {
+    let dir = opts.pipeline_cache_dir.as_ref()?;
+    if !features.contains(wgpu::Features::PIPELINE_CACHE) {
+        return None;
+    }
+    let path = dir.join(format!("{}.bin", wgpu::util::pipeline_cache_key(info)?));
+    let data = std::fs::read(&path).ok();
+    // SAFETY: the data is what `PipelineCache::get_data` wrote for an adapter with this key; wgpu
+    // and the driver validate its header (vendor, device, driver version) and fall back to an
+    // empty cache when it does not match.
+    let cache = unsafe {
+        device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+            label: Some("diffattn pipelines"),
+            data: data.as_deref(),
+            fallback: true,
+        })
+    };
+    Some((cache, path))
 }
 
 /// Bytes of one uniform-arena slot as a binding sees it: every parameter block fits.

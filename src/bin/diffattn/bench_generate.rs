@@ -152,6 +152,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         &mut |_, _| {},
     )?;
     let load_s = t_load.elapsed().as_secs_f64();
+    crate::save_pipelines(&gpu);
     if b.prompt_tokens >= engine.context() as usize {
         bail!(
             "--prompt-tokens {} leaves no room in the context of {}",

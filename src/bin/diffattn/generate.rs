@@ -137,6 +137,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     });
     bar.finish_and_clear();
     let mut model = loaded.map_err(input_error)?;
+    crate::save_pipelines(&gpu);
 
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -26,6 +26,10 @@ struct Cli {
     /// Do not use cooperative matrices (tensor cores) even where the adapter has them.
     #[arg(long, global = true)]
     no_coop: bool,
+    /// Keep no compiled pipelines on disk (by default Vulkan pipelines are cached under
+    /// $XDG_CACHE_HOME/diffattn, else ~/.cache/diffattn, so a second start compiles nothing).
+    #[arg(long, global = true)]
+    no_pipeline_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,8 +72,29 @@ fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
         backends: cli.backend.as_deref().map(gpu::parse_backend).transpose()?,
         adapter_index: cli.adapter,
         disable_coop: cli.no_coop,
+        pipeline_cache_dir: if cli.no_pipeline_cache {
+            None
+        } else {
+            user_cache_dir()
+        },
         ..Default::default()
     })
+}
+
+/// Where compiled pipelines are kept: $XDG_CACHE_HOME/diffattn, else $HOME/.cache/diffattn.
+fn user_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("diffattn"))
+}
+
+/// Persists the compiled pipelines after a model is built; a failure to write only warns.
+pub fn save_pipelines(gpu: &diffattn::Gpu) {
+    if let Err(e) = gpu.save_pipeline_cache() {
+        eprintln!("warning: could not save the pipeline cache: {e}");
+    }
 }
 
 fn open_gpu(opts: &GpuOptions) -> Result<diffattn::Gpu> {
