@@ -228,9 +228,21 @@ def generate_rows(ours, torch_rows):
     def model_key(name):
         return {"smollm2-135m-arch": "smollm2-135m"}.get(name, name)
 
-    mine = [r for r in ours if ok(r)]
+    mine = [r for r in ours if ok(r) and not r.get("temperature")]
+    sampled = [r for r in ours if ok(r) and r.get("temperature")]
     theirs = [r for r in torch_rows if ok(r)]
     rows = []
+    # Sampled decoding has no PyTorch counterpart: it is compared with our own greedy decoding of
+    # the same model, prompt and KV type.
+    for r in sampled:
+        greedy = next((g for g in mine if g.get("model") == r.get("model")
+                       and g.get("prompt_tokens") == r.get("prompt_tokens")
+                       and g.get("kv") == r.get("kv")), None)
+        rows.append(make_row(
+            f"generate {r.get('model')} ({r.get('weights')} weights, {r.get('kv')} KV), prompt "
+            f"{r.get('prompt_tokens')}: decode sampled at temperature {r.get('temperature')}",
+            "tok/s", r["decode_tok_s"], "diffattn greedy",
+            greedy["decode_tok_s"] if greedy else None))
     for r in mine:
         same = [t for t in theirs if model_key(t.get("model")) == model_key(r.get("model"))
                 and t.get("prompt_tokens") == r.get("prompt_tokens")]
@@ -393,6 +405,10 @@ def self_test():
                         "weights": "f16", "kv": "f16", "prompt_tokens": 16, "tokens": 256,
                         "prefill_tok_s": 2000.0, "first_token_ms": 8.0, "decode_tok_s": 350.0,
                         "gpu_ms_per_token": 2.0, "host_ms_per_token": 0.9}),
+            json.dumps({"bench": "generate", "impl": "diffattn", "model": "smollm2-135m",
+                        "weights": "f16", "kv": "f16", "prompt_tokens": 16, "tokens": 256,
+                        "temperature": 0.8, "prefill_tok_s": 2000.0, "first_token_ms": 8.0,
+                        "decode_tok_s": 175.0}),
         ]
         torch_lines = [
             json.dumps({"bench": "env", "gpu": "NVIDIA H200 (fake)", "driver": "999.1",
@@ -474,6 +490,8 @@ def self_test():
         assert r["unit"] == "ms" and close(r["ratio"], 4 / 8), r
         r = rows[f"{g}: GPU ms per decode token (host 0.900 ms)"]
         assert close(r["ratio"], 4 / 2), r
+        r = rows[f"{g}: decode sampled at temperature 0.8"]
+        assert r["baseline"] == "diffattn greedy" and close(r["ratio"], 175 / 350), r
 
         text = open(docs).read()
         assert text.startswith("# Benchmarks\n\nintro kept\n\n" + BEGIN), text[:80]

@@ -134,6 +134,8 @@ if want generate; then
         done
     done
     ours bench generate --random-config smollm2-135m --weights f16 --kv f16 --prompt-tokens 16 --tokens 256 --json
+    # Sampled on the GPU (temperature 0.8 with the sampler's defaults), against our greedy rows.
+    ours bench generate --model models/diffv2-small --prompt-tokens 16 --tokens 256 --kv f16 --temperature 0.8 --json
 
     progress "pytorch generation baseline"
     if bounded "$TORCH_TIMEOUT" python3 bench/pytorch_generate.py >>"$TORCH" 2>>"$LOG"; then

@@ -1,11 +1,13 @@
-//! `diffattn bench generate`: a model's prefill, first-token and decode speed, batch 1, greedy,
-//! as `diffattn generate` runs it (tokens picked on the GPU, adaptive steps per submission).
+//! `diffattn bench generate`: a model's prefill, first-token and decode speed, batch 1, greedy or
+//! sampled, as `diffattn generate` runs it (tokens picked on the GPU, adaptive steps per
+//! submission).
 
 use anyhow::{Context, Result, bail};
 use diffattn::attention::KvDtype;
 use diffattn::model::plan::MAX_STEPS;
 use diffattn::model::random::RandomModel;
 use diffattn::model::{Engine, EngineOptions, ModelSource, WeightDtype};
+use diffattn::sample::SamplingParams;
 use diffattn::util::Rng;
 use diffattn::{Gpu, GpuOptions};
 use std::sync::Arc;
@@ -31,6 +33,10 @@ pub struct GenerateBench {
     /// KV cache type: f32 or f16.
     #[arg(long, default_value = "f32")]
     kv: String,
+    /// Sample on the GPU at this temperature (with the sampler's defaults: top-k 40, top-p 0.95,
+    /// repetition penalty 1.1 over 64 tokens) instead of decoding greedily; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
     /// Timed runs after one warm-up run; the median run is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -153,6 +159,12 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
     )?;
     let load_s = t_load.elapsed().as_secs_f64();
     crate::save_pipelines(&gpu);
+    let sampling = (b.temperature > 0.0).then(|| SamplingParams {
+        temperature: b.temperature,
+        seed: 5,
+        ..Default::default()
+    });
+    engine.set_gpu_sampling(sampling.as_ref())?;
     if b.prompt_tokens >= engine.context() as usize {
         bail!(
             "--prompt-tokens {} leaves no room in the context of {}",
@@ -193,6 +205,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         "model": model,
         "weights": weights,
         "kv": b.kv,
+        "temperature": b.temperature,
         "prompt_tokens": b.prompt_tokens,
         "tokens": b.tokens,
         "prefill_tok_s": b.prompt_tokens as f64 / first_token_s,
@@ -213,8 +226,13 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         println!("{row}");
     } else {
         println!(
-            "{model} ({weights} weights, {} KV) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill; GPU {})\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
+            "{model} ({weights} weights, {} KV, {}) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill; GPU {})\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
             b.kv,
+            if b.temperature > 0.0 {
+                format!("sampled at temperature {}", b.temperature)
+            } else {
+                "greedy".to_string()
+            },
             b.prompt_tokens,
             first_token_s * 1e3,
             b.prompt_tokens as f64 / first_token_s,
