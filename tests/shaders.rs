@@ -221,6 +221,42 @@ fn model_shader_specialisations_translate() {
 
 /// The attention shaders' `Params` blocks are copies of one Rust definition: same field names,
 /// types and order, same size.
+/// A WGSL struct's fields as (name, scalar type) and its size, or `None` if the module has none
+/// of that name: what the host-side `shader_struct!` definitions are held against.
+fn wgsl_struct(module: &naga::Module, name: &str) -> Option<(Vec<(String, String)>, usize)> {
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))?;
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{name} is not a struct");
+    };
+    let fields = members
+        .iter()
+        .map(|m| {
+            let scalar = match module.types[m.ty].inner {
+                naga::TypeInner::Scalar(s) => match s.kind {
+                    naga::ScalarKind::Uint => "u32",
+                    naga::ScalarKind::Float => "f32",
+                    naga::ScalarKind::Sint => "i32",
+                    _ => "other",
+                },
+                _ => "non-scalar",
+            };
+            (m.name.clone().unwrap_or_default(), scalar.to_string())
+        })
+        .collect();
+    Some((fields, *span as usize))
+}
+
+/// A `shader_struct!` definition's FIELDS in the same form.
+fn rust_fields(fields: &[(&str, &str)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
 #[test]
 fn attention_params_match_the_rust_definition() {
     let rust = diffattn::attention::Params::FIELDS;
@@ -230,36 +266,12 @@ fn attention_params_match_the_rust_definition() {
             continue;
         }
         let module = naga::front::wgsl::parse_str(source).unwrap();
-        let (_, ty) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some("Params"))
-            .unwrap_or_else(|| panic!("{name}: no Params type"));
-        let naga::TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("{name}: Params is not a struct");
-        };
-        let wgsl: Vec<(String, String)> = members
-            .iter()
-            .map(|m| {
-                let scalar = match module.types[m.ty].inner {
-                    naga::TypeInner::Scalar(s) => match s.kind {
-                        naga::ScalarKind::Uint => "u32",
-                        naga::ScalarKind::Float => "f32",
-                        naga::ScalarKind::Sint => "i32",
-                        _ => "other",
-                    },
-                    _ => "non-scalar",
-                };
-                (m.name.clone().unwrap_or_default(), scalar.to_string())
-            })
-            .collect();
-        let want: Vec<(String, String)> = rust
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.to_string()))
-            .collect();
+        let (wgsl, span) =
+            wgsl_struct(&module, "Params").unwrap_or_else(|| panic!("{name}: no Params type"));
+        let want = rust_fields(rust);
         assert_eq!(wgsl, want, "{name}: Params differs from attention::Params");
         assert_eq!(
-            *span as usize,
+            span,
             std::mem::size_of::<diffattn::attention::Params>(),
             "{name}: Params size"
         );
@@ -280,24 +292,10 @@ fn step_blocks_and_binding_lists_match() {
     let mut steps = 0;
     for (name, source) in diffattn::gpu::shader::SOURCES {
         let module = naga::front::wgsl::parse_str(source).unwrap();
-        if let Some((_, ty)) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some("Step"))
-        {
-            let naga::TypeInner::Struct { members, span } = &ty.inner else {
-                panic!("{name}: Step is not a struct");
-            };
-            let names: Vec<&str> = members.iter().map(|m| m.name.as_deref().unwrap()).collect();
-            let want: Vec<&str> = diffattn::model::plan::Step::FIELDS
-                .iter()
-                .map(|f| f.0)
-                .collect();
-            assert_eq!(names, want, "{name}: Step fields");
-            assert_eq!(
-                *span as usize,
-                std::mem::size_of::<diffattn::model::plan::Step>()
-            );
+        if let Some((fields, span)) = wgsl_struct(&module, "Step") {
+            let want = rust_fields(diffattn::model::plan::Step::FIELDS);
+            assert_eq!(fields, want, "{name}: Step fields");
+            assert_eq!(span, std::mem::size_of::<diffattn::model::plan::Step>());
             steps += 1;
         }
         let mut naga_view: Vec<(u32, BindingKind)> = module
@@ -339,22 +337,11 @@ fn sampling_params_match_the_rust_definition() {
         .find(|(n, _)| *n == "sample_dist")
         .unwrap();
     let module = naga::front::wgsl::parse_str(source).unwrap();
-    let (_, ty) = module
-        .types
-        .iter()
-        .find(|(_, t)| t.name.as_deref() == Some("Params"))
-        .unwrap();
-    let naga::TypeInner::Struct { members, span } = &ty.inner else {
-        panic!("Params is not a struct");
-    };
-    let names: Vec<&str> = members.iter().map(|m| m.name.as_deref().unwrap()).collect();
-    let want: Vec<&str> = diffattn::model::plan::SampleParams::FIELDS
-        .iter()
-        .map(|f| f.0)
-        .collect();
-    assert_eq!(names, want);
+    let (fields, span) = wgsl_struct(&module, "Params").unwrap();
+    let want = rust_fields(diffattn::model::plan::SampleParams::FIELDS);
+    assert_eq!(fields, want);
     assert_eq!(
-        *span as usize,
+        span,
         std::mem::size_of::<diffattn::model::plan::SampleParams>()
     );
 }

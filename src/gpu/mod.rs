@@ -532,13 +532,11 @@ impl Gpu {
 
     /// A buffer the host maps to read results back (copy destination, `bytes` rounded up to 16).
     pub fn readback_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.count_buffer(bytes.max(16).next_multiple_of(16));
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(16).next_multiple_of(16),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+        self.buffer(
+            label,
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )
     }
 
     /// A timestamp query set of `count` entries, where the device has timestamps.

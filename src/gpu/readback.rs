@@ -54,27 +54,11 @@ pub async fn read_buffer(
     bytes: u64,
 ) -> Result<Vec<u8>> {
     let size = bytes.next_multiple_of(4).max(4);
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback"),
-        size,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let staging = gpu.readback_buffer("readback", size);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
     gpu.queue.submit([enc.finish()]);
-    let (send, recv) = channel();
-    staging.slice(..).map_async(wgpu::MapMode::Read, send);
-    gpu.wait()?;
-    recv.await.map_err(|e| Error::Readback(e.to_string()))?;
-    gpu.take_error("read-back")?;
-    let data = staging
-        .slice(..)
-        .get_mapped_range()
-        .map_err(|e| Error::Readback(e.to_string()))?
-        .to_vec();
-    staging.unmap();
-    Ok(data[..bytes as usize].to_vec())
+    map_read(gpu, &staging, bytes, None).await
 }
 
 /// Maps a read-back buffer (MAP_READ) after the work writing it was submitted (`submission`, or

@@ -443,9 +443,21 @@ impl Builder<'_> {
         bufs: &[&wgpu::Buffer],
         grid: Grid,
     ) -> Result<Op> {
-        let pipeline = self.gpu.pipeline(&spec)?;
         let params = self.params(label, params);
-        let mut all = vec![self.step, &params];
+        self.op_with(label, spec, &params, bufs, grid)
+    }
+
+    /// An op whose parameter block (binding 1) is made by the caller.
+    fn op_with(
+        &mut self,
+        label: &'static str,
+        spec: ShaderSpec,
+        params: &wgpu::Buffer,
+        bufs: &[&wgpu::Buffer],
+        grid: Grid,
+    ) -> Result<Op> {
+        let pipeline = self.gpu.pipeline(&spec)?;
+        let mut all = vec![self.step, params];
         all.extend_from_slice(bufs);
         let bind = self.gpu.bind(&pipeline, &all);
         Ok(Op {
@@ -692,26 +704,19 @@ impl Plan {
                 ..Default::default()
             },
         );
-        let pipeline = gpu.pipeline(&ShaderSpec::new("sample_dist"))?;
-        let bind = gpu.bind(
-            &pipeline,
+        let sample = b.op_with(
+            "sample",
+            ShaderSpec::new("sample_dist"),
+            &sample_params,
             &[
-                bufs.arena.buffer(),
-                &sample_params,
                 &act.logits,
                 &bufs.ids,
                 &bufs.sampled,
                 &bufs.history,
                 &bufs.sample_work,
             ],
-        );
-        let sample = Op {
-            label: "sample",
-            pipeline,
-            bind,
-            gemm: None,
-            grid: Grid::Single,
-        };
+            Grid::Single,
+        )?;
         Ok(Self {
             embed,
             layers,
