@@ -2,29 +2,35 @@
 // cores). The native fast path of decode_split.wgsl: same inputs, same partials, same merge pass.
 //
 // A workgroup takes one query token, the query heads of one GQA group (up to 16: the rows of a
-// 16x16 matrix tile; unused rows are zero) and every n_chunks-th sub-chunk of SUB keys, so that the
-// workgroups in flight together sweep neighbouring memory, as a grid-stride loop does (KV heads vary
-// fastest across workgroups for the same reason). Per sub-chunk:
-//   1. scores S = Q K^T (16 x SUB), each subgroup a share of the 16-key tiles, K tiles loaded
-//      straight from the cache, accumulated in f32, stored to workgroup memory;
-//   2. online softmax on S: each row's running max and sum in f32, P = exp(S - max) as f16;
-//   3. O_sub = P V (16 x HEAD_DIM), each subgroup a share of the 16-column blocks, V tiles loaded
-//      straight from the cache; the running output is rescaled and summed in registers.
+// 16x16 matrix tile; unused rows are zero) and every n_chunks-th sub-chunk of NSG x 16 keys, so
+// that the workgroups in flight together sweep neighbouring memory (KV heads vary fastest across
+// workgroups for the same reason). Within a sub-chunk each subgroup takes one 16-key block and runs
+// its own online softmax over the blocks it gets, with no workgroup barrier until the end:
+//   1. its K and V tiles for the block are loaded straight from the cache into matrices, together,
+//      so one memory round trip serves the block;
+//   2. scores S = Q K^T (16 heads x 16 keys) on the tensor cores, in f32, through this subgroup's
+//      corner of workgroup memory to the lanes (two lanes per row);
+//   3. P = exp(S - m) as f16, where m is the row's running maximum; m only moves when a block's
+//      maximum exceeds it by more than THRESHOLD, so P stays below e^THRESHOLD (well inside f16)
+//      and the running output, which lives in matrices, is rescaled only on those rare blocks;
+//   4. O += P V on the tensor cores.
+// At the end the subgroups' (max, sum, output) are merged in workgroup memory, tile by tile, and
+// written as the chunk's partial; with a single chunk (`direct`) the normalised result, with the
+// DIFF V2 differential, goes straight to the output and no merge pass runs.
 // Every K and V element is read from memory once, by whole 16x16 tiles, for all heads of the group,
-// so DIFF V2 (twice the query heads per KV head) costs the same memory traffic as standard attention,
-// and the tensor cores keep the arithmetic off the critical path.
+// so DIFF V2 (twice the query heads per KV head) costs the same memory traffic as standard attention.
 //
-// The cache's last tile of a chunk may be partial: it is staged through workgroup memory with zeros
-// past the visible keys, so nothing past the end is ever read and no garbage reaches a product.
+// A partial last block is staged through workgroup memory with zeros past the visible keys, so
+// nothing past the end is ever read and no garbage reaches a product.
 //
-// Cooperative operations run per subgroup; naga's uniformity analysis treats subgroup_id as
-// divergent, hence the diagnostic filter below: every branch around a cooperative operation here
-// depends only on the workgroup, the uniforms and the subgroup id, so each subgroup stays converged.
-// The row reductions use subgroup shuffles across 8 consecutive invocations, so the host takes this
-// path only where subgroups are at least 8 wide and laid out linearly (NVIDIA: 32).
+// Cooperative operations and subgroup barriers run per subgroup; naga's uniformity analysis treats
+// subgroup_id as divergent, hence the diagnostic filter below: every branch around them depends only
+// on the workgroup, the uniforms and the subgroup id, so each subgroup stays converged. The softmax
+// pairs lanes by shuffles, so the host takes this path only with fixed 32-wide subgroups (NVIDIA).
 //
 // Layouts as decode_split.wgsl: q (N, q_heads, d) f32; k, v (S, kv_heads, d) f16;
-// part_o (N, q_heads, n_chunks, d) f32; part_ml (N, q_heads, n_chunks) as (max, sum).
+// part_o (N, q_heads, n_chunks, d) f32; part_ml (N, q_heads, n_chunks) as (max, sum);
+// lam (N, out_heads) raw logits; out (N, out_heads, d) f32.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -32,27 +38,22 @@ diagnostic(off, derivative_uniformity);
 
 // Specialisation constants (the host replaces these defaults).
 const HEAD_DIM: u32 = 64u;
-const SUB: u32 = 128u;
 const WG: u32 = 128u;
-// Measurement only (always 0 in use): bits that leave stages out, to time what each costs.
-// 1: score products, 2: value products, 16: softmax (32, the merge pass, is the host's).
+// Measurement only (always 0 in use): 1 leaves the K/V loads out, to time the rest.
 const PROFILE: u32 = 0u;
 
+const LANES: u32 = 32u;
+const NSG: u32 = WG / LANES;
 const TILE: u32 = 16u;
-// Query heads per workgroup: the rows of one matrix tile.
 const ROWS: u32 = 16u;
 const DC: u32 = HEAD_DIM / TILE;
-const KT: u32 = SUB / TILE;
-const LANES_PER_ROW: u32 = WG / ROWS;
-const KEYS_PER_LANE: u32 = SUB / LANES_PER_ROW;
-// Output elements of the 16 x HEAD_DIM accumulator each invocation keeps.
-const ACC: u32 = ROWS * HEAD_DIM / WG;
-// Row strides in workgroup memory, padded by 16 bytes so that the rows one matrix load or one
-// softmax step touches fall in different banks.
+// How far a block's maximum may exceed the running maximum before the output is rescaled.
+const THRESHOLD: f32 = 8.0;
+// Row strides in workgroup memory, padded so that the rows one matrix access touches fall in
+// different banks; every row starts on 16 bytes.
 const Q_STRIDE: u32 = HEAD_DIM + 8u;
-const S_STRIDE: u32 = SUB + 8u;
-const P_STRIDE: u32 = SUB + 8u;
-const O_STRIDE: u32 = HEAD_DIM + 8u;
+const S_STRIDE: u32 = TILE + 4u;
+const P_STRIDE: u32 = TILE + 8u;
 const NEG_BIG: f32 = -3.0e38;
 
 struct Params {
@@ -71,7 +72,7 @@ struct Params {
     scale: f32,
     diff: u32,
     chunk_len: u32,
-    pad0: u32,
+    direct: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,218 +81,173 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<f16>;
 @group(0) @binding(4) var<storage, read_write> part_o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> part_ml: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read> lam: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
 
 // Pre-scaled queries, row-major (ROWS x HEAD_DIM).
 var<workgroup> w_q: array<f16, ROWS * Q_STRIDE>;
-// Scores of the sub-chunk (ROWS x SUB); after the softmax, the sub-chunk's P V (ROWS x HEAD_DIM).
-var<workgroup> w_s: array<f32, ROWS * S_STRIDE>;
-var<workgroup> w_p: array<f16, ROWS * P_STRIDE>;
-// A partial 16-key tile of K, then of V, key-major, zero past the visible keys.
-var<workgroup> w_tail: array<f16, TILE * HEAD_DIM>;
-// Per row: exp(old max - new max), the factor that rescales the running output.
-var<workgroup> w_alpha: array<f32, ROWS>;
+// Per subgroup: a block's scores (ROWS x TILE); also where an output tile is rescaled or merged.
+var<workgroup> w_s: array<f32, NSG * ROWS * S_STRIDE>;
+// Per subgroup: a block's probabilities (ROWS x TILE).
+var<workgroup> w_p: array<f16, NSG * ROWS * P_STRIDE>;
+// The partial last block: its K rows, then its V rows, zero past the visible keys. Only the one
+// subgroup that owns that block uses it.
+var<workgroup> w_tail: array<f16, 2u * TILE * HEAD_DIM>;
+// Per subgroup and row: the running (max, sum) at the end.
+var<workgroup> w_ml: array<vec2<f32>, NSG * ROWS>;
 
 // Copies keys key0 .. key0 + count (count < TILE) of one KV head into w_tail, zero-padded.
-fn stage_tail(from_v: bool, key0: u32, count: u32, kv_head: u32, lid: u32) {
-    for (var e = lid; e < TILE * HEAD_DIM; e += WG) {
+fn stage_tail(key0: u32, count: u32, kv_head: u32, lane: u32) {
+    for (var e = lane; e < TILE * HEAD_DIM; e += LANES) {
         let j = e / HEAD_DIM;
-        var x = f16(0.0);
+        var kx = f16(0.0);
+        var vx = f16(0.0);
         if j < count {
             let i = ((key0 + j) * p.kv_heads + kv_head) * HEAD_DIM + e % HEAD_DIM;
-            if from_v {
-                x = v[i];
-            } else {
-                x = k[i];
-            }
+            kx = k[i];
+            vx = v[i];
         }
-        w_tail[e] = x;
+        w_tail[e] = kx;
+        w_tail[TILE * HEAD_DIM + e] = vx;
     }
 }
 
-// Scores of key tile `kt` (keys key0 .. key0 + 16) against all ROWS queries, into w_s.
-fn score_tile(kt: u32, key0: u32, kv_head: u32, from_tail: bool) {
-    var s = coop_mat16x16<f32, C>();
-    let ks = p.kv_heads * HEAD_DIM;
-    let ts = HEAD_DIM;
-    let qs = Q_STRIDE;
-    let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
-    var dc = 0u;
-    if !from_tail {
-        // Eight K tiles in flight before their products: the loads, not the tensor cores, are the
-        // latency to hide (measured: one load at a time ran at a third of this speed).
-        for (; dc + 7u < DC; dc += 8u) {
-            let k0 = base + dc * TILE;
-            let k1 = k0 + TILE;
-            let k2 = k0 + 2u * TILE;
-            let k3 = k0 + 3u * TILE;
-            let k4 = k0 + 4u * TILE;
-            let k5 = k0 + 5u * TILE;
-            let k6 = k0 + 6u * TILE;
-            let k7 = k0 + 7u * TILE;
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&k[k0], ks);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&k[k1], ks);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&k[k2], ks);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&k[k3], ks);
-            let b4 = coopLoad<coop_mat16x16<f16, B>>(&k[k4], ks);
-            let b5 = coopLoad<coop_mat16x16<f16, B>>(&k[k5], ks);
-            let b6 = coopLoad<coop_mat16x16<f16, B>>(&k[k6], ks);
-            let b7 = coopLoad<coop_mat16x16<f16, B>>(&k[k7], ks);
-            s = score_step(dc, b0, s);
-            s = score_step(dc + 1u, b1, s);
-            s = score_step(dc + 2u, b2, s);
-            s = score_step(dc + 3u, b3, s);
-            s = score_step(dc + 4u, b4, s);
-            s = score_step(dc + 5u, b5, s);
-            s = score_step(dc + 6u, b6, s);
-            s = score_step(dc + 7u, b7, s);
-        }
-        for (; dc + 3u < DC; dc += 4u) {
-            let k0 = base + dc * TILE;
-            let k1 = k0 + TILE;
-            let k2 = k0 + 2u * TILE;
-            let k3 = k0 + 3u * TILE;
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&k[k0], ks);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&k[k1], ks);
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&k[k2], ks);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&k[k3], ks);
-            s = score_step(dc, b0, s);
-            s = score_step(dc + 1u, b1, s);
-            s = score_step(dc + 2u, b2, s);
-            s = score_step(dc + 3u, b3, s);
-        }
+// Column block `dc` of K^T for a block as the (HEAD_DIM x keys) operand: column j is key j's row.
+fn load_k(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
+    if PROFILE == 1u {
+        return coop_mat16x16<f16, B>();
     }
-    for (; dc < DC; dc++) {
-        // K^T as a (HEAD_DIM x keys) operand: column j is key j's row, so column-major.
-        if from_tail {
-            let ti = dc * TILE;
-            let b = coopLoad<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
-            s = score_step(dc, b, s);
-        } else {
-            let ki = base + dc * TILE;
-            let b = coopLoad<coop_mat16x16<f16, B>>(&k[ki], ks);
-            s = score_step(dc, b, s);
-        }
+    if tail {
+        let at = dc * TILE;
+        let ts = HEAD_DIM;
+        return coopLoad<coop_mat16x16<f16, B>>(&w_tail[at], ts);
     }
-    let si = kt * TILE;
-    let ss = S_STRIDE;
-    coopStoreT(s, &w_s[si], ss);
-}
-
-// Column block `i` of a K tile (rows base.. of the cache) as the (HEAD_DIM x keys) operand.
-fn load_k(base: u32, i: u32, stride: u32) -> coop_mat16x16<f16, B> {
-    let at = base + i * TILE;
+    let at = base + dc * TILE;
     return coopLoad<coop_mat16x16<f16, B>>(&k[at], stride);
 }
 
-// Key tile `i` of a V column block starting at `base`, as the (keys x 16) operand.
-fn load_v(base: u32, i: u32, stride: u32) -> coop_mat16x16<f16, B> {
-    let at = base + i * TILE * stride;
+// Column block `dc` of V for a block as the (keys x 16) operand: row i is key i's row.
+fn load_v(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
+    if PROFILE == 1u {
+        return coop_mat16x16<f16, B>();
+    }
+    if tail {
+        let at = TILE * HEAD_DIM + dc * TILE;
+        let ts = HEAD_DIM;
+        return coopLoadT<coop_mat16x16<f16, B>>(&w_tail[at], ts);
+    }
+    let at = base + dc * TILE;
     return coopLoadT<coop_mat16x16<f16, B>>(&v[at], stride);
 }
 
-// One 16-column block of the scores' inner product: s + Q[:, dc] * b.
-fn score_step(
-    dc: u32,
-    b: coop_mat16x16<f16, B>,
-    s: coop_mat16x16<f32, C>,
-) -> coop_mat16x16<f32, C> {
-    let qi = dc * TILE;
+// Column block `dc` of the pre-scaled queries as the (heads x HEAD_DIM) operand.
+fn load_q(dc: u32) -> coop_mat16x16<f16, A> {
+    let at = dc * TILE;
     let qs = Q_STRIDE;
-    let a = coopLoadT<coop_mat16x16<f16, A>>(&w_q[qi], qs);
-    return coopMultiplyAdd(a, b, s);
+    return coopLoadT<coop_mat16x16<f16, A>>(&w_q[at], qs);
 }
 
-// One 16-key block of P V: o + P[:, kt] * b.
-fn value_step(
-    kt: u32,
-    b: coop_mat16x16<f16, B>,
+// Multiplies row r of an output tile by its lane's factor, through the subgroup's score corner
+// (lanes 2r and 2r + 1 hold row r's factor; each scales half the row).
+fn rescale(o: coop_mat16x16<f32, C>, alpha: f32, corner: u32, lane: u32) -> coop_mat16x16<f32, C> {
+    let ss = S_STRIDE;
+    coopStoreT(o, &w_s[corner], ss);
+    subgroupBarrier();
+    let at = corner + (lane / 2u) * S_STRIDE + (lane % 2u) * 8u;
+    for (var j = 0u; j < 8u; j++) {
+        w_s[at + j] *= alpha;
+    }
+    subgroupBarrier();
+    let scaled = coopLoadT<coop_mat16x16<f32, C>>(&w_s[corner], ss);
+    subgroupBarrier();
+    return scaled;
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// Merges the subgroups' output tile `dc` (already in their score corners, their (max, sum) in
+// w_ml) and writes it: the chunk's partial, or with `direct` the final output.
+fn merge_tile(dc: u32, lid: u32, n: u32, first_head: u32, n_heads: u32, chunk: u32) {
+    let col = dc * TILE;
+    if p.direct != 0u && p.diff != 0u {
+        // Output head i pairs query heads 2i and 2i + 1, both rows of this tile.
+        for (var e = lid; e < ROWS / 2u * TILE; e += WG) {
+            let i = e / TILE;
+            let c = e % TILE;
+            if 2u * i < n_heads {
+                let a = merged_value(2u * i, c);
+                let b = merged_value(2u * i + 1u, c);
+                let oh = first_head / 2u + i;
+                let row = n * p.out_heads + oh;
+                out[row * HEAD_DIM + col + c] = a.x / a.y - sigmoid(lam[row]) * (b.x / b.y);
+            }
+        }
+        return;
+    }
+    for (var e = lid; e < ROWS * TILE; e += WG) {
+        let r = e / TILE;
+        let c = e % TILE;
+        if r < n_heads {
+            let m = merged_value(r, c);
+            let qh = n * p.q_heads + first_head + r;
+            if p.direct != 0u {
+                out[qh * HEAD_DIM + col + c] = m.x / m.y;
+            } else {
+                part_o[(qh * p.n_chunks + chunk) * HEAD_DIM + col + c] = m.x;
+            }
+        }
+    }
+}
+
+// Row r, column c of the merged output tile: (output relative to the row's merged max, sum).
+fn merged_value(r: u32, c: u32) -> vec2<f32> {
+    var m = NEG_BIG;
+    for (var s = 0u; s < NSG; s++) {
+        m = max(m, w_ml[s * ROWS + r].x);
+    }
+    var o = 0.0;
+    var l = 0.0;
+    for (var s = 0u; s < NSG; s++) {
+        let ml = w_ml[s * ROWS + r];
+        let w = exp(ml.x - m);
+        o += w * w_s[s * ROWS * S_STRIDE + r * S_STRIDE + c];
+        l += w * ml.y;
+    }
+    return vec2<f32>(o, l);
+}
+
+// The merged (max, sum) of row r.
+fn merged_ml(r: u32) -> vec2<f32> {
+    var m = NEG_BIG;
+    for (var s = 0u; s < NSG; s++) {
+        m = max(m, w_ml[s * ROWS + r].x);
+    }
+    var l = 0.0;
+    for (var s = 0u; s < NSG; s++) {
+        let ml = w_ml[s * ROWS + r];
+        l += exp(ml.x - m) * ml.y;
+    }
+    return vec2<f32>(m, l);
+}
+
+// Stores output tile `dc` to the subgroup's corner, then merges and writes it (all subgroups).
+fn finish_tile(
     o: coop_mat16x16<f32, C>,
-) -> coop_mat16x16<f32, C> {
-    let pi = kt * TILE;
-    let ps = P_STRIDE;
-    let a = coopLoadT<coop_mat16x16<f16, A>>(&w_p[pi], ps);
-    return coopMultiplyAdd(a, b, o);
-}
-
-// Column block `dc` of P V over the sub-chunk starting at key `sub`, into w_s (ROWS x HEAD_DIM).
-fn value_block(dc: u32, sub: u32, full: u32, partial: bool, kv_head: u32) {
-    var o = coop_mat16x16<f32, C>();
-    let vs = p.kv_heads * HEAD_DIM;
-    let ts = HEAD_DIM;
-    let step = TILE * vs;
-    let base = (sub * p.kv_heads + kv_head) * HEAD_DIM + dc * TILE;
-    var kt = 0u;
-    // Eight V tiles in flight before their products, as in score_tile.
-    for (; kt + 7u < full; kt += 8u) {
-        let v0 = base + kt * step;
-        let v1 = v0 + step;
-        let v2 = v0 + 2u * step;
-        let v3 = v0 + 3u * step;
-        let v4 = v0 + 4u * step;
-        let v5 = v0 + 5u * step;
-        let v6 = v0 + 6u * step;
-        let v7 = v0 + 7u * step;
-        let b0 = coopLoadT<coop_mat16x16<f16, B>>(&v[v0], vs);
-        let b1 = coopLoadT<coop_mat16x16<f16, B>>(&v[v1], vs);
-        let b2 = coopLoadT<coop_mat16x16<f16, B>>(&v[v2], vs);
-        let b3 = coopLoadT<coop_mat16x16<f16, B>>(&v[v3], vs);
-        let b4 = coopLoadT<coop_mat16x16<f16, B>>(&v[v4], vs);
-        let b5 = coopLoadT<coop_mat16x16<f16, B>>(&v[v5], vs);
-        let b6 = coopLoadT<coop_mat16x16<f16, B>>(&v[v6], vs);
-        let b7 = coopLoadT<coop_mat16x16<f16, B>>(&v[v7], vs);
-        o = value_step(kt, b0, o);
-        o = value_step(kt + 1u, b1, o);
-        o = value_step(kt + 2u, b2, o);
-        o = value_step(kt + 3u, b3, o);
-        o = value_step(kt + 4u, b4, o);
-        o = value_step(kt + 5u, b5, o);
-        o = value_step(kt + 6u, b6, o);
-        o = value_step(kt + 7u, b7, o);
-    }
-    for (; kt + 3u < full; kt += 4u) {
-        let v0 = base + kt * step;
-        let v1 = v0 + step;
-        let v2 = v0 + 2u * step;
-        let v3 = v0 + 3u * step;
-        let b0 = coopLoadT<coop_mat16x16<f16, B>>(&v[v0], vs);
-        let b1 = coopLoadT<coop_mat16x16<f16, B>>(&v[v1], vs);
-        let b2 = coopLoadT<coop_mat16x16<f16, B>>(&v[v2], vs);
-        let b3 = coopLoadT<coop_mat16x16<f16, B>>(&v[v3], vs);
-        o = value_step(kt, b0, o);
-        o = value_step(kt + 1u, b1, o);
-        o = value_step(kt + 2u, b2, o);
-        o = value_step(kt + 3u, b3, o);
-    }
-    for (; kt < full; kt++) {
-        let vi = base + kt * step;
-        let b = coopLoadT<coop_mat16x16<f16, B>>(&v[vi], vs);
-        o = value_step(kt, b, o);
-    }
-    if partial {
-        let ti = dc * TILE;
-        let b = coopLoadT<coop_mat16x16<f16, B>>(&w_tail[ti], ts);
-        o = value_step(full, b, o);
-    }
-    let oi = dc * TILE;
-    let os = O_STRIDE;
-    coopStoreT(o, &w_s[oi], os);
-}
-
-// Reductions over the LANES_PER_ROW consecutive invocations that share a softmax row.
-fn row_max(x: f32) -> f32 {
-    var m = x;
-    for (var o = 1u; o < LANES_PER_ROW; o *= 2u) {
-        m = max(m, subgroupShuffleXor(m, o));
-    }
-    return m;
-}
-
-fn row_sum(x: f32) -> f32 {
-    var s = x;
-    for (var o = 1u; o < LANES_PER_ROW; o *= 2u) {
-        s += subgroupShuffleXor(s, o);
-    }
-    return s;
+    dc: u32,
+    corner: u32,
+    lid: u32,
+    n: u32,
+    first_head: u32,
+    n_heads: u32,
+    chunk: u32,
+) {
+    let ss = S_STRIDE;
+    coopStoreT(o, &w_s[corner], ss);
+    workgroupBarrier();
+    merge_tile(dc, lid, n, first_head, n_heads, chunk);
+    workgroupBarrier();
 }
 
 @compute @workgroup_size(WG)
@@ -299,7 +255,7 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_id) sg: u32,
-    @builtin(num_subgroups) n_sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
 ) {
     let kv_head = wg.x / p.head_splits;
     let split = wg.x % p.head_splits;
@@ -311,7 +267,7 @@ fn main(
     if p.causal != 0u {
         visible_end = min(p.seq_len, p.past_len + n + 1u);
     }
-    let n_subs = (visible_end + SUB - 1u) / SUB;
+    let n_blocks = (visible_end + TILE - 1u) / TILE;
 
     for (var e = lid; e < ROWS * HEAD_DIM; e += WG) {
         let r = e / HEAD_DIM;
@@ -321,159 +277,161 @@ fn main(
         }
         w_q[r * Q_STRIDE + e % HEAD_DIM] = f16(x);
     }
+    workgroupBarrier();
+    let q0 = load_q(0u);
+    var q1 = coop_mat16x16<f16, A>();
+    var q2 = coop_mat16x16<f16, A>();
+    var q3 = coop_mat16x16<f16, A>();
+    var q4 = coop_mat16x16<f16, A>();
+    var q5 = coop_mat16x16<f16, A>();
+    var q6 = coop_mat16x16<f16, A>();
+    var q7 = coop_mat16x16<f16, A>();
+    if DC > 1u { q1 = load_q(1u); }
+    if DC > 2u { q2 = load_q(2u); }
+    if DC > 3u { q3 = load_q(3u); }
+    if DC > 4u { q4 = load_q(4u); }
+    if DC > 5u { q5 = load_q(5u); }
+    if DC > 6u { q6 = load_q(6u); }
+    if DC > 7u { q7 = load_q(7u); }
 
-    // This invocation's row in the softmax, and its running statistics (the invocations of a row
-    // hold identical copies).
-    let r = lid / LANES_PER_ROW;
-    let lr = lid % LANES_PER_ROW;
+    // The running output, one 16x16 tile per 16 columns.
+    var o0 = coop_mat16x16<f32, C>();
+    var o1 = coop_mat16x16<f32, C>();
+    var o2 = coop_mat16x16<f32, C>();
+    var o3 = coop_mat16x16<f32, C>();
+    var o4 = coop_mat16x16<f32, C>();
+    var o5 = coop_mat16x16<f32, C>();
+    var o6 = coop_mat16x16<f32, C>();
+    var o7 = coop_mat16x16<f32, C>();
+    // This lane's softmax row and half of it; both lanes of a row hold the row's statistics.
+    let r = lane / 2u;
+    let half = lane % 2u;
     var m_run = NEG_BIG;
     var l_run = 0.0;
-    var acc: array<f32, ACC>;
+    let corner = sg * ROWS * S_STRIDE;
+    let p_corner = sg * ROWS * P_STRIDE;
+    let ks = p.kv_heads * HEAD_DIM;
+    let stride = p.n_chunks * NSG;
 
-    for (var s = chunk; s < n_subs; s += p.n_chunks) {
-        let sub = s * SUB;
-        let keys = min(SUB, visible_end - sub);
-        let full = keys / TILE;
-        let partial = full * TILE < keys;
-        if partial {
-            stage_tail(false, sub + full * TILE, keys - full * TILE, kv_head, lid);
+    for (var b = chunk * NSG + sg; b < n_blocks; b += stride) {
+        let key0 = b * TILE;
+        let tail = key0 + TILE > visible_end;
+        if tail {
+            stage_tail(key0, visible_end - key0, kv_head, lane);
+            subgroupBarrier();
         }
-        workgroupBarrier();
+        let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
+        let k0 = load_k(base, 0u, ks, tail);
+        var k1 = coop_mat16x16<f16, B>();
+        var k2 = coop_mat16x16<f16, B>();
+        var k3 = coop_mat16x16<f16, B>();
+        var k4 = coop_mat16x16<f16, B>();
+        var k5 = coop_mat16x16<f16, B>();
+        var k6 = coop_mat16x16<f16, B>();
+        var k7 = coop_mat16x16<f16, B>();
+        if DC > 1u { k1 = load_k(base, 1u, ks, tail); }
+        if DC > 2u { k2 = load_k(base, 2u, ks, tail); }
+        if DC > 3u { k3 = load_k(base, 3u, ks, tail); }
+        if DC > 4u { k4 = load_k(base, 4u, ks, tail); }
+        if DC > 5u { k5 = load_k(base, 5u, ks, tail); }
+        if DC > 6u { k6 = load_k(base, 6u, ks, tail); }
+        if DC > 7u { k7 = load_k(base, 7u, ks, tail); }
+        let v0 = load_v(base, 0u, ks, tail);
+        var v1 = coop_mat16x16<f16, B>();
+        var v2 = coop_mat16x16<f16, B>();
+        var v3 = coop_mat16x16<f16, B>();
+        var v4 = coop_mat16x16<f16, B>();
+        var v5 = coop_mat16x16<f16, B>();
+        var v6 = coop_mat16x16<f16, B>();
+        var v7 = coop_mat16x16<f16, B>();
+        if DC > 1u { v1 = load_v(base, 1u, ks, tail); }
+        if DC > 2u { v2 = load_v(base, 2u, ks, tail); }
+        if DC > 3u { v3 = load_v(base, 3u, ks, tail); }
+        if DC > 4u { v4 = load_v(base, 4u, ks, tail); }
+        if DC > 5u { v5 = load_v(base, 5u, ks, tail); }
+        if DC > 6u { v6 = load_v(base, 6u, ks, tail); }
+        if DC > 7u { v7 = load_v(base, 7u, ks, tail); }
 
-        // The common case, a full sub-chunk with one score tile and at most one value block per
-        // subgroup: the subgroup issues its K and its V loads together, so that one memory round
-        // trip, not two, serves the sub-chunk (V waits in registers through the softmax).
-        let fast = full == KT && KT == n_sg && DC <= n_sg && PROFILE == 0u;
-        var kb0 = coop_mat16x16<f16, B>();
-        var kb1 = coop_mat16x16<f16, B>();
-        var kb2 = coop_mat16x16<f16, B>();
-        var kb3 = coop_mat16x16<f16, B>();
-        var kb4 = coop_mat16x16<f16, B>();
-        var kb5 = coop_mat16x16<f16, B>();
-        var kb6 = coop_mat16x16<f16, B>();
-        var kb7 = coop_mat16x16<f16, B>();
-        var vb0 = coop_mat16x16<f16, B>();
-        var vb1 = coop_mat16x16<f16, B>();
-        var vb2 = coop_mat16x16<f16, B>();
-        var vb3 = coop_mat16x16<f16, B>();
-        var vb4 = coop_mat16x16<f16, B>();
-        var vb5 = coop_mat16x16<f16, B>();
-        var vb6 = coop_mat16x16<f16, B>();
-        var vb7 = coop_mat16x16<f16, B>();
-        if fast {
-            let ks = p.kv_heads * HEAD_DIM;
-            let kbase = ((sub + sg * TILE) * p.kv_heads + kv_head) * HEAD_DIM;
-            kb0 = load_k(kbase, 0u, ks);
-            if DC > 1u { kb1 = load_k(kbase, 1u, ks); }
-            if DC > 2u { kb2 = load_k(kbase, 2u, ks); }
-            if DC > 3u { kb3 = load_k(kbase, 3u, ks); }
-            if DC > 4u { kb4 = load_k(kbase, 4u, ks); }
-            if DC > 5u { kb5 = load_k(kbase, 5u, ks); }
-            if DC > 6u { kb6 = load_k(kbase, 6u, ks); }
-            if DC > 7u { kb7 = load_k(kbase, 7u, ks); }
-            if sg < DC {
-                let vbase = (sub * p.kv_heads + kv_head) * HEAD_DIM + sg * TILE;
-                vb0 = load_v(vbase, 0u, ks);
-                if KT > 1u { vb1 = load_v(vbase, 1u, ks); }
-                if KT > 2u { vb2 = load_v(vbase, 2u, ks); }
-                if KT > 3u { vb3 = load_v(vbase, 3u, ks); }
-                if KT > 4u { vb4 = load_v(vbase, 4u, ks); }
-                if KT > 5u { vb5 = load_v(vbase, 5u, ks); }
-                if KT > 6u { vb6 = load_v(vbase, 6u, ks); }
-                if KT > 7u { vb7 = load_v(vbase, 7u, ks); }
-            }
-            var sc = coop_mat16x16<f32, C>();
-            sc = score_step(0u, kb0, sc);
-            if DC > 1u { sc = score_step(1u, kb1, sc); }
-            if DC > 2u { sc = score_step(2u, kb2, sc); }
-            if DC > 3u { sc = score_step(3u, kb3, sc); }
-            if DC > 4u { sc = score_step(4u, kb4, sc); }
-            if DC > 5u { sc = score_step(5u, kb5, sc); }
-            if DC > 6u { sc = score_step(6u, kb6, sc); }
-            if DC > 7u { sc = score_step(7u, kb7, sc); }
-            let si = sg * TILE;
-            let ss = S_STRIDE;
-            coopStoreT(sc, &w_s[si], ss);
-        } else if (PROFILE & 1u) == 0u {
-            for (var kt = sg; kt < full; kt += n_sg) {
-                score_tile(kt, sub + kt * TILE, kv_head, false);
-            }
-            if partial && sg == full % n_sg {
-                score_tile(full, 0u, kv_head, true);
-            }
-        }
-        workgroupBarrier();
+        var s = coopMultiplyAdd(q0, k0, coop_mat16x16<f32, C>());
+        if DC > 1u { s = coopMultiplyAdd(q1, k1, s); }
+        if DC > 2u { s = coopMultiplyAdd(q2, k2, s); }
+        if DC > 3u { s = coopMultiplyAdd(q3, k3, s); }
+        if DC > 4u { s = coopMultiplyAdd(q4, k4, s); }
+        if DC > 5u { s = coopMultiplyAdd(q5, k5, s); }
+        if DC > 6u { s = coopMultiplyAdd(q6, k6, s); }
+        if DC > 7u { s = coopMultiplyAdd(q7, k7, s); }
+        let ss = S_STRIDE;
+        coopStoreT(s, &w_s[corner], ss);
+        subgroupBarrier();
 
-        if partial {
-            stage_tail(true, sub + full * TILE, keys - full * TILE, kv_head, lid);
-        }
-        var tmax = NEG_BIG;
-        for (var t = 0u; t < KEYS_PER_LANE * u32((PROFILE & 16u) == 0u); t++) {
-            let j = lr + t * LANES_PER_ROW;
-            if j < keys {
-                tmax = max(tmax, w_s[r * S_STRIDE + j]);
+        let at = corner + r * S_STRIDE + half * 8u;
+        var x: array<f32, 8>;
+        var bm = NEG_BIG;
+        for (var j = 0u; j < 8u; j++) {
+            var sj = w_s[at + j];
+            if key0 + half * 8u + j >= visible_end {
+                sj = NEG_BIG;
             }
+            x[j] = sj;
+            bm = max(bm, sj);
         }
-        let m_new = max(m_run, row_max(tmax));
+        bm = max(bm, subgroupShuffleXor(bm, 1u));
+        let grows = bm > m_run + THRESHOLD;
+        var m_new = m_run;
+        if grows {
+            m_new = bm;
+        }
+        let alpha = exp(m_run - m_new);
+        // The first block of a subgroup finds every row growing and an output still zero.
+        if subgroupAny(grows) && m_run > NEG_BIG {
+            subgroupBarrier();
+            o0 = rescale(o0, alpha, corner, lane);
+            if DC > 1u { o1 = rescale(o1, alpha, corner, lane); }
+            if DC > 2u { o2 = rescale(o2, alpha, corner, lane); }
+            if DC > 3u { o3 = rescale(o3, alpha, corner, lane); }
+            if DC > 4u { o4 = rescale(o4, alpha, corner, lane); }
+            if DC > 5u { o5 = rescale(o5, alpha, corner, lane); }
+            if DC > 6u { o6 = rescale(o6, alpha, corner, lane); }
+            if DC > 7u { o7 = rescale(o7, alpha, corner, lane); }
+        }
         var tsum = 0.0;
-        for (var t = 0u; t < KEYS_PER_LANE * u32((PROFILE & 16u) == 0u); t++) {
-            let j = lr + t * LANES_PER_ROW;
-            var e = f16(0.0);
-            if j < keys {
-                e = f16(exp(w_s[r * S_STRIDE + j] - m_new));
-            }
-            w_p[r * P_STRIDE + j] = e;
+        let pat = p_corner + r * P_STRIDE + half * 8u;
+        for (var j = 0u; j < 8u; j++) {
+            let e = f16(exp(x[j] - m_new));
+            w_p[pat + j] = e;
             // The sum takes the rounded weights, so that it normalises exactly what P V sums.
             tsum += f32(e);
         }
-        let alpha = exp(m_run - m_new);
-        l_run = l_run * alpha + row_sum(tsum);
+        l_run = l_run * alpha + tsum + subgroupShuffleXor(tsum, 1u);
         m_run = m_new;
-        if lr == 0u {
-            w_alpha[r] = alpha;
-        }
-        workgroupBarrier();
+        subgroupBarrier();
 
-        if fast {
-            if sg < DC {
-                var o = coop_mat16x16<f32, C>();
-                o = value_step(0u, vb0, o);
-                if KT > 1u { o = value_step(1u, vb1, o); }
-                if KT > 2u { o = value_step(2u, vb2, o); }
-                if KT > 3u { o = value_step(3u, vb3, o); }
-                if KT > 4u { o = value_step(4u, vb4, o); }
-                if KT > 5u { o = value_step(5u, vb5, o); }
-                if KT > 6u { o = value_step(6u, vb6, o); }
-                if KT > 7u { o = value_step(7u, vb7, o); }
-                let oi = sg * TILE;
-                let os = O_STRIDE;
-                coopStoreT(o, &w_s[oi], os);
-            }
-        } else if (PROFILE & 2u) == 0u {
-            for (var dc = sg; dc < DC; dc += n_sg) {
-                value_block(dc, sub, full, partial, kv_head);
-            }
-        }
-        workgroupBarrier();
-
-        for (var i = 0u; i < ACC; i++) {
-            let e = lid + i * WG;
-            let row = e / HEAD_DIM;
-            acc[i] = acc[i] * w_alpha[row] + w_s[row * O_STRIDE + e % HEAD_DIM];
-        }
-        // The next sub-chunk overwrites w_s, w_tail and w_alpha.
-        workgroupBarrier();
+        let ps = P_STRIDE;
+        let pa = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p_corner], ps);
+        o0 = coopMultiplyAdd(pa, v0, o0);
+        if DC > 1u { o1 = coopMultiplyAdd(pa, v1, o1); }
+        if DC > 2u { o2 = coopMultiplyAdd(pa, v2, o2); }
+        if DC > 3u { o3 = coopMultiplyAdd(pa, v3, o3); }
+        if DC > 4u { o4 = coopMultiplyAdd(pa, v4, o4); }
+        if DC > 5u { o5 = coopMultiplyAdd(pa, v5, o5); }
+        if DC > 6u { o6 = coopMultiplyAdd(pa, v6, o6); }
+        if DC > 7u { o7 = coopMultiplyAdd(pa, v7, o7); }
+        // The next block overwrites this subgroup's corners and possibly the tail.
+        subgroupBarrier();
     }
 
-    for (var i = 0u; i < ACC; i++) {
-        let e = lid + i * WG;
-        let row = e / HEAD_DIM;
-        if row < n_heads {
-            let out_row = (n * p.q_heads + first_head + row) * p.n_chunks + chunk;
-            part_o[out_row * HEAD_DIM + e % HEAD_DIM] = acc[i];
-        }
+    if half == 0u {
+        w_ml[sg * ROWS + r] = vec2<f32>(m_run, l_run);
     }
-    if lr == 0u && r < n_heads {
-        part_ml[(n * p.q_heads + first_head + r) * p.n_chunks + chunk] = vec2<f32>(m_run, l_run);
+    finish_tile(o0, 0u, corner, lid, n, first_head, n_heads, chunk);
+    if DC > 1u { finish_tile(o1, 1u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 2u { finish_tile(o2, 2u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 3u { finish_tile(o3, 3u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 4u { finish_tile(o4, 4u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 5u { finish_tile(o5, 5u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 6u { finish_tile(o6, 6u, corner, lid, n, first_head, n_heads, chunk); }
+    if DC > 7u { finish_tile(o7, 7u, corner, lid, n, first_head, n_heads, chunk); }
+    if p.direct == 0u && lid < n_heads {
+        part_ml[(n * p.q_heads + first_head + lid) * p.n_chunks + chunk] = merged_ml(lid);
     }
 }

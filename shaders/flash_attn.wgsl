@@ -38,7 +38,7 @@ struct Params {
     scale: f32,
     diff: u32,
     chunk_len: u32,
-    pad0: u32,
+    direct: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

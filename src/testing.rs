@@ -169,7 +169,8 @@ pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
         kv_dtype: KvDtype::F16,
         ..AttentionConfig::new(Mode::Diff, 4, 2, 64)
     };
-    if attention::coop_decode_unavailable(gpu, &probe, 128).is_none() {
+    let tuning = attention::DecodeTuning::for_layer(&gpu.info, 64);
+    if attention::coop_decode_unavailable(gpu, &probe, &tuning).is_none() {
         cases.extend(coop_decode_cases());
     }
     if attention::coop_prefill_unavailable(gpu, &probe).is_none() {
@@ -225,7 +226,9 @@ pub fn coop_decode_cases() -> Vec<Case> {
         case(Standard, (32, 8, 128), (1, 4099), true, F16, k),
         case(Diff, (16, 4, 32), (3, 777), true, F16, k),
         case(Diff, (4, 2, 96), (4, 513), true, F16, k),
-        case(Diff, (4, 2, 256), (1, 300), true, F16, k),
+        case(Diff, (3, 2, 64), (1, 100), true, F16, k),
+        case(Standard, (3, 1, 32), (1, 250), true, F16, k),
+        case(Diff, (8, 2, 128), (4, 200), true, F16, k),
         case(Diff, (16, 1, 64), (1, 700), true, F16, k),
         case(Standard, (4, 4, 64), (2, 1500), false, F16, k),
         case(Diff, (8, 2, 128), (1, 8192), true, F16, k),

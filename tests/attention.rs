@@ -57,7 +57,8 @@ fn unavailable_fast_paths_are_refused_by_name() {
         assert_ne!(op.plan(&c, Kernel::Auto).unwrap().kernel, kernel);
     }
     if !gpu.coop_f16 {
-        let why = attention::coop_decode_unavailable(&gpu, &cfg, 128).unwrap();
+        let tuning = attention::DecodeTuning::for_layer(&gpu.info, 64);
+        let why = attention::coop_decode_unavailable(&gpu, &cfg, &tuning).unwrap();
         assert!(why.contains("cooperative matrices"), "{why}");
     }
 }

@@ -19,6 +19,7 @@ fn translate_native(name: &str, source: &str) {
     let caps = Capabilities::SHADER_FLOAT16
         | Capabilities::SHADER_FLOAT16_IN_FLOAT32
         | Capabilities::SUBGROUP
+        | Capabilities::SUBGROUP_BARRIER
         | Capabilities::COOPERATIVE_MATRIX;
     let info = Validator::new(ValidationFlags::all(), caps)
         .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
@@ -175,13 +176,11 @@ fn tensor_core_specialisations_translate() {
             .1
     };
     for d in [32u32, 64, 96, 128, 256] {
-        for wg in [128u32, 256] {
-            let sub = d.max(128);
-            let consts = [
-                ("HEAD_DIM", Const::U32(d)),
-                ("SUB", Const::U32(sub)),
-                ("WG", Const::U32(wg)),
-            ];
+        for wg in [64u32, 128, 256] {
+            if d > 128 {
+                continue;
+            }
+            let consts = [("HEAD_DIM", Const::U32(d)), ("WG", Const::U32(wg))];
             let s = specialise("decode_coop", src("decode_coop"), &consts).unwrap();
             translate_native(&format!("decode_coop d={d} wg={wg}"), &s);
         }

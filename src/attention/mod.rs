@@ -119,11 +119,12 @@ pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
-/// Keys per sub-chunk of the cooperative-matrix decode kernel by default (at least the head dim;
-/// see [`DecodeTuning`]).
-const COOP_SUB_KEYS: u32 = 128;
-/// Invocations per workgroup of the cooperative-matrix decode kernel by default.
-const COOP_WG: u32 = 256;
+/// Invocations per workgroup of the cooperative-matrix decode kernel by default (four subgroups).
+const COOP_WG: u32 = 128;
+/// Caches up to this length are decoded by one workgroup per head group, without a merge pass.
+const COOP_DIRECT_MAX_KEYS: u32 = 256;
+/// Largest head dim of the cooperative-matrix decode kernel (eight 16-column tiles).
+const COOP_DECODE_MAX_HEAD_DIM: u32 = 128;
 /// Keys per tile of the cooperative-matrix prefill kernel.
 const COOP_PREFILL_KEYS: u32 = 32;
 /// Query rows per workgroup of the cooperative-matrix prefill kernel (16 per subgroup of 32).
@@ -313,8 +314,8 @@ crate::gpu::shader_struct! {
         diff: u32,
         /// Keys per chunk.
         chunk_len: u32,
-        /// Padding to 16-byte alignment.
-        pad0: u32,
+        /// 1 when a single-chunk decode writes the final output itself (no merge pass).
+        direct: u32,
     }
 }
 
@@ -328,52 +329,56 @@ pub struct Plan {
     pub rows_per_wg: u32,
     /// Keys per chunk (decode kernels).
     pub chunk_len: u32,
+    /// The first pass writes the output itself; no merge pass runs.
+    pub direct: bool,
     pub groups: [u32; 3],
 }
 
-/// How the cooperative-matrix decode kernel cuts the cache: keys per sub-chunk (a specialisation
-/// constant, a multiple of 16 and at least the head dim) and how many workgroups a call aims to
-/// spread over (the split count follows from it). WebGPU does not report a GPU's core count, so the
-/// default comes from the adapter type.
+/// How the cooperative-matrix decode kernel cuts the cache: how many workgroups a call aims to
+/// spread over (the split count follows from it), how wide a workgroup is (each of its 32-wide
+/// subgroups takes one 16-key block of a sub-chunk), and up to which cache length one workgroup per
+/// head group takes the whole cache and writes the output itself (no merge pass). WebGPU does not
+/// report a GPU's core count, so the defaults come from the adapter type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeTuning {
-    /// Keys per sub-chunk.
-    pub sub_keys: u32,
     /// Workgroups per call the split count aims for.
     pub target_workgroups: u32,
-    /// Invocations per workgroup of the cooperative decode kernel: 128 or 256.
+    /// Invocations per workgroup of the cooperative decode kernel: 64, 128 or 256.
     pub workgroup_size: u32,
+    /// Longest cache decoded by a single chunk with no merge pass (0: never).
+    pub direct_max_keys: u32,
     /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
     #[doc(hidden)]
     pub profile: u32,
 }
 
 impl DecodeTuning {
-    /// Defaults for a layer on an adapter: sub-chunks of 128 keys (or the head dim, if larger), and
-    /// enough workgroups for several per core on a large discrete GPU.
-    pub fn for_layer(info: &wgpu::AdapterInfo, head_dim: u32) -> Self {
+    /// Defaults for a layer on an adapter: enough workgroups for several per core on a large
+    /// discrete GPU, and a single chunk for caches of up to 256 keys.
+    pub fn for_layer(info: &wgpu::AdapterInfo, _head_dim: u32) -> Self {
         let target_workgroups = match info.device_type {
             wgpu::DeviceType::DiscreteGpu => 1024,
             wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu => 256,
             _ => 64,
         };
         Self {
-            sub_keys: default_sub_keys(head_dim),
             target_workgroups,
             workgroup_size: COOP_WG,
+            direct_max_keys: COOP_DIRECT_MAX_KEYS,
             profile: 0,
         }
     }
-}
 
-fn default_sub_keys(head_dim: u32) -> u32 {
-    head_dim.next_multiple_of(16).max(COOP_SUB_KEYS)
+    /// Keys per sub-chunk: one 16-key block per subgroup of 32.
+    pub fn sub_keys(&self) -> u32 {
+        self.workgroup_size / 32 * 16
+    }
 }
 
 /// Workgroups that take turns over the sub-chunks of one (token, head group): as many as the target
 /// workgroup count asks for, never more than there are sub-chunks.
 fn coop_chunks(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -> u32 {
-    let subs = seq_len.div_ceil(tuning.sub_keys).max(1);
+    let subs = seq_len.div_ceil(tuning.sub_keys()).max(1);
     tuning
         .target_workgroups
         .div_ceil(workgroups_per_chunk.max(1))
@@ -400,14 +405,24 @@ fn plan_resolved(
                 head_splits,
                 rows_per_wg: 1,
                 chunk_len: DECODE_CHUNK,
+                direct: false,
                 groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
             }
         }
         Kernel::DecodeCoop => {
             let heads_per_wg = group.min(COOP_ROWS);
             let head_splits = group.div_ceil(heads_per_wg);
+            // One workgroup per head group writes the output itself when the cache is short and
+            // the group holds whole DIFF V2 pairs (2i, 2i + 1).
+            let direct = call.seq_len <= tuning.direct_max_keys
+                && head_splits == 1
+                && (cfg.mode == Mode::Standard || group.is_multiple_of(2));
             let per_chunk = cfg.kv_heads * head_splits * call.n_queries;
-            let n_chunks = coop_chunks(call.seq_len, per_chunk, tuning);
+            let n_chunks = if direct {
+                1
+            } else {
+                coop_chunks(call.seq_len, per_chunk, tuning)
+            };
             // Workgroup `c` of a head group takes sub-chunks c, c + n_chunks, ...: the workgroups
             // in flight read neighbouring memory, as a grid-stride loop does.
             Plan {
@@ -416,7 +431,8 @@ fn plan_resolved(
                 heads_per_wg,
                 head_splits,
                 rows_per_wg: 1,
-                chunk_len: tuning.sub_keys,
+                chunk_len: tuning.sub_keys(),
+                direct,
                 groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
             }
         }
@@ -427,6 +443,7 @@ fn plan_resolved(
             head_splits: 1,
             rows_per_wg: COOP_PREFILL_ROWS,
             chunk_len: call.seq_len,
+            direct: false,
             groups: [call.n_queries.div_ceil(COOP_PREFILL_ROWS), cfg.q_heads(), 1],
         },
         _ => {
@@ -440,6 +457,7 @@ fn plan_resolved(
                 head_splits,
                 rows_per_wg,
                 chunk_len: call.seq_len,
+                direct: false,
                 groups: [
                     call.n_queries.div_ceil(rows_per_wg),
                     cfg.kv_heads * head_splits,
@@ -479,10 +497,10 @@ pub struct AttentionOp {
     no_lam: wgpu::Buffer,
 }
 
-/// Subgroups the tensor-core decode kernel can run with: one fixed size, wide enough for its
-/// 16-lane row reductions.
+/// Subgroups the tensor-core decode kernel can run with: exactly 32 lanes (its softmax pairs lanes
+/// 2r and 2r + 1 to the rows of a 16x16 tile).
 fn decode_coop_subgroups(fixed_size: Option<u32>) -> bool {
-    fixed_size.is_some_and(|s| s >= 16)
+    fixed_size == Some(32)
 }
 
 /// Subgroups the tensor-core prefill kernel can run with: exactly 32 lanes, four per workgroup.
@@ -530,20 +548,37 @@ fn coop_unavailable(gpu: &Gpu, cfg: &AttentionConfig) -> Option<String> {
 }
 
 /// Why the cooperative-matrix decode kernel cannot serve a layer on an adapter, or `None` if it can.
-pub fn coop_decode_unavailable(gpu: &Gpu, cfg: &AttentionConfig, sub_keys: u32) -> Option<String> {
+pub fn coop_decode_unavailable(
+    gpu: &Gpu,
+    cfg: &AttentionConfig,
+    tuning: &DecodeTuning,
+) -> Option<String> {
     if let Some(why) = coop_unavailable(gpu, cfg) {
         return Some(why);
     }
     if !decode_coop_subgroups(gpu.fixed_subgroup_size()) {
-        return Some("subgroups are not of one fixed size of at least 16".into());
+        return Some("subgroups are not of one fixed size of 32".into());
     }
-    // The kernel keeps each sub-chunk's P V (16 x head_dim) where its scores were.
-    if !sub_keys.is_multiple_of(16) || sub_keys < cfg.head_dim || sub_keys > 1024 {
+    if !gpu.has_subgroup_barrier() {
+        return Some("no subgroup barrier".into());
+    }
+    if !cfg.head_dim.is_multiple_of(16) || cfg.head_dim > COOP_DECODE_MAX_HEAD_DIM {
         return Some(format!(
-            "sub-chunk of {sub_keys} keys (needs a multiple of 16 from head_dim to 1024)"
+            "head_dim {} (the tensor-core decode kernel takes multiples of 16 up to \
+             {COOP_DECODE_MAX_HEAD_DIM})",
+            cfg.head_dim
         ));
     }
-    workgroup_memory_unavailable(gpu, coop_workgroup_bytes(cfg.head_dim, sub_keys))
+    if ![64, 128, 256].contains(&tuning.workgroup_size) {
+        return Some(format!(
+            "workgroup size {} (expected 64, 128 or 256)",
+            tuning.workgroup_size
+        ));
+    }
+    workgroup_memory_unavailable(
+        gpu,
+        coop_workgroup_bytes(cfg.head_dim, tuning.workgroup_size / 32),
+    )
 }
 
 /// Why the cooperative-matrix prefill kernel cannot serve a layer on an adapter, or `None` if it can.
@@ -571,13 +606,14 @@ fn coop_prefill_workgroup_bytes(head_dim: u32) -> u32 {
     rows * d * 2 + bc * d * 2 + rows * (bc + 8) * 6 + rows * 20 * 4
 }
 
-/// Workgroup memory of decode_coop.wgsl (keep in step with its arrays).
-fn coop_workgroup_bytes(head_dim: u32, sub_keys: u32) -> u32 {
-    let (rows, sub) = (COOP_ROWS, sub_keys + 8);
+/// Workgroup memory of decode_coop.wgsl (keep in step with its arrays): queries; per subgroup a
+/// score and a probability corner and its (max, sum) rows; the staged last block's K and V.
+fn coop_workgroup_bytes(head_dim: u32, subgroups: u32) -> u32 {
+    let rows = COOP_ROWS;
     let q = rows * (head_dim + 8) * 2;
-    let scores = rows * sub * 4 + rows * sub * 2;
-    let tail = 16 * head_dim * 2;
-    q + scores + tail + rows * 4
+    let corners = subgroups * rows * ((16 + 4) * 4 + (16 + 8) * 2 + 8);
+    let tail = 2 * 16 * head_dim * 2;
+    q + corners + tail
 }
 
 impl AttentionOp {
@@ -630,12 +666,11 @@ impl AttentionOp {
                 )?,
             );
         }
-        if coop_decode_unavailable(gpu, &self.cfg, self.tuning.sub_keys).is_none() {
+        if coop_decode_unavailable(gpu, &self.cfg, &self.tuning).is_none() {
             self.decode_coop = Some(
                 gpu.pipeline(
                     &ShaderSpec::new("decode_coop")
                         .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
-                        .with("SUB", Const::U32(self.tuning.sub_keys))
                         .with("WG", Const::U32(self.tuning.workgroup_size))
                         .with("PROFILE", Const::U32(self.tuning.profile)),
                 )?,
@@ -648,18 +683,11 @@ impl AttentionOp {
     /// sub-chunk size is refused with the reason.
     pub fn set_decode_tuning(&mut self, gpu: &Gpu, tuning: DecodeTuning) -> Result<()> {
         if self.decode_coop.is_some()
-            && let Some(why) = coop_decode_unavailable(gpu, &self.cfg, tuning.sub_keys)
+            && let Some(why) = coop_decode_unavailable(gpu, &self.cfg, &tuning)
         {
             return Err(Error::config(format!("decode tuning: {why}")));
         }
-        if ![128, 256].contains(&tuning.workgroup_size) {
-            return Err(Error::config(format!(
-                "decode tuning: workgroup size {} (expected 128 or 256)",
-                tuning.workgroup_size
-            )));
-        }
-        let rebuild = tuning.sub_keys != self.tuning.sub_keys
-            || tuning.profile != self.tuning.profile
+        let rebuild = tuning.profile != self.tuning.profile
             || tuning.workgroup_size != self.tuning.workgroup_size;
         self.tuning = DecodeTuning {
             target_workgroups: tuning.target_workgroups.max(1),
@@ -811,7 +839,7 @@ impl AttentionOp {
             scale: cfg.scale(),
             diff: (cfg.mode == Mode::Diff) as u32,
             chunk_len: plan.chunk_len,
-            pad0: 0,
+            direct: plan.direct as u32,
         }
     }
 
@@ -845,10 +873,12 @@ impl AttentionOp {
             .into_iter()
             .map(|k| {
                 let p = self.first_pipeline(k);
-                (
-                    k,
-                    gpu.bind(p, &[uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml]),
-                )
+                let mut list = vec![uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml];
+                // The cooperative decode kernel writes the output itself on a single chunk.
+                if k == Kernel::DecodeCoop {
+                    list.extend([lam, bufs.out]);
+                }
+                (k, gpu.bind(p, &list))
             })
             .collect();
         let combine = gpu.bind(&self.combine, &[uniform, part_o, part_ml, lam, bufs.out]);
@@ -887,7 +917,7 @@ impl AttentionOp {
         pass.set_pipeline(self.first_pipeline(plan.kernel));
         pass.set_bind_group(0, first, &[offset]);
         pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
-        if self.tuning.profile & 32 == 0 {
+        if !plan.direct && self.tuning.profile & 32 == 0 {
             let groups = grid_2d(call.n_queries * self.cfg.heads);
             pass.set_pipeline(&self.combine);
             pass.set_bind_group(0, &binding.combine, &[offset]);
@@ -1049,31 +1079,50 @@ pub fn attention_blocking(
 mod tests {
     use super::*;
 
-    fn tuning(sub_keys: u32, target_workgroups: u32) -> DecodeTuning {
+    fn tuning(target_workgroups: u32) -> DecodeTuning {
         DecodeTuning {
-            sub_keys,
             target_workgroups,
             workgroup_size: COOP_WG,
+            direct_max_keys: COOP_DIRECT_MAX_KEYS,
             profile: 0,
         }
     }
 
     #[test]
     fn coop_split_count_follows_the_target_and_never_exceeds_the_sub_chunks() {
-        // 65536 keys in 512 sub-chunks; 8 KV heads: 1024 workgroups ask for 128 chunks.
-        assert_eq!(coop_chunks(65536, 8, &tuning(128, 1024)), 128);
+        // 65536 keys in 1024 sub-chunks of 64; 8 KV heads: 1024 workgroups ask for 128 chunks.
+        assert_eq!(coop_chunks(65536, 8, &tuning(1024)), 128);
         // A short cache has fewer sub-chunks than the target would split it into.
-        assert_eq!(coop_chunks(1000, 8, &tuning(128, 1024)), 8);
-        assert_eq!(coop_chunks(1, 8, &tuning(128, 1024)), 1);
+        assert_eq!(coop_chunks(1000, 8, &tuning(1024)), 16);
+        assert_eq!(coop_chunks(1, 8, &tuning(1024)), 1);
         // A target below one workgroup per head group still gives one chunk.
-        assert_eq!(coop_chunks(65536, 64, &tuning(128, 4)), 1);
+        assert_eq!(coop_chunks(65536, 64, &tuning(4)), 1);
     }
 
     #[test]
-    fn default_sub_chunks_hold_the_head() {
-        assert_eq!(default_sub_keys(64), 128);
-        assert_eq!(default_sub_keys(128), 128);
-        assert_eq!(default_sub_keys(256), 256);
+    fn short_caches_decode_in_one_chunk_without_a_merge_pass() {
+        let plan_for = |mode, heads, kv_heads, seq_len| {
+            let cfg = AttentionConfig {
+                kv_dtype: KvDtype::F16,
+                ..AttentionConfig::new(mode, heads, kv_heads, 64)
+            };
+            let call = AttentionCall {
+                n_queries: 1,
+                seq_len,
+                causal: true,
+                past_len: seq_len - 1,
+            };
+            plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024))
+        };
+        let short = plan_for(Mode::Diff, 6, 2, 256);
+        assert!(short.direct);
+        assert_eq!(short.n_chunks, 1);
+        assert!(!plan_for(Mode::Diff, 6, 2, 257).direct);
+        // A DIFF V2 group of 3 query heads splits the pair (2, 3) between two workgroups.
+        assert!(!plan_for(Mode::Diff, 3, 2, 100).direct);
+        assert!(plan_for(Mode::Standard, 3, 1, 100).direct);
+        // More than 16 query heads per KV head take two workgroups per group.
+        assert!(!plan_for(Mode::Diff, 16, 1, 100).direct);
     }
 
     #[test]
@@ -1088,7 +1137,7 @@ mod tests {
             causal: true,
             past_len: 65535,
         };
-        let plan = plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(128, 1024));
+        let plan = plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024));
         assert_eq!(plan.heads_per_wg, 8);
         assert_eq!(plan.groups, [8, 128, 1]);
         assert_eq!(plan.n_chunks, 128);

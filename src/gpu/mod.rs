@@ -241,6 +241,7 @@ impl Gpu {
         let adapter = choose_adapter(opts).await?;
         let info = adapter.get_info();
         let mut wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SUBGROUP_BARRIER
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::PIPELINE_CACHE;
         if !opts.disable_f16 {
@@ -318,6 +319,11 @@ impl Gpu {
 
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// `subgroupBarrier()` in shaders (native Vulkan and Metal).
+    pub fn has_subgroup_barrier(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP_BARRIER)
     }
 
     pub fn has_subgroups(&self) -> bool {

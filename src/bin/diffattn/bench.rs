@@ -52,13 +52,14 @@ pub struct AttentionBench {
     /// First-pass kernel: auto (fastest available), decode, decode-coop, flash or flash-coop.
     #[arg(long, default_value = "auto")]
     kernel: String,
-    /// Keys per sub-chunk of the cooperative decode kernel (tuning).
+    /// Longest cache the cooperative decode kernel takes in one chunk, without a merge pass
+    /// (tuning; 0: never).
     #[arg(long)]
-    sub_keys: Option<u32>,
+    direct_max_keys: Option<u32>,
     /// Workgroups per call the decode split count aims for (tuning).
     #[arg(long)]
     target_workgroups: Option<u32>,
-    /// Invocations per workgroup of the cooperative decode kernel, 128 or 256 (tuning).
+    /// Invocations per workgroup of the cooperative decode kernel, 64, 128 or 256 (tuning).
     #[arg(long)]
     workgroup_size: Option<u32>,
     /// Measurement only: stages of the cooperative decode kernel to leave out (bits; results are
@@ -237,7 +238,7 @@ fn bench_variant(
     )?;
     let out = gpu.storage("out", sh.out.0 as u64 * 4)?;
     let mut op = AttentionOp::new(gpu, cfg)?;
-    if b.sub_keys.is_some()
+    if b.direct_max_keys.is_some()
         || b.target_workgroups.is_some()
         || b.workgroup_size.is_some()
         || b.profile != 0
@@ -246,7 +247,7 @@ fn bench_variant(
         op.set_decode_tuning(
             gpu,
             DecodeTuning {
-                sub_keys: b.sub_keys.unwrap_or(default.sub_keys),
+                direct_max_keys: b.direct_max_keys.unwrap_or(default.direct_max_keys),
                 target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
                 workgroup_size: b.workgroup_size.unwrap_or(default.workgroup_size),
                 profile: b.profile,
