@@ -39,7 +39,9 @@ diagnostic(off, derivative_uniformity);
 // Specialisation constants (the host replaces these defaults).
 const HEAD_DIM: u32 = 64u;
 const WG: u32 = 128u;
-// Measurement only (always 0 in use): 1 leaves the K/V loads out, to time the rest.
+// Measurement only (always 0 in use): bits that leave stages out, to time what each costs.
+// 1: K/V loads, 2: softmax, 4: products, 8: the loop's subgroup barriers, 16: the rescale check;
+// 32 reloads the query tiles from workgroup memory for every block instead of holding them.
 const PROFILE: u32 = 0u;
 
 const LANES: u32 = 32u;
@@ -114,7 +116,7 @@ fn stage_tail(key0: u32, count: u32, kv_head: u32, lane: u32) {
 
 // Column block `dc` of K^T for a block as the (HEAD_DIM x keys) operand: column j is key j's row.
 fn load_k(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
-    if PROFILE == 1u {
+    if (PROFILE & 1u) != 0u {
         return coop_mat16x16<f16, B>();
     }
     if tail {
@@ -128,7 +130,7 @@ fn load_k(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> 
 
 // Column block `dc` of V for a block as the (keys x 16) operand: row i is key i's row.
 fn load_v(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
-    if PROFILE == 1u {
+    if (PROFILE & 1u) != 0u {
         return coop_mat16x16<f16, B>();
     }
     if tail {
@@ -145,6 +147,14 @@ fn load_q(dc: u32) -> coop_mat16x16<f16, A> {
     let at = dc * TILE;
     let qs = Q_STRIDE;
     return coopLoadT<coop_mat16x16<f16, A>>(&w_q[at], qs);
+}
+
+// A query tile: the one held in registers, or (measurement) reloaded from workgroup memory.
+fn q_tile(dc: u32, held: coop_mat16x16<f16, A>) -> coop_mat16x16<f16, A> {
+    if (PROFILE & 32u) != 0u {
+        return load_q(dc);
+    }
+    return held;
 }
 
 // Multiplies row r of an output tile by its lane's factor, through the subgroup's score corner
@@ -278,7 +288,7 @@ fn main(
         w_q[r * Q_STRIDE + e % HEAD_DIM] = f16(x);
     }
     workgroupBarrier();
-    let q0 = load_q(0u);
+    var q0 = coop_mat16x16<f16, A>();
     var q1 = coop_mat16x16<f16, A>();
     var q2 = coop_mat16x16<f16, A>();
     var q3 = coop_mat16x16<f16, A>();
@@ -286,13 +296,15 @@ fn main(
     var q5 = coop_mat16x16<f16, A>();
     var q6 = coop_mat16x16<f16, A>();
     var q7 = coop_mat16x16<f16, A>();
-    if DC > 1u { q1 = load_q(1u); }
-    if DC > 2u { q2 = load_q(2u); }
-    if DC > 3u { q3 = load_q(3u); }
-    if DC > 4u { q4 = load_q(4u); }
-    if DC > 5u { q5 = load_q(5u); }
-    if DC > 6u { q6 = load_q(6u); }
-    if DC > 7u { q7 = load_q(7u); }
+    let held = (PROFILE & 32u) == 0u;
+    if held { q0 = load_q(0u); }
+    if DC > 1u && held { q1 = load_q(1u); }
+    if DC > 2u && held { q2 = load_q(2u); }
+    if DC > 3u && held { q3 = load_q(3u); }
+    if DC > 4u && held { q4 = load_q(4u); }
+    if DC > 5u && held { q5 = load_q(5u); }
+    if DC > 6u && held { q6 = load_q(6u); }
+    if DC > 7u && held { q7 = load_q(7u); }
 
     // The running output, one 16x16 tile per 16 columns.
     var o0 = coop_mat16x16<f32, C>();
@@ -321,7 +333,7 @@ fn main(
             subgroupBarrier();
         }
         let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
-        let k0 = load_k(base, 0u, ks, tail);
+        var k0 = coop_mat16x16<f16, B>();
         var k1 = coop_mat16x16<f16, B>();
         var k2 = coop_mat16x16<f16, B>();
         var k3 = coop_mat16x16<f16, B>();
@@ -329,14 +341,7 @@ fn main(
         var k5 = coop_mat16x16<f16, B>();
         var k6 = coop_mat16x16<f16, B>();
         var k7 = coop_mat16x16<f16, B>();
-        if DC > 1u { k1 = load_k(base, 1u, ks, tail); }
-        if DC > 2u { k2 = load_k(base, 2u, ks, tail); }
-        if DC > 3u { k3 = load_k(base, 3u, ks, tail); }
-        if DC > 4u { k4 = load_k(base, 4u, ks, tail); }
-        if DC > 5u { k5 = load_k(base, 5u, ks, tail); }
-        if DC > 6u { k6 = load_k(base, 6u, ks, tail); }
-        if DC > 7u { k7 = load_k(base, 7u, ks, tail); }
-        let v0 = load_v(base, 0u, ks, tail);
+        var v0 = coop_mat16x16<f16, B>();
         var v1 = coop_mat16x16<f16, B>();
         var v2 = coop_mat16x16<f16, B>();
         var v3 = coop_mat16x16<f16, B>();
@@ -344,30 +349,66 @@ fn main(
         var v5 = coop_mat16x16<f16, B>();
         var v6 = coop_mat16x16<f16, B>();
         var v7 = coop_mat16x16<f16, B>();
-        if DC > 1u { v1 = load_v(base, 1u, ks, tail); }
-        if DC > 2u { v2 = load_v(base, 2u, ks, tail); }
-        if DC > 3u { v3 = load_v(base, 3u, ks, tail); }
-        if DC > 4u { v4 = load_v(base, 4u, ks, tail); }
-        if DC > 5u { v5 = load_v(base, 5u, ks, tail); }
-        if DC > 6u { v6 = load_v(base, 6u, ks, tail); }
-        if DC > 7u { v7 = load_v(base, 7u, ks, tail); }
+        // All of a block's loads are issued before the first product needs one.
+        if tail {
+            k0 = load_k(base, 0u, ks, true);
+            if DC > 1u { k1 = load_k(base, 1u, ks, true); }
+            if DC > 2u { k2 = load_k(base, 2u, ks, true); }
+            if DC > 3u { k3 = load_k(base, 3u, ks, true); }
+            if DC > 4u { k4 = load_k(base, 4u, ks, true); }
+            if DC > 5u { k5 = load_k(base, 5u, ks, true); }
+            if DC > 6u { k6 = load_k(base, 6u, ks, true); }
+            if DC > 7u { k7 = load_k(base, 7u, ks, true); }
+            v0 = load_v(base, 0u, ks, true);
+            if DC > 1u { v1 = load_v(base, 1u, ks, true); }
+            if DC > 2u { v2 = load_v(base, 2u, ks, true); }
+            if DC > 3u { v3 = load_v(base, 3u, ks, true); }
+            if DC > 4u { v4 = load_v(base, 4u, ks, true); }
+            if DC > 5u { v5 = load_v(base, 5u, ks, true); }
+            if DC > 6u { v6 = load_v(base, 6u, ks, true); }
+            if DC > 7u { v7 = load_v(base, 7u, ks, true); }
+        } else {
+            k0 = load_k(base, 0u, ks, false);
+            if DC > 1u { k1 = load_k(base, 1u, ks, false); }
+            if DC > 2u { k2 = load_k(base, 2u, ks, false); }
+            if DC > 3u { k3 = load_k(base, 3u, ks, false); }
+            if DC > 4u { k4 = load_k(base, 4u, ks, false); }
+            if DC > 5u { k5 = load_k(base, 5u, ks, false); }
+            if DC > 6u { k6 = load_k(base, 6u, ks, false); }
+            if DC > 7u { k7 = load_k(base, 7u, ks, false); }
+            v0 = load_v(base, 0u, ks, false);
+            if DC > 1u { v1 = load_v(base, 1u, ks, false); }
+            if DC > 2u { v2 = load_v(base, 2u, ks, false); }
+            if DC > 3u { v3 = load_v(base, 3u, ks, false); }
+            if DC > 4u { v4 = load_v(base, 4u, ks, false); }
+            if DC > 5u { v5 = load_v(base, 5u, ks, false); }
+            if DC > 6u { v6 = load_v(base, 6u, ks, false); }
+            if DC > 7u { v7 = load_v(base, 7u, ks, false); }
+        }
 
-        var s = coopMultiplyAdd(q0, k0, coop_mat16x16<f32, C>());
-        if DC > 1u { s = coopMultiplyAdd(q1, k1, s); }
-        if DC > 2u { s = coopMultiplyAdd(q2, k2, s); }
-        if DC > 3u { s = coopMultiplyAdd(q3, k3, s); }
-        if DC > 4u { s = coopMultiplyAdd(q4, k4, s); }
-        if DC > 5u { s = coopMultiplyAdd(q5, k5, s); }
-        if DC > 6u { s = coopMultiplyAdd(q6, k6, s); }
-        if DC > 7u { s = coopMultiplyAdd(q7, k7, s); }
+        var s = coop_mat16x16<f32, C>();
+        if (PROFILE & 4u) == 0u {
+            s = coopMultiplyAdd(q_tile(0u, q0), k0, s);
+        }
+        if DC > 1u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(1u, q1), k1, s); }
+        if DC > 2u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(2u, q2), k2, s); }
+        if DC > 3u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(3u, q3), k3, s); }
+        if DC > 4u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(4u, q4), k4, s); }
+        if DC > 5u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(5u, q5), k5, s); }
+        if DC > 6u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(6u, q6), k6, s); }
+        if DC > 7u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(7u, q7), k7, s); }
         let ss = S_STRIDE;
-        coopStoreT(s, &w_s[corner], ss);
-        subgroupBarrier();
+        if (PROFILE & 2u) == 0u {
+            coopStoreT(s, &w_s[corner], ss);
+        }
+        if (PROFILE & 8u) == 0u {
+            subgroupBarrier();
+        }
 
         let at = corner + r * S_STRIDE + half * 8u;
         var x: array<f32, 8>;
         var bm = NEG_BIG;
-        for (var j = 0u; j < 8u; j++) {
+        for (var j = 0u; j < 8u * u32((PROFILE & 2u) == 0u); j++) {
             var sj = w_s[at + j];
             if key0 + half * 8u + j >= visible_end {
                 sj = NEG_BIG;
@@ -383,7 +424,7 @@ fn main(
         }
         let alpha = exp(m_run - m_new);
         // The first block of a subgroup finds every row growing and an output still zero.
-        if subgroupAny(grows) && m_run > NEG_BIG {
+        if (PROFILE & 16u) == 0u && subgroupAny(grows) && m_run > NEG_BIG {
             subgroupBarrier();
             o0 = rescale(o0, alpha, corner, lane);
             if DC > 1u { o1 = rescale(o1, alpha, corner, lane); }
@@ -396,7 +437,7 @@ fn main(
         }
         var tsum = 0.0;
         let pat = p_corner + r * P_STRIDE + half * 8u;
-        for (var j = 0u; j < 8u; j++) {
+        for (var j = 0u; j < 8u * u32((PROFILE & 2u) == 0u); j++) {
             let e = f16(exp(x[j] - m_new));
             w_p[pat + j] = e;
             // The sum takes the rounded weights, so that it normalises exactly what P V sums.
@@ -404,20 +445,29 @@ fn main(
         }
         l_run = l_run * alpha + tsum + subgroupShuffleXor(tsum, 1u);
         m_run = m_new;
-        subgroupBarrier();
+        if (PROFILE & 8u) == 0u {
+            subgroupBarrier();
+        }
 
         let ps = P_STRIDE;
-        let pa = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p_corner], ps);
-        o0 = coopMultiplyAdd(pa, v0, o0);
-        if DC > 1u { o1 = coopMultiplyAdd(pa, v1, o1); }
-        if DC > 2u { o2 = coopMultiplyAdd(pa, v2, o2); }
-        if DC > 3u { o3 = coopMultiplyAdd(pa, v3, o3); }
-        if DC > 4u { o4 = coopMultiplyAdd(pa, v4, o4); }
-        if DC > 5u { o5 = coopMultiplyAdd(pa, v5, o5); }
-        if DC > 6u { o6 = coopMultiplyAdd(pa, v6, o6); }
-        if DC > 7u { o7 = coopMultiplyAdd(pa, v7, o7); }
+        var pa = coop_mat16x16<f16, A>();
+        if (PROFILE & 2u) == 0u {
+            pa = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p_corner], ps);
+        }
+        if (PROFILE & 4u) == 0u {
+            o0 = coopMultiplyAdd(pa, v0, o0);
+        }
+        if DC > 1u && (PROFILE & 4u) == 0u { o1 = coopMultiplyAdd(pa, v1, o1); }
+        if DC > 2u && (PROFILE & 4u) == 0u { o2 = coopMultiplyAdd(pa, v2, o2); }
+        if DC > 3u && (PROFILE & 4u) == 0u { o3 = coopMultiplyAdd(pa, v3, o3); }
+        if DC > 4u && (PROFILE & 4u) == 0u { o4 = coopMultiplyAdd(pa, v4, o4); }
+        if DC > 5u && (PROFILE & 4u) == 0u { o5 = coopMultiplyAdd(pa, v5, o5); }
+        if DC > 6u && (PROFILE & 4u) == 0u { o6 = coopMultiplyAdd(pa, v6, o6); }
+        if DC > 7u && (PROFILE & 4u) == 0u { o7 = coopMultiplyAdd(pa, v7, o7); }
         // The next block overwrites this subgroup's corners and possibly the tail.
-        subgroupBarrier();
+        if (PROFILE & 8u) == 0u {
+            subgroupBarrier();
+        }
     }
 
     if half == 0u {

@@ -226,7 +226,7 @@ pub fn coop_decode_cases() -> Vec<Case> {
         case(Standard, (32, 8, 128), (1, 4099), true, F16, k),
         case(Diff, (16, 4, 32), (3, 777), true, F16, k),
         case(Diff, (4, 2, 96), (4, 513), true, F16, k),
-        case(Diff, (3, 2, 64), (1, 100), true, F16, k),
+        case(Diff, (3, 3, 64), (1, 100), true, F16, k),
         case(Standard, (3, 1, 32), (1, 250), true, F16, k),
         case(Diff, (8, 2, 128), (4, 200), true, F16, k),
         case(Diff, (16, 1, 64), (1, 700), true, F16, k),

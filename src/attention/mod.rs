@@ -1118,8 +1118,6 @@ mod tests {
         assert!(short.direct);
         assert_eq!(short.n_chunks, 1);
         assert!(!plan_for(Mode::Diff, 6, 2, 257).direct);
-        // A DIFF V2 group of 3 query heads splits the pair (2, 3) between two workgroups.
-        assert!(!plan_for(Mode::Diff, 3, 2, 100).direct);
         assert!(plan_for(Mode::Standard, 3, 1, 100).direct);
         // More than 16 query heads per KV head take two workgroups per group.
         assert!(!plan_for(Mode::Diff, 16, 1, 100).direct);
