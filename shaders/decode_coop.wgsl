@@ -330,8 +330,8 @@ fn main(
         let tail = key0 + TILE > visible_end;
         if tail {
             stage_tail(key0, visible_end - key0, kv_head, lane);
-            subgroupBarrier();
         }
+        subgroupBarrier();
         let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
         var k0 = coop_mat16x16<f16, B>();
         var k1 = coop_mat16x16<f16, B>();
@@ -408,20 +408,17 @@ fn main(
         let at = corner + r * S_STRIDE + half * 8u;
         var x: array<f32, 8>;
         var bm = NEG_BIG;
+        // Selects, not branches, below: lanes that branched apart might run the matrix
+        // operations after them unconverged (and measurably slower).
         for (var j = 0u; j < 8u * u32((PROFILE & 2u) == 0u); j++) {
-            var sj = w_s[at + j];
-            if key0 + half * 8u + j >= visible_end {
-                sj = NEG_BIG;
-            }
+            let visible = key0 + half * 8u + j < visible_end;
+            let sj = select(NEG_BIG, w_s[at + j], visible);
             x[j] = sj;
             bm = max(bm, sj);
         }
         bm = max(bm, subgroupShuffleXor(bm, 1u));
         let grows = bm > m_run + THRESHOLD;
-        var m_new = m_run;
-        if grows {
-            m_new = bm;
-        }
+        let m_new = select(m_run, bm, grows);
         let alpha = exp(m_run - m_new);
         // The first block of a subgroup finds every row growing and an output still zero.
         if (PROFILE & 16u) == 0u && subgroupAny(grows) && m_run > NEG_BIG {
