@@ -55,7 +55,7 @@ impl TextModel {
         opts: EngineOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
-        let source = ModelSource::read_dir(dir, progress)?;
+        let source = ModelSource::read(dir, progress)?;
         Self::from_source(gpu, source, opts, progress)
     }
 

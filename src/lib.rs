@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod reference;

@@ -20,15 +20,53 @@ pub struct ModelSource {
     pub config_json: String,
     pub shards: Vec<Shard>,
     pub tokenizer_json: Option<Vec<u8>>,
+    /// A whole GGUF file instead: config, weights and tokenizer come from it, and the fields
+    /// above are ignored.
+    pub gguf: Option<Vec<u8>>,
 }
 
 impl ModelSource {
     /// Parses the config and weights and checks them against each other.
     pub fn parse(self) -> Result<(Config, HostWeights, Option<Vec<u8>>)> {
+        if let Some(bytes) = &self.gguf {
+            return super::gguf::load(&self.origin, bytes);
+        }
         let cfg = Config::from_json(&format!("{}/{CONFIG}", self.origin), &self.config_json)?;
         let weights = HostWeights::from_shards(self.shards)?;
         weights.check(&cfg)?;
         Ok((cfg, weights, self.tokenizer_json))
+    }
+
+    /// Reads a model: a directory (see [`ModelSource::read_dir`]) or a `.gguf` file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(path: &std::path::Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        if path.is_dir() {
+            return Self::read_dir(path, progress);
+        }
+        let origin = path.display().to_string();
+        if !path.is_file() {
+            return Err(Error::NotFound {
+                what: "model directory or GGUF file".into(),
+                path: origin,
+            });
+        }
+        let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        progress(0, total);
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        progress(bytes.len() as u64, total);
+        if !super::gguf::is_gguf(&bytes) {
+            return Err(Error::Format {
+                path: origin,
+                message: "not a model directory and not a GGUF file (no GGUF magic)".into(),
+            });
+        }
+        Ok(Self {
+            origin,
+            config_json: String::new(),
+            shards: vec![],
+            tokenizer_json: None,
+            gguf: Some(bytes),
+        })
     }
 
     /// Reads `config.json`, the weights (single file or index + shards) and `tokenizer.json` from
@@ -91,6 +129,7 @@ impl ModelSource {
             config_json,
             shards,
             tokenizer_json,
+            gguf: None,
         })
     }
 }

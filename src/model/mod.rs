@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod gguf;
 pub mod plan;
 pub mod random;
 pub mod weights;

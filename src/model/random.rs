@@ -203,6 +203,7 @@ impl RandomModel {
             config_json,
             shards,
             tokenizer_json,
+            gguf: None,
         }
     }
 

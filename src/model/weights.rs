@@ -133,6 +133,48 @@ impl HostWeights {
         Ok(Self { shards, tensors })
     }
 
+    /// Tensors already decoded (a GGUF file's, dequantized): each becomes its own shard, labelled
+    /// `origin:name` in errors.
+    pub fn from_tensors(
+        origin: &str,
+        tensors: Vec<(String, WeightDtype, Vec<usize>, Vec<u8>)>,
+    ) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        let mut shards = Vec::with_capacity(tensors.len());
+        for (name, dtype, shape, bytes) in tensors {
+            let elements: usize = shape.iter().product();
+            if elements * dtype.bytes() != bytes.len() {
+                return Err(Error::Format {
+                    path: origin.to_string(),
+                    message: format!(
+                        "tensor `{name}` of shape {shape:?} has {} bytes",
+                        bytes.len()
+                    ),
+                });
+            }
+            let info = TensorInfo {
+                shard: shards.len(),
+                dtype,
+                shape,
+                bytes: 0..bytes.len(),
+            };
+            shards.push(Shard {
+                name: format!("{origin}:{name}"),
+                bytes,
+            });
+            if map.insert(name.clone(), info).is_some() {
+                return Err(Error::Format {
+                    path: origin.to_string(),
+                    message: format!("tensor `{name}` appears twice"),
+                });
+            }
+        }
+        Ok(Self {
+            shards,
+            tensors: map,
+        })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }

@@ -122,11 +122,16 @@ impl ModelLoader {
         keep_weights: bool,
         on_progress: js_sys::Function,
     ) -> js_sys::Promise {
+        // A single `.gguf` shard is a whole GGUF model (config and tokenizer inside).
+        let gguf = (self.shards.len() == 1 && self.shards[0].name.ends_with(".gguf"))
+            .then(|| self.shards.pop().map(|s| s.bytes))
+            .flatten();
         let source = ModelSource {
             origin: "model".into(),
             config_json: self.config.take().unwrap_or_default(),
             shards: std::mem::take(&mut self.shards),
             tokenizer_json: self.tokenizer.take(),
+            gguf,
         };
         wasm_bindgen_futures::future_to_promise(async move {
             let g = gpu().await?;

