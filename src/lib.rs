@@ -12,6 +12,7 @@
 //!   generation loop ([`generate::TextModel`], [`generate::Generation`]).
 
 pub mod attention;
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -271,3 +271,70 @@ fn damaged_gguf_files_are_refused_with_a_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_would() {
+    use diffattn::chat::{ChatTemplate, Conversation, Message};
+    use diffattn::generate::{GenerateOptions, TextModel};
+    use diffattn::sample::SamplingParams;
+    let Ok(path) = model_path() else {
+        println!("SKIPPED: {FILE} unavailable");
+        return;
+    };
+    let gpu = Arc::new(common::gpu());
+    let mut model =
+        TextModel::from_dir(gpu, &path, EngineOptions::default(), &mut |_, _| {}).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let run = |g: &mut diffattn::generate::Generation<'_>| {
+        let mut text = String::new();
+        while let Some(p) = g.next_blocking() {
+            text.push_str(&p.unwrap().text);
+        }
+        let n = g.stats().prompt_tokens;
+        (text, g.ids()[n..].to_vec(), n)
+    };
+    let mut conv = Conversation::new(&model, None).unwrap();
+    let mut g = conv
+        .reply(&mut model, "What is the capital of France?", opts.clone())
+        .unwrap();
+    let (first, ids, _) = run(&mut g);
+    drop(g);
+    assert!(first.contains("Paris"), "{first:?}");
+    conv.record_reply(&first, &ids, model.engine.position());
+    let mut g = conv
+        .reply(&mut model, "And of Italy?", opts.clone())
+        .unwrap();
+    let (second, _, fed) = run(&mut g);
+    drop(g);
+
+    // The same history rendered afresh, on an empty cache, gives the same reply.
+    let cfg = model.engine.config().clone();
+    let template = ChatTemplate::new(cfg.chat_template.as_deref().unwrap(), "", "").unwrap();
+    let history = [
+        Message::new("user", "What is the capital of France?"),
+        Message::new("assistant", &first),
+        Message::new("user", "And of Italy?"),
+    ];
+    let prompt = template.render(&history, true).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt:?}");
+    let full = model.tokenizer.encode(&prompt, None).unwrap();
+    assert!(
+        fed < full.len() / 2,
+        "turn 2 fed {fed} of {} tokens",
+        full.len()
+    );
+    model.engine.reset();
+    let mut g =
+        diffattn::generate::Generation::new(&mut model.engine, &model.tokenizer, full, opts);
+    let (fresh, _, _) = run(&mut g);
+    assert_eq!(second, fresh);
+    assert!(second.contains("Rome"), "{second:?}");
+}

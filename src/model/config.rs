@@ -24,6 +24,10 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+    /// The model's chat template (Jinja), where the files carry one (a GGUF's
+    /// `tokenizer.chat_template`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 impl Config {

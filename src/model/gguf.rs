@@ -55,6 +55,7 @@ pub fn load(origin: &str, bytes: &[u8]) -> Result<(Config, HostWeights, Option<V
             None
         },
         eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
+        chat_template: tok.chat_template().map(str::to_string),
     };
     cfg.validate()
         .map_err(|e| format(format!("GGUF hyper-parameters: {e}")))?;

@@ -102,6 +102,7 @@ impl RandomModel {
             attention: self.attention.clone(),
             bos_token_id: None,
             eos_token_id: Some(0),
+            chat_template: None,
         }
     }
 

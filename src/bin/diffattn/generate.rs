@@ -3,7 +3,8 @@
 use super::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use diffattn::generate::{GenerateOptions, StopReason, TextModel};
+use diffattn::chat::Conversation;
+use diffattn::generate::{GenerateOptions, Generation, Stats, StopReason, TextModel};
 use diffattn::gpu::GpuOptions;
 use diffattn::model::{EngineOptions, ModelSource};
 use diffattn::sample::SamplingParams;
@@ -61,6 +62,12 @@ pub struct GenerateArgs {
     /// One JSON object per token, then a summary object.
     #[arg(long)]
     pub json: bool,
+    /// Wrap the prompt as a user message in the model's chat template (GGUF chat models).
+    #[arg(long)]
+    pub chat: bool,
+    /// System prompt for --chat and `diffattn chat`.
+    #[arg(long)]
+    pub system: Option<String>,
 }
 
 /// Bad model files exit with code 2 (as bad inputs of the other subcommands do); GPU failures,
@@ -98,17 +105,11 @@ fn default_model() -> Result<PathBuf> {
     )
 }
 
-pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
+/// Reads and uploads the model; returns it with the adapter's description.
+fn load(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<(TextModel, String)> {
     let dir = match &args.model {
         Some(d) => d.clone(),
         None => default_model()?,
-    };
-    let prompt = match (&args.prompt, &args.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        (None, None) => String::new(),
     };
     let gpu = Arc::new(Gpu::new_blocking(gpu_opts)?);
     let adapter = gpu.describe();
@@ -136,9 +137,13 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         TextModel::from_source(gpu.clone(), source, opts, &mut progress)
     });
     bar.finish_and_clear();
-    let mut model = loaded.map_err(input_error)?;
+    let model = loaded.map_err(input_error)?;
     crate::save_pipelines(&gpu);
+    Ok((model, adapter))
+}
 
+/// The generation options the flags ask for, and the seed they use.
+fn options(args: &GenerateArgs) -> (GenerateOptions, u64) {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -162,16 +167,84 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         keep_cache: false,
         pick_on_gpu: true,
     };
-    let mut generation = model.generate(&prompt, gen_opts)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    (gen_opts, seed)
+}
+
+pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => String::new(),
+    };
+    let (mut model, adapter) = load(args, gpu_opts)?;
+    let (gen_opts, seed) = options(args);
+    let context = model.engine.context();
+    if args.chat {
+        let mut conv = Conversation::new(&model, args.system.as_deref())?;
+        let generation = conv.reply(&mut model, &prompt, gen_opts)?;
+        return finish(generation, context, args.json, &adapter, seed);
+    }
+    let generation = model.generate(&prompt, gen_opts)?;
     if !args.json {
+        let mut out = std::io::stdout().lock();
         write!(out, "{prompt}")?;
         out.flush()?;
     }
+    finish(generation, context, args.json, &adapter, seed)
+}
+
+/// `diffattn chat`: an interactive conversation on stdin/stdout; the KV cache keeps the history,
+/// so each turn prefills only its new tokens.
+pub fn chat(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
+    let (mut model, adapter) = load(args, gpu_opts)?;
+    let (gen_opts, _) = options(args);
+    let mut conv = Conversation::new(&model, args.system.as_deref())?;
+    eprintln!("chat on {adapter}; an empty line or end of input quits");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        let mut generation = conv.reply(&mut model, line.trim_end(), gen_opts.clone())?;
+        let (text, stats, reason) = stream(&mut generation, args.json)?;
+        let generated = generation.ids()[stats.prompt_tokens..].to_vec();
+        drop(generation);
+        println!();
+        conv.record_reply(&text, &generated, model.engine.position());
+        eprintln!(
+            "[{} new prompt tokens, {} generated, stop: {reason:?}, {:.1} tok/s]",
+            stats.prompt_tokens,
+            stats.generated,
+            stats.decode_tok_s()
+        );
+    }
+}
+
+/// Streams `generation` to stdout, then its summary (stderr, or a JSON line with `json`).
+fn finish(
+    mut generation: Generation<'_>,
+    context: u32,
+    json: bool,
+    adapter: &str,
+    seed: u64,
+) -> Result<()> {
+    let (_, stats, reason) = stream(&mut generation, json)?;
+    drop(generation);
+    summary(&stats, reason, context, json, adapter, seed)
+}
+
+/// Writes each piece to stdout as it comes; returns the text, the stats and the stop reason.
+fn stream(generation: &mut Generation<'_>, json: bool) -> Result<(String, Stats, StopReason)> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut text = String::new();
     while let Some(piece) = generation.next_blocking() {
         let piece = piece?;
-        if args.json {
+        if json {
             writeln!(
                 out,
                 "{}",
@@ -180,19 +253,29 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         } else {
             write!(out, "{}", piece.text)?;
         }
+        text.push_str(&piece.text);
         out.flush()?;
     }
-    let stats = generation.stats().clone();
     let reason = generation.stop_reason().unwrap_or(StopReason::MaxTokens);
-    drop(generation);
+    Ok((text, generation.stats().clone(), reason))
+}
+
+fn summary(
+    stats: &Stats,
+    reason: StopReason,
+    context: u32,
+    json: bool,
+    adapter: &str,
+    seed: u64,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if reason == StopReason::ContextFull && stats.generated == 0 {
         eprintln!(
             "note: the prompt ({} tokens) leaves no room in the context of {} positions (see --context)",
-            stats.prompt_tokens,
-            model.engine.context()
+            stats.prompt_tokens, context
         );
     }
-    if args.json {
+    if json {
         let summary = serde_json::json!({
             "prompt_tokens": stats.prompt_tokens,
             "generated": stats.generated,

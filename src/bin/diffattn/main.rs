@@ -48,6 +48,9 @@ enum Command {
     Attn(attn::AttnArgs),
     /// Generate text with a model, streaming it to stdout.
     Generate(generate::GenerateArgs),
+    /// Chat with a model that has a chat template (a GGUF chat model), interactively: one message
+    /// per line on stdin, the reply streamed to stdout; the KV cache keeps the conversation.
+    Chat(generate::GenerateArgs),
     /// Time the kernels.
     Bench {
         #[command(subcommand)]
@@ -155,6 +158,7 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
         Command::Attn(args) => attn::run(&args, &opts),
         Command::Bench { what } => bench::run(&what, &opts, start),
         Command::Generate(args) => generate::run(&args, &opts),
+        Command::Chat(args) => generate::chat(&args, &opts),
     }
 }
 
