@@ -282,7 +282,7 @@ fn cli_generate_streams_json_and_reports_speed() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         err.trim(),
-        "error: model directory not found: /nonexistent/model"
+        "error: model directory or GGUF file not found: /nonexistent/model"
     );
 }
 
