@@ -42,8 +42,12 @@ class ModelConfig:
     attention: str = "diff_v2"
     bos_token_id: int | None = None
     eos_token_id: int | None = 0
+    # RoPE rotates adjacent pairs (2i, 2i + 1) of each head; see docs/model-format.md.
+    rope_pairs: str = "adjacent"
 
     def __post_init__(self) -> None:
+        if self.rope_pairs != "adjacent":
+            raise ValueError(f"this trainer rotates adjacent RoPE pairs, got rope_pairs={self.rope_pairs!r}")
         if self.attention not in ("diff_v2", "standard"):
             raise ValueError(f"attention must be 'diff_v2' or 'standard', got {self.attention!r}")
         if self.num_attention_heads % self.num_key_value_heads:

@@ -12,13 +12,19 @@ pub struct Config {
     /// Output heads h (DIFF V2 projects 2h query heads).
     pub num_attention_heads: u32,
     pub num_key_value_heads: u32,
+    /// Per-head width; Hugging Face configs may leave it out (hidden_size / num_attention_heads).
+    #[serde(default)]
     pub head_dim: u32,
     pub intermediate_size: u32,
+    /// RoPE base; Hugging Face configs may give it in `rope_parameters` instead.
+    #[serde(default)]
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub max_position_embeddings: u32,
+    #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// `"diff_v2"` or `"standard"`.
+    /// `"diff_v2"` or `"standard"` (a Hugging Face `LlamaForCausalLM` config without it: standard).
+    #[serde(default)]
     pub attention: String,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
@@ -28,23 +34,93 @@ pub struct Config {
     /// `tokenizer.chat_template`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// Which RoPE pairs the files' Q and K rows rotate: `"adjacent"` (2i, 2i + 1: the engine's
+    /// own convention, and GGUF's) or `"half"` (i, i + head_dim/2: Hugging Face Llama). Half-split
+    /// weights are reordered into adjacent pairs at load. A Hugging Face `LlamaForCausalLM` config
+    /// without the field means `"half"`; any other config must state it.
+    #[serde(default)]
+    pub rope_pairs: String,
+    /// Hugging Face's model classes (only read, to recognise a `LlamaForCausalLM` directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// Hugging Face's RoPE block (`rope_theta`, `rope_type`); only `default` RoPE is run.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Hugging Face's RoPE scaling; refused unless absent or null.
+    #[serde(default, skip_serializing)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Hugging Face's bias switches; biases are refused.
+    #[serde(default, skip_serializing)]
+    pub attention_bias: bool,
+    #[serde(default, skip_serializing)]
+    pub mlp_bias: bool,
 }
 
 impl Config {
     /// Parses and validates `config.json` text; `path` only labels errors.
     pub fn from_json(path: &str, text: &str) -> Result<Self> {
-        let cfg: Config = serde_json::from_str(text).map_err(|e| Error::Format {
+        let mut cfg: Config = serde_json::from_str(text).map_err(|e| Error::Format {
             path: path.to_string(),
             message: format!("malformed config.json: {e}"),
         })?;
-        cfg.validate().map_err(|e| match e {
-            Error::Config(m) => Error::Format {
-                path: path.to_string(),
-                message: format!("invalid config.json: {m}"),
-            },
-            e => e,
-        })?;
+        cfg.resolve_hugging_face()
+            .and_then(|()| cfg.validate())
+            .map_err(|e| match e {
+                Error::Config(m) => Error::Format {
+                    path: path.to_string(),
+                    message: format!("invalid config.json: {m}"),
+                },
+                e => e,
+            })?;
         Ok(cfg)
+    }
+
+    /// Fills what a Hugging Face `LlamaForCausalLM` config leaves implicit (standard attention,
+    /// half-split RoPE, head_dim, rope_theta in `rope_parameters`) and refuses what the engine
+    /// does not run (RoPE scaling, biases) and configs that leave the RoPE pairing unstated.
+    pub fn resolve_hugging_face(&mut self) -> Result<()> {
+        let hf_llama = self.architectures.iter().any(|a| a == "LlamaForCausalLM");
+        if hf_llama {
+            if self.attention.is_empty() {
+                self.attention = "standard".into();
+            }
+            if self.rope_pairs.is_empty() {
+                self.rope_pairs = "half".into();
+            }
+        }
+        if self.head_dim == 0 && self.num_attention_heads > 0 {
+            self.head_dim = self.hidden_size / self.num_attention_heads;
+        }
+        if let Some(p) = &self.rope_parameters {
+            let kind = p
+                .get("rope_type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
+            if kind != "default" {
+                return Err(Error::config(format!(
+                    "rope_parameters.rope_type = \"{kind}\" (only default RoPE is supported)"
+                )));
+            }
+            if self.rope_theta == 0.0
+                && let Some(theta) = p.get("rope_theta").and_then(|t| t.as_f64())
+            {
+                self.rope_theta = theta;
+            }
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(Error::config("rope_scaling is not supported".to_string()));
+        }
+        if self.attention_bias || self.mlp_bias {
+            return Err(Error::config(
+                "attention or MLP biases are not supported".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when Q and K rows rotate half-split pairs and are reordered at load.
+    pub fn half_split_rope(&self) -> bool {
+        self.rope_pairs == "half"
     }
 
     pub fn mode(&self) -> Mode {
@@ -63,6 +139,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.rope_pairs != "adjacent" && self.rope_pairs != "half" {
+            return Err(Error::config(format!(
+                "rope_pairs = \"{}\" (expected \"adjacent\" or \"half\"; configs other than Hugging \
+                 Face LlamaForCausalLM must state it)",
+                self.rope_pairs
+            )));
+        }
         if self.attention != "diff_v2" && self.attention != "standard" {
             return Err(Error::config(format!(
                 "attention = \"{}\" (expected \"diff_v2\" or \"standard\")",

@@ -32,8 +32,11 @@ impl ModelSource {
             return super::gguf::load(&self.origin, bytes);
         }
         let cfg = Config::from_json(&format!("{}/{CONFIG}", self.origin), &self.config_json)?;
-        let weights = HostWeights::from_shards(self.shards)?;
+        let mut weights = HostWeights::from_shards(self.shards)?;
         weights.check(&cfg)?;
+        if cfg.half_split_rope() {
+            weights = weights.with_adjacent_rope_pairs(&cfg, &self.origin)?;
+        }
         Ok((cfg, weights, self.tokenizer_json))
     }
 

@@ -56,6 +56,13 @@ pub fn load(origin: &str, bytes: &[u8]) -> Result<(Config, HostWeights, Option<V
         },
         eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
         chat_template: tok.chat_template().map(str::to_string),
+        // llama.cpp's converter already reordered Q and K rows into adjacent pairs.
+        rope_pairs: "adjacent".into(),
+        architectures: Vec::new(),
+        rope_parameters: None,
+        rope_scaling: None,
+        attention_bias: false,
+        mlp_bias: false,
     };
     cfg.validate()
         .map_err(|e| format(format!("GGUF hyper-parameters: {e}")))?;

@@ -103,6 +103,12 @@ impl RandomModel {
             bos_token_id: None,
             eos_token_id: Some(0),
             chat_template: None,
+            rope_pairs: "adjacent".into(),
+            architectures: Vec::new(),
+            rope_parameters: None,
+            rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
         }
     }
 

@@ -175,6 +175,34 @@ impl HostWeights {
         })
     }
 
+    /// The same weights with each head's Q and K rows reordered from half-split RoPE pairs
+    /// (i, i + d/2), Hugging Face Llama's, into adjacent pairs (2i, 2i + 1), the engine's: row
+    /// 2i + j of a head takes row j * d/2 + i. Attention scores do not change (Q and K move
+    /// alike); only which rows RoPE rotates together does.
+    pub fn with_adjacent_rope_pairs(&self, cfg: &Config, origin: &str) -> Result<Self> {
+        let d = cfg.head_dim as usize;
+        let mut out = Vec::with_capacity(self.tensors.len());
+        for (name, info) in &self.tensors {
+            let raw = &self.shards[info.shard].bytes[info.bytes.clone()];
+            let qk = name.ends_with("self_attn.q_proj.weight")
+                || name.ends_with("self_attn.k_proj.weight");
+            let bytes = if qk {
+                let row = raw.len() / info.shape[0];
+                let mut b = vec![0u8; raw.len()];
+                for r in 0..info.shape[0] {
+                    let (head, w) = (r / d, r % d);
+                    let from = head * d + (w % 2) * (d / 2) + w / 2;
+                    b[r * row..(r + 1) * row].copy_from_slice(&raw[from * row..(from + 1) * row]);
+                }
+                b
+            } else {
+                raw.to_vec()
+            };
+            out.push((name.clone(), info.dtype, info.shape.clone(), bytes));
+        }
+        Self::from_tensors(origin, out)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
