@@ -72,6 +72,10 @@ export interface ModelConfig {
   max_position_embeddings: number;
   tie_word_embeddings: boolean;
   attention: 'diff_v2' | 'standard';
+  /** Which RoPE pairs the Q and K rows rotate: adjacent (2i, 2i + 1) or half-split (i, i + d/2,
+   * Hugging Face Llama's; reordered at load). Required unless `architectures` names LlamaForCausalLM. */
+  rope_pairs?: 'adjacent' | 'half';
+  architectures?: string[];
   bos_token_id?: number | null;
   eos_token_id?: number | null;
 }

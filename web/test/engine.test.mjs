@@ -20,7 +20,7 @@ test('a model too large for the adapter fails before downloading, naming the lim
     const config = {
       vocab_size: 262144, hidden_size: 8192, num_hidden_layers: 2, num_attention_heads: 64, num_key_value_heads: 8,
       head_dim: 128, intermediate_size: 28672, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
-      tie_word_embeddings: true, attention: 'diff_v2',
+      tie_word_embeddings: true, attention: 'diff_v2', rope_pairs: 'adjacent',
     };
     try {
       // The weights URL does not exist: the limit check must fail first.
