@@ -21,6 +21,24 @@ use std::sync::Arc;
 
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// The model file for a test, or `None` (with the reason printed) to skip it; under CI=true a
+/// missing model is a broken run, not a reason to skip. Fetched once per test binary, so tests
+/// running side by side never download into the same place at once.
+fn model_or_skip() -> Option<PathBuf> {
+    static MODEL: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match MODEL.get_or_init(model_path) {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{FILE}: {why}"
+            );
+            println!("SKIPPED: {FILE} unavailable ({why})");
+            None
+        }
+    }
+}
+
 /// The model file: DIFFATTN_SMOLLM2, else target/models/, fetched there on first use.
 fn model_path() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("DIFFATTN_SMOLLM2") {
@@ -130,17 +148,8 @@ fn listed(v: &Value) -> Vec<(u32, f64)> {
 
 #[test]
 fn smollm2_gguf_agrees_with_llama_cpp() {
-    let path = match model_path() {
-        Ok(p) => p,
-        Err(why) => {
-            // In CI a missing model is a broken run, not a reason to skip.
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{FILE}: {why}"
-            );
-            println!("SKIPPED: {FILE} unavailable ({why})");
-            return;
-        }
+    let Some(path) = model_or_skip() else {
+        return;
     };
     let g = golden();
     let source = ModelSource::read(&path, &mut |_, _| {}).unwrap();
@@ -196,14 +205,13 @@ fn smollm2_gguf_agrees_with_llama_cpp() {
         let mut seq = prompt_ids.clone();
         seq.extend(&path[..path.len() - 1]);
         let want_logits = reference.forward(&seq);
-        engine.reset();
-        let mut logits = engine.prefill_blocking(&prompt_ids).unwrap();
+        let all = common::teacher_forced(&mut engine, &prompt_ids, &path[..path.len() - 1]);
         let first = listed(&prompt["top20_first"]);
-        for (i, &next) in path.iter().enumerate() {
+        for (i, (&next, logits)) in path.iter().zip(&all).enumerate() {
             let exact = &want_logits[prompt_ids.len() - 1 + i];
-            let (_, rel) = compare(&logits, exact);
+            let (_, rel) = compare(logits, exact);
             worst_rel = worst_rel.max(rel);
-            let p = softmax(&logits);
+            let p = softmax(logits);
             let theirs = if i == 0 {
                 first.clone()
             } else {
@@ -219,9 +227,6 @@ fn smollm2_gguf_agrees_with_llama_cpp() {
             }
             let tv = tv_distance(&p, &theirs);
             assert!(tv < 0.1, "{text:?} step {i}: distance {tv:.3}");
-            if i + 1 < path.len() {
-                logits = engine.step_blocking(next).unwrap();
-            }
         }
     }
     let (kl_ours, kl_floor) = (kl_ours / positions as f64, kl_floor / positions as f64);
@@ -245,8 +250,7 @@ fn smollm2_gguf_agrees_with_llama_cpp() {
 
 #[test]
 fn damaged_gguf_files_are_refused_with_a_reason() {
-    let Ok(path) = model_path() else {
-        println!("SKIPPED: {FILE} unavailable");
+    let Some(path) = model_or_skip() else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
@@ -277,8 +281,7 @@ fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_would() {
     use diffattn::chat::{ChatTemplate, Conversation, Message};
     use diffattn::generate::{GenerateOptions, TextModel};
     use diffattn::sample::SamplingParams;
-    let Ok(path) = model_path() else {
-        println!("SKIPPED: {FILE} unavailable");
+    let Some(path) = model_or_skip() else {
         return;
     };
     let gpu = Arc::new(common::gpu());
@@ -345,16 +348,8 @@ fn chat_turns_reuse_the_cache_and_answer_as_a_fresh_prompt_would() {
 /// engine must stay within 1.5x of it and pick llama.cpp's token wherever its top-2 margin > 0.05.
 #[test]
 fn smollm2_passage_against_llama_cpp() {
-    let path = match model_path() {
-        Ok(p) => p,
-        Err(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{FILE}: {why}"
-            );
-            println!("SKIPPED: {FILE} unavailable ({why})");
-            return;
-        }
+    let Some(path) = model_or_skip() else {
+        return;
     };
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2_passage.json"),
@@ -380,25 +375,22 @@ fn smollm2_passage_against_llama_cpp() {
         &mut |_, _| {},
     )
     .unwrap();
-    let mut logits = engine.prefill_blocking(&passage[..1]).unwrap();
-    let (mut kl_ours, mut kl_floor, mut clear, mut agree) = (0.0, 0.0, 0, 0);
     let positions = g["positions"].as_array().unwrap();
-    for (t, pos) in positions.iter().enumerate() {
+    let all = common::teacher_forced(&mut engine, &passage[..1], &passage[1..positions.len()]);
+    let (mut kl_ours, mut kl_floor, mut clear, mut agree) = (0.0, 0.0, 0, 0);
+    for (t, (pos, logits)) in positions.iter().zip(&all).enumerate() {
         let theirs: Vec<(u32, f64)> = pos["top"]
             .as_array()
             .unwrap()
             .iter()
             .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap()))
             .collect();
-        let p = softmax(&logits);
+        let p = softmax(logits);
         kl_ours += kl_listed(&theirs, &p);
         kl_floor += kl_listed(&theirs, &softmax64(&exact[t]));
         if theirs[0].1 - theirs[1].1 > 0.05 {
             clear += 1;
             agree += (argmax(&p) == theirs[0].0) as usize;
-        }
-        if t + 1 < positions.len() {
-            logits = engine.step_blocking(passage[t + 1]).unwrap();
         }
     }
     let n = positions.len() as f64;

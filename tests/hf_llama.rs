@@ -71,13 +71,11 @@ fn hugging_face_llama_matches_transformers() {
         &mut |_, _| {},
     )
     .unwrap();
-    let mut logits = engine.prefill_blocking(&ids[..1]).unwrap();
-    for t in 0..ids.len() {
-        let (_, rel) = compare(&logits, &want[t]);
+    let logits = common::teacher_forced(&mut engine, &ids[..1], &ids[1..]);
+    assert_eq!(logits.len(), want.len());
+    for (t, (got, w)) in logits.iter().zip(&want).enumerate() {
+        let (_, rel) = compare(got, w);
         assert!(rel <= 1e-4, "GPU position {t}: rel L2 {rel:.2e}");
-        if t + 1 < ids.len() {
-            logits = engine.step_blocking(ids[t + 1]).unwrap();
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use diffattn::model::Engine;
 use diffattn::{Gpu, GpuOptions};
 
 /// Opens the default adapter; with no adapter at all the test fails with the library's message
@@ -22,4 +23,15 @@ pub fn fresh_seed(test: &str) -> u64 {
         });
     eprintln!("{test}: seed {seed} (replay with DIFFATTN_TEST_SEED={seed})");
     seed
+}
+
+/// Teacher forcing: the logits after `prompt`, then after each token of `then` fed in turn
+/// (1 + then.len() rows), from an empty cache.
+pub fn teacher_forced(engine: &mut Engine, prompt: &[u32], then: &[u32]) -> Vec<Vec<f32>> {
+    engine.reset();
+    let mut rows = vec![engine.prefill_blocking(prompt).unwrap()];
+    for &id in then {
+        rows.push(engine.step_blocking(id).unwrap());
+    }
+    rows
 }
