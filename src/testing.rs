@@ -330,3 +330,149 @@ pub fn conformance_cases() -> Vec<Case> {
     }
     cases
 }
+
+/// One check of a prompt-product kernel (`y = x W^T (+ y)`, f16 weights) against float64.
+#[derive(Clone, Debug)]
+pub struct ProductCase {
+    /// Token rows, input width (a multiple of 8), outputs.
+    pub rows: u32,
+    pub k: u32,
+    pub n: u32,
+    /// Add the product to y (which starts random) rather than overwrite it (poisoned).
+    pub accumulate: bool,
+    /// The many-row kernel: "gemm_coop", or matmul.wgsl's "gemm" or "gemm_direct".
+    pub kernel: &'static str,
+    pub seed: u64,
+}
+
+impl ProductCase {
+    /// The case's name in `diffattn verify`'s table.
+    pub fn name(&self) -> String {
+        let acc = if self.accumulate { " +y" } else { "" };
+        format!(
+            "product rows={} k={} n={} f16 W{acc}",
+            self.rows, self.k, self.n
+        )
+    }
+
+    /// Relative L2 tolerance: the tensor-core kernel rounds activations to f16 (~5e-4 relative
+    /// per element); the portable kernels widen the f16 weights and stay in f32.
+    pub fn tolerance(&self) -> f64 {
+        if self.kernel == "gemm_coop" {
+            3e-3
+        } else {
+            1e-5
+        }
+    }
+}
+
+/// Product cases for every many-row kernel the adapter runs: partial blocks in every dimension, a
+/// K that is not a multiple of the staged step, accumulation, the shipped and SmolLM2 shapes.
+pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
+    let mut kernels = vec!["gemm", "gemm_direct"];
+    if crate::model::plan::coop_gemm_unavailable(gpu).is_none() {
+        kernels.insert(0, "gemm_coop");
+    }
+    let shapes = [
+        (2, 8, 5, false),
+        (77, 40, 100, true),
+        (64, 64, 64, false),
+        (200, 384, 1030, false),
+        (130, 1536, 576, true),
+        (128, 576, 3072, false),
+    ];
+    let mut cases = vec![];
+    for kernel in kernels {
+        for (i, &(rows, k, n, accumulate)) in shapes.iter().enumerate() {
+            cases.push(ProductCase {
+                rows,
+                k,
+                n,
+                accumulate,
+                kernel,
+                seed: 0x6E33_0000 + i as u64,
+            });
+        }
+    }
+    cases
+}
+
+/// Runs one product case on the GPU (the output poisoned first unless it accumulates) and
+/// compares it with float64 on the same f16-rounded weights.
+pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResult> {
+    use crate::gpu::{Const, ShaderSpec, UniformArena};
+    let (rows, k, n) = (case.rows as usize, case.k as usize, case.n as usize);
+    let mut rng = Rng::new(case.seed);
+    let x = rng.normals(rows * k, 1.0);
+    let w: Vec<half::f16> = rng
+        .normals(n * k, 0.1)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let y0 = rng.normals(rows * n, 1.0);
+    let xb = gpu.storage_init("product x", bytemuck::cast_slice(&x))?;
+    let wb = gpu.storage_init("product W", bytemuck::cast_slice(&w))?;
+    let yb = gpu.storage_init("product y", bytemuck::cast_slice(&y0))?;
+    if !case.accumulate {
+        gpu.poison(&yb);
+    }
+    let mut arena = UniformArena::new(gpu, "product step", 1);
+    arena.set(0, &[case.rows, 0u32, 0, 0]);
+    arena.upload(gpu, 1);
+    let params = gpu.uniform(
+        "product params",
+        &[case.k, case.n, case.accumulate as u32, 0],
+    );
+    let spec = match case.kernel {
+        "gemm_coop" => ShaderSpec::new("gemm_coop"),
+        entry => ShaderSpec::new("matmul")
+            .with("WEIGHT_DTYPE", Const::U32(1))
+            .with("TB", Const::U32(8))
+            .entry(entry),
+    };
+    let pipeline = gpu.pipeline(&spec)?;
+    let bind = gpu.bind(&pipeline, &[arena.buffer(), &params, &xb, &wb, &yb]);
+    // matmul.wgsl's `gemm` runs 4 output rows per workgroup (16 lanes each) and 8 tokens per
+    // layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop 64 x 64 blocks.
+    let groups = match case.kernel {
+        "gemm_coop" => [case.n.div_ceil(64), case.rows.div_ceil(64), 1],
+        "gemm" => [case.n.div_ceil(4), 1, case.rows.div_ceil(8)],
+        _ => [
+            (case.rows.div_ceil(4) * case.n.div_ceil(4)).div_ceil(64),
+            1,
+            1,
+        ],
+    };
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[0]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+    gpu.queue.submit([enc.finish()]);
+    let got = gpu.read_f32(&yb, rows * n).await?;
+    gpu.take_error("product case")?;
+    let mut want = vec![0f64; rows * n];
+    for t in 0..rows {
+        for o in 0..n {
+            let mut s: f64 = (0..k)
+                .map(|i| x[t * k + i] as f64 * w[o * k + i].to_f64())
+                .sum();
+            if case.accumulate {
+                s += y0[t * n + o] as f64;
+            }
+            want[t * n + o] = s;
+        }
+    }
+    let (max_abs, rel_l2) = reference::compare(&got, &want);
+    let tolerance = case.tolerance();
+    Ok(CaseResult {
+        case: case.name(),
+        path: case.kernel.to_string(),
+        max_abs,
+        rel_l2,
+        tolerance,
+        pass: rel_l2 <= tolerance,
+    })
+}

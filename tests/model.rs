@@ -52,6 +52,7 @@ fn prefill_and_decode_with(
         matvec_lanes: gpu_kernels.map(|g| if g { 16 } else { 1 }),
         tiled_gemm: gpu_kernels,
         context: None,
+        coop_gemm: None,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)

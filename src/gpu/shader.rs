@@ -29,6 +29,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("bandwidth", include_str!("../../shaders/bandwidth.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("gemm_coop", include_str!("../../shaders/gemm_coop.wgsl")),
     (
         "rope_append",
         include_str!("../../shaders/rope_append.wgsl"),

@@ -40,6 +40,10 @@ pub struct EngineOptions {
     /// 8 tokens) rather than the barrier-free `gemm_direct`; `None` picks by adapter: blocked on
     /// GPUs, direct on CPU adapters.
     pub tiled_gemm: Option<bool>,
+    /// Prompt products of f16 weights on cooperative matrices (tensor cores; activations rounded
+    /// to f16, sums in f32); `None` takes them where the adapter has them. `Some(true)` on an
+    /// adapter without them is an error.
+    pub coop_gemm: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +54,7 @@ impl Default for EngineOptions {
             prefill_chunk: 128,
             matvec_lanes: None,
             tiled_gemm: None,
+            coop_gemm: None,
         }
     }
 }
@@ -70,9 +75,20 @@ impl EngineOptions {
             None if cpu => 1,
             None => 16,
         };
+        let coop_missing = super::plan::coop_gemm_unavailable(gpu);
+        let coop_gemm = match (self.coop_gemm, coop_missing) {
+            (Some(true), Some(why)) => {
+                return Err(Error::config(format!(
+                    "coop_gemm requested, but the adapter cannot run it: {why}"
+                )));
+            }
+            (Some(on), _) => on,
+            (None, missing) => missing.is_none(),
+        };
         Ok(Tuning {
             lanes,
             tiled: self.tiled_gemm.unwrap_or(!cpu),
+            coop_gemm,
         })
     }
 }

@@ -79,6 +79,45 @@ pub struct Tuning {
     pub lanes: u32,
     /// Prefill with the token-blocked GPU kernel (`gemm`) rather than `gemm_direct`.
     pub tiled: bool,
+    /// Prefill products of f16 weights on cooperative matrices (gemm_coop.wgsl); the adapter
+    /// must have them (see [`coop_gemm_unavailable`]).
+    pub coop_gemm: bool,
+}
+
+/// Which kernel takes a matmul's many-row (prompt) case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ManyRows {
+    /// `gemm_direct`: 4x4 blocks straight from storage (CPU adapters).
+    Direct,
+    /// `gemm`: matvec's layout, each weight load serving GEMM_TOKENS tokens.
+    Tiled,
+    /// gemm_coop.wgsl: BM x BN blocks on cooperative matrices.
+    Coop,
+}
+
+/// Token rows and outputs per workgroup of gemm_coop.wgsl (its BM and BN).
+const COOP_GEMM_BLOCK: u32 = 64;
+
+/// Workgroup memory of gemm_coop.wgsl (keep in step with its arrays): the staged x and W steps
+/// (f16, BK + 8 wide) and the result block (f32, BN + 4 wide).
+const COOP_GEMM_WORKGROUP_BYTES: u32 =
+    2 * COOP_GEMM_BLOCK * (32 + 8) * 2 + COOP_GEMM_BLOCK * (64 + 4) * 4;
+
+/// Why the cooperative-matrix prompt product cannot run on an adapter, or `None` if it can.
+pub fn coop_gemm_unavailable(gpu: &Gpu) -> Option<String> {
+    if !gpu.coop_f16 {
+        return Some("the adapter has no 16x16 f16 cooperative matrices".into());
+    }
+    // Four subgroups of 32 take a quarter of the block each.
+    if gpu.fixed_subgroup_size() != Some(32) {
+        return Some("subgroups are not exactly 32 wide".into());
+    }
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
+    (COOP_GEMM_WORKGROUP_BYTES > limit).then(|| {
+        format!(
+            "needs {COOP_GEMM_WORKGROUP_BYTES} bytes of workgroup memory; the adapter has {limit}"
+        )
+    })
 }
 
 /// How many workgroups a dispatch needs, as a function of the token count.
@@ -95,8 +134,8 @@ enum Grid {
         n: u32,
         last_only: bool,
         rows_per_group: u32,
-        /// The many-row kernel is `gemm_direct` rather than the token-blocked `gemm`.
-        direct: bool,
+        /// The kernel of the many-row case.
+        many: ManyRows,
     },
 }
 
@@ -129,11 +168,20 @@ impl Op {
                 n,
                 last_only,
                 rows_per_group,
-                direct,
+                many,
             } => {
                 let rows = if last_only { 1 } else { n_tokens };
                 match &self.gemm {
-                    Some((p, b)) if rows > 1 && direct => {
+                    Some((p, b)) if rows > 1 && many == ManyRows::Coop => (
+                        p,
+                        b,
+                        [
+                            n.div_ceil(COOP_GEMM_BLOCK),
+                            rows.div_ceil(COOP_GEMM_BLOCK),
+                            1,
+                        ],
+                    ),
+                    Some((p, b)) if rows > 1 && many == ManyRows::Direct => {
                         let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
                         (p, b, [g[0], g[1], 1])
                     }
@@ -501,15 +549,22 @@ impl Builder<'_> {
             .with("TB", Const::U32(GEMM_TOKENS));
         let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
         let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
+        let many = if self.tuning.coop_gemm && dtype == WeightDtype::F16 {
+            ManyRows::Coop
+        } else if self.tuning.tiled {
+            ManyRows::Tiled
+        } else {
+            ManyRows::Direct
+        };
         let gemm = if last_only {
             None
         } else {
-            let entry = if self.tuning.tiled {
-                "gemm"
-            } else {
-                "gemm_direct"
+            let spec = match many {
+                ManyRows::Coop => ShaderSpec::new("gemm_coop"),
+                ManyRows::Tiled => spec.entry("gemm"),
+                ManyRows::Direct => spec.entry("gemm_direct"),
             };
-            let p = self.gpu.pipeline(&spec.entry(entry))?;
+            let p = self.gpu.pipeline(&spec)?;
             let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
             Some((p, b))
         };
@@ -522,7 +577,7 @@ impl Builder<'_> {
                 n,
                 last_only,
                 rows_per_group: 64 / self.tuning.lanes,
-                direct: !self.tuning.tiled,
+                many,
             },
         })
     }

@@ -46,6 +46,10 @@ pub struct GenerateBench {
     /// Many-row products: token-blocked (true) or direct (false); default by adapter (engine option).
     #[arg(long)]
     tiled_gemm: Option<bool>,
+    /// Prompt products of f16 weights on cooperative matrices; default where the adapter has
+    /// them (engine option).
+    #[arg(long)]
+    coop_gemm: Option<bool>,
     #[arg(long)]
     json: bool,
 }
@@ -153,6 +157,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             kv_dtype,
             prefill_chunk: b.prefill_chunk,
             tiled_gemm: b.tiled_gemm,
+            coop_gemm: b.coop_gemm,
             ..Default::default()
         },
         &mut |_, _| {},

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use diffattn::GpuOptions;
-use diffattn::testing::{conformance_cases_for, run_case};
+use diffattn::testing::{conformance_cases_for, product_cases_for, run_case, run_product_case};
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -32,10 +32,22 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
                 .is_none_or(|f| c.name().contains(f.as_str()))
         })
         .collect();
+    let products: Vec<_> = product_cases_for(&gpu)
+        .into_iter()
+        .filter(|c| {
+            args.filter
+                .as_ref()
+                .is_none_or(|f| c.name().contains(f.as_str()) || c.kernel.contains(f.as_str()))
+        })
+        .collect();
     let (mut failed, mut max_rel) = (0usize, 0.0f64);
     let mut paths: Vec<String> = vec![];
-    for case in &cases {
-        let r = pollster::block_on(run_case(&gpu, case))?;
+    let attention = cases.iter().map(|c| pollster::block_on(run_case(&gpu, c)));
+    let product = products
+        .iter()
+        .map(|c| pollster::block_on(run_product_case(&gpu, c)));
+    for r in attention.chain(product) {
+        let r = r?;
         if !paths.contains(&r.path) {
             paths.push(r.path.clone());
         }
@@ -51,8 +63,9 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
             );
         }
     }
+    let total = cases.len() + products.len();
     let summary = serde_json::json!({
-        "cases": cases.len(),
+        "cases": total,
         "failed": failed,
         "max_rel_l2": max_rel,
         "paths": paths,
@@ -62,8 +75,7 @@ pub fn run(args: &VerifyArgs, opts: &GpuOptions) -> Result<()> {
         println!("{summary}");
     } else {
         println!(
-            "{} cases, {failed} failed, max relative L2 {max_rel:.3e}; kernels: {}",
-            cases.len(),
+            "{total} cases, {failed} failed, max relative L2 {max_rel:.3e}; kernels: {}",
             paths.join(", ")
         );
     }
