@@ -4,8 +4,10 @@
 // A workgroup takes one query token, the query heads of one GQA group (up to 16: the rows of a
 // 16x16 matrix tile; unused rows are zero) and every n_chunks-th sub-chunk of NSG x 16 keys, so
 // that the workgroups in flight together sweep neighbouring memory (KV heads vary fastest across
-// workgroups for the same reason). Within a sub-chunk each subgroup takes one 16-key block and runs
-// its own online softmax over the blocks it gets, with no workgroup barrier until the end:
+// workgroups for the same reason). Within a sub-chunk each subgroup takes one block of BLOCKS x 16
+// keys and runs its own online softmax over the blocks it gets, with no workgroup barrier until the
+// end (two 16-key tiles per block give each memory round trip and each softmax twice the work, and
+// the tensor cores two independent score products):
 //   1. its K and V tiles for the block are loaded straight from the cache into matrices, together,
 //      so one memory round trip serves the block;
 //   2. scores S = Q K^T (16 heads x 16 keys) on the tensor cores, in f32, through this subgroup's
@@ -39,6 +41,8 @@ diagnostic(off, derivative_uniformity);
 // Specialisation constants (the host replaces these defaults).
 const HEAD_DIM: u32 = 64u;
 const WG: u32 = 128u;
+// 16-key tiles per subgroup block: 1 or 2.
+const BLOCKS: u32 = 1u;
 // Measurement only (always 0 in use): bits that leave stages out, to time what each costs.
 // 1: K/V loads, 2: softmax, 4: products, 8: the loop's subgroup barriers, 16: the rescale check;
 // 32 reloads the query tiles from workgroup memory for every block instead of holding them.
@@ -49,13 +53,15 @@ const NSG: u32 = WG / LANES;
 const TILE: u32 = 16u;
 const ROWS: u32 = 16u;
 const DC: u32 = HEAD_DIM / TILE;
+// Keys per subgroup block.
+const KB: u32 = TILE * BLOCKS;
 // How far a block's maximum may exceed the running maximum before the output is rescaled.
 const THRESHOLD: f32 = 8.0;
 // Row strides in workgroup memory, padded so that the rows one matrix access touches fall in
 // different banks; every row starts on 16 bytes.
 const Q_STRIDE: u32 = HEAD_DIM + 8u;
-const S_STRIDE: u32 = TILE + 4u;
-const P_STRIDE: u32 = TILE + 8u;
+const S_STRIDE: u32 = KB + 4u;
+const P_STRIDE: u32 = KB + 8u;
 const NEG_BIG: f32 = -3.0e38;
 
 struct Params {
@@ -88,19 +94,19 @@ struct Params {
 
 // Pre-scaled queries, row-major (ROWS x HEAD_DIM).
 var<workgroup> w_q: array<f16, ROWS * Q_STRIDE>;
-// Per subgroup: a block's scores (ROWS x TILE); also where an output tile is rescaled or merged.
+// Per subgroup: a block's scores (ROWS x KB); also where an output tile is rescaled or merged.
 var<workgroup> w_s: array<f32, NSG * ROWS * S_STRIDE>;
-// Per subgroup: a block's probabilities (ROWS x TILE).
+// Per subgroup: a block's probabilities (ROWS x KB).
 var<workgroup> w_p: array<f16, NSG * ROWS * P_STRIDE>;
 // The partial last block: its K rows, then its V rows, zero past the visible keys. Only the one
 // subgroup that owns that block uses it.
-var<workgroup> w_tail: array<f16, 2u * TILE * HEAD_DIM>;
+var<workgroup> w_tail: array<f16, 2u * KB * HEAD_DIM>;
 // Per subgroup and row: the running (max, sum) at the end.
 var<workgroup> w_ml: array<vec2<f32>, NSG * ROWS>;
 
-// Copies keys key0 .. key0 + count (count < TILE) of one KV head into w_tail, zero-padded.
+// Copies keys key0 .. key0 + count (count < KB) of one KV head into w_tail, zero-padded.
 fn stage_tail(key0: u32, count: u32, kv_head: u32, lane: u32) {
-    for (var e = lane; e < TILE * HEAD_DIM; e += LANES) {
+    for (var e = lane; e < KB * HEAD_DIM; e += LANES) {
         let j = e / HEAD_DIM;
         var kx = f16(0.0);
         var vx = f16(0.0);
@@ -110,17 +116,18 @@ fn stage_tail(key0: u32, count: u32, kv_head: u32, lane: u32) {
             vx = v[i];
         }
         w_tail[e] = kx;
-        w_tail[TILE * HEAD_DIM + e] = vx;
+        w_tail[KB * HEAD_DIM + e] = vx;
     }
 }
 
-// Column block `dc` of K^T for a block as the (HEAD_DIM x keys) operand: column j is key j's row.
-fn load_k(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
+// Column block `dc` of K^T for tile `t` of a block as the (HEAD_DIM x keys) operand: column j is
+// key j's row. `base` is the tile's first element in the cache.
+fn load_k(base: u32, t: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
     if (PROFILE & 1u) != 0u {
         return coop_mat16x16<f16, B>();
     }
     if tail {
-        let at = dc * TILE;
+        let at = t * TILE * HEAD_DIM + dc * TILE;
         let ts = HEAD_DIM;
         return coopLoad<coop_mat16x16<f16, B>>(&w_tail[at], ts);
     }
@@ -128,13 +135,13 @@ fn load_k(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> 
     return coopLoad<coop_mat16x16<f16, B>>(&k[at], stride);
 }
 
-// Column block `dc` of V for a block as the (keys x 16) operand: row i is key i's row.
-fn load_v(base: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
+// Column block `dc` of V for tile `t` of a block as the (keys x 16) operand: row i is key i's row.
+fn load_v(base: u32, t: u32, dc: u32, stride: u32, tail: bool) -> coop_mat16x16<f16, B> {
     if (PROFILE & 1u) != 0u {
         return coop_mat16x16<f16, B>();
     }
     if tail {
-        let at = TILE * HEAD_DIM + dc * TILE;
+        let at = (KB + t * TILE) * HEAD_DIM + dc * TILE;
         let ts = HEAD_DIM;
         return coopLoadT<coop_mat16x16<f16, B>>(&w_tail[at], ts);
     }
@@ -277,7 +284,7 @@ fn main(
     if p.causal != 0u {
         visible_end = min(p.seq_len, p.past_len + n + 1u);
     }
-    let n_blocks = (visible_end + TILE - 1u) / TILE;
+    let n_blocks = (visible_end + KB - 1u) / KB;
 
     for (var e = lid; e < ROWS * HEAD_DIM; e += WG) {
         let r = e / HEAD_DIM;
@@ -326,95 +333,156 @@ fn main(
     let stride = p.n_chunks * NSG;
 
     for (var b = chunk * NSG + sg; b < n_blocks; b += stride) {
-        let key0 = b * TILE;
-        let tail = key0 + TILE > visible_end;
+        let key0 = b * KB;
+        let tail = key0 + KB > visible_end;
         if tail {
             stage_tail(key0, visible_end - key0, kv_head, lane);
         }
         subgroupBarrier();
         let base = (key0 * p.kv_heads + kv_head) * HEAD_DIM;
-        var k0 = coop_mat16x16<f16, B>();
-        var k1 = coop_mat16x16<f16, B>();
-        var k2 = coop_mat16x16<f16, B>();
-        var k3 = coop_mat16x16<f16, B>();
-        var k4 = coop_mat16x16<f16, B>();
-        var k5 = coop_mat16x16<f16, B>();
-        var k6 = coop_mat16x16<f16, B>();
-        var k7 = coop_mat16x16<f16, B>();
-        var v0 = coop_mat16x16<f16, B>();
-        var v1 = coop_mat16x16<f16, B>();
-        var v2 = coop_mat16x16<f16, B>();
-        var v3 = coop_mat16x16<f16, B>();
-        var v4 = coop_mat16x16<f16, B>();
-        var v5 = coop_mat16x16<f16, B>();
-        var v6 = coop_mat16x16<f16, B>();
-        var v7 = coop_mat16x16<f16, B>();
+        let base1 = base + TILE * ks;
+        var k00 = coop_mat16x16<f16, B>();
+        var k01 = coop_mat16x16<f16, B>();
+        var k02 = coop_mat16x16<f16, B>();
+        var k03 = coop_mat16x16<f16, B>();
+        var k04 = coop_mat16x16<f16, B>();
+        var k05 = coop_mat16x16<f16, B>();
+        var k06 = coop_mat16x16<f16, B>();
+        var k07 = coop_mat16x16<f16, B>();
+        var k10 = coop_mat16x16<f16, B>();
+        var k11 = coop_mat16x16<f16, B>();
+        var k12 = coop_mat16x16<f16, B>();
+        var k13 = coop_mat16x16<f16, B>();
+        var k14 = coop_mat16x16<f16, B>();
+        var k15 = coop_mat16x16<f16, B>();
+        var k16 = coop_mat16x16<f16, B>();
+        var k17 = coop_mat16x16<f16, B>();
+        var v00 = coop_mat16x16<f16, B>();
+        var v01 = coop_mat16x16<f16, B>();
+        var v02 = coop_mat16x16<f16, B>();
+        var v03 = coop_mat16x16<f16, B>();
+        var v04 = coop_mat16x16<f16, B>();
+        var v05 = coop_mat16x16<f16, B>();
+        var v06 = coop_mat16x16<f16, B>();
+        var v07 = coop_mat16x16<f16, B>();
+        var v10 = coop_mat16x16<f16, B>();
+        var v11 = coop_mat16x16<f16, B>();
+        var v12 = coop_mat16x16<f16, B>();
+        var v13 = coop_mat16x16<f16, B>();
+        var v14 = coop_mat16x16<f16, B>();
+        var v15 = coop_mat16x16<f16, B>();
+        var v16 = coop_mat16x16<f16, B>();
+        var v17 = coop_mat16x16<f16, B>();
         // All of a block's loads are issued before the first product needs one. The two branches
         // differ only in where the tiles come from, and stay spelled out: a single list of loads
         // choosing its source per load (a branch inside each) ran twice as slow on the H200.
         if tail {
-            k0 = load_k(base, 0u, ks, true);
-            if DC > 1u { k1 = load_k(base, 1u, ks, true); }
-            if DC > 2u { k2 = load_k(base, 2u, ks, true); }
-            if DC > 3u { k3 = load_k(base, 3u, ks, true); }
-            if DC > 4u { k4 = load_k(base, 4u, ks, true); }
-            if DC > 5u { k5 = load_k(base, 5u, ks, true); }
-            if DC > 6u { k6 = load_k(base, 6u, ks, true); }
-            if DC > 7u { k7 = load_k(base, 7u, ks, true); }
-            v0 = load_v(base, 0u, ks, true);
-            if DC > 1u { v1 = load_v(base, 1u, ks, true); }
-            if DC > 2u { v2 = load_v(base, 2u, ks, true); }
-            if DC > 3u { v3 = load_v(base, 3u, ks, true); }
-            if DC > 4u { v4 = load_v(base, 4u, ks, true); }
-            if DC > 5u { v5 = load_v(base, 5u, ks, true); }
-            if DC > 6u { v6 = load_v(base, 6u, ks, true); }
-            if DC > 7u { v7 = load_v(base, 7u, ks, true); }
+            k00 = load_k(base, 0u, 0u, ks, true);
+            if DC > 1u { k01 = load_k(base, 0u, 1u, ks, true); }
+            if DC > 2u { k02 = load_k(base, 0u, 2u, ks, true); }
+            if DC > 3u { k03 = load_k(base, 0u, 3u, ks, true); }
+            if DC > 4u { k04 = load_k(base, 0u, 4u, ks, true); }
+            if DC > 5u { k05 = load_k(base, 0u, 5u, ks, true); }
+            if DC > 6u { k06 = load_k(base, 0u, 6u, ks, true); }
+            if DC > 7u { k07 = load_k(base, 0u, 7u, ks, true); }
+            if BLOCKS > 1u { k10 = load_k(base1, 1u, 0u, ks, true); }
+            if DC > 1u && BLOCKS > 1u { k11 = load_k(base1, 1u, 1u, ks, true); }
+            if DC > 2u && BLOCKS > 1u { k12 = load_k(base1, 1u, 2u, ks, true); }
+            if DC > 3u && BLOCKS > 1u { k13 = load_k(base1, 1u, 3u, ks, true); }
+            if DC > 4u && BLOCKS > 1u { k14 = load_k(base1, 1u, 4u, ks, true); }
+            if DC > 5u && BLOCKS > 1u { k15 = load_k(base1, 1u, 5u, ks, true); }
+            if DC > 6u && BLOCKS > 1u { k16 = load_k(base1, 1u, 6u, ks, true); }
+            if DC > 7u && BLOCKS > 1u { k17 = load_k(base1, 1u, 7u, ks, true); }
+            v00 = load_v(base, 0u, 0u, ks, true);
+            if DC > 1u { v01 = load_v(base, 0u, 1u, ks, true); }
+            if DC > 2u { v02 = load_v(base, 0u, 2u, ks, true); }
+            if DC > 3u { v03 = load_v(base, 0u, 3u, ks, true); }
+            if DC > 4u { v04 = load_v(base, 0u, 4u, ks, true); }
+            if DC > 5u { v05 = load_v(base, 0u, 5u, ks, true); }
+            if DC > 6u { v06 = load_v(base, 0u, 6u, ks, true); }
+            if DC > 7u { v07 = load_v(base, 0u, 7u, ks, true); }
+            if BLOCKS > 1u { v10 = load_v(base1, 1u, 0u, ks, true); }
+            if DC > 1u && BLOCKS > 1u { v11 = load_v(base1, 1u, 1u, ks, true); }
+            if DC > 2u && BLOCKS > 1u { v12 = load_v(base1, 1u, 2u, ks, true); }
+            if DC > 3u && BLOCKS > 1u { v13 = load_v(base1, 1u, 3u, ks, true); }
+            if DC > 4u && BLOCKS > 1u { v14 = load_v(base1, 1u, 4u, ks, true); }
+            if DC > 5u && BLOCKS > 1u { v15 = load_v(base1, 1u, 5u, ks, true); }
+            if DC > 6u && BLOCKS > 1u { v16 = load_v(base1, 1u, 6u, ks, true); }
+            if DC > 7u && BLOCKS > 1u { v17 = load_v(base1, 1u, 7u, ks, true); }
         } else {
-            k0 = load_k(base, 0u, ks, false);
-            if DC > 1u { k1 = load_k(base, 1u, ks, false); }
-            if DC > 2u { k2 = load_k(base, 2u, ks, false); }
-            if DC > 3u { k3 = load_k(base, 3u, ks, false); }
-            if DC > 4u { k4 = load_k(base, 4u, ks, false); }
-            if DC > 5u { k5 = load_k(base, 5u, ks, false); }
-            if DC > 6u { k6 = load_k(base, 6u, ks, false); }
-            if DC > 7u { k7 = load_k(base, 7u, ks, false); }
-            v0 = load_v(base, 0u, ks, false);
-            if DC > 1u { v1 = load_v(base, 1u, ks, false); }
-            if DC > 2u { v2 = load_v(base, 2u, ks, false); }
-            if DC > 3u { v3 = load_v(base, 3u, ks, false); }
-            if DC > 4u { v4 = load_v(base, 4u, ks, false); }
-            if DC > 5u { v5 = load_v(base, 5u, ks, false); }
-            if DC > 6u { v6 = load_v(base, 6u, ks, false); }
-            if DC > 7u { v7 = load_v(base, 7u, ks, false); }
+            k00 = load_k(base, 0u, 0u, ks, false);
+            if DC > 1u { k01 = load_k(base, 0u, 1u, ks, false); }
+            if DC > 2u { k02 = load_k(base, 0u, 2u, ks, false); }
+            if DC > 3u { k03 = load_k(base, 0u, 3u, ks, false); }
+            if DC > 4u { k04 = load_k(base, 0u, 4u, ks, false); }
+            if DC > 5u { k05 = load_k(base, 0u, 5u, ks, false); }
+            if DC > 6u { k06 = load_k(base, 0u, 6u, ks, false); }
+            if DC > 7u { k07 = load_k(base, 0u, 7u, ks, false); }
+            if BLOCKS > 1u { k10 = load_k(base1, 1u, 0u, ks, false); }
+            if DC > 1u && BLOCKS > 1u { k11 = load_k(base1, 1u, 1u, ks, false); }
+            if DC > 2u && BLOCKS > 1u { k12 = load_k(base1, 1u, 2u, ks, false); }
+            if DC > 3u && BLOCKS > 1u { k13 = load_k(base1, 1u, 3u, ks, false); }
+            if DC > 4u && BLOCKS > 1u { k14 = load_k(base1, 1u, 4u, ks, false); }
+            if DC > 5u && BLOCKS > 1u { k15 = load_k(base1, 1u, 5u, ks, false); }
+            if DC > 6u && BLOCKS > 1u { k16 = load_k(base1, 1u, 6u, ks, false); }
+            if DC > 7u && BLOCKS > 1u { k17 = load_k(base1, 1u, 7u, ks, false); }
+            v00 = load_v(base, 0u, 0u, ks, false);
+            if DC > 1u { v01 = load_v(base, 0u, 1u, ks, false); }
+            if DC > 2u { v02 = load_v(base, 0u, 2u, ks, false); }
+            if DC > 3u { v03 = load_v(base, 0u, 3u, ks, false); }
+            if DC > 4u { v04 = load_v(base, 0u, 4u, ks, false); }
+            if DC > 5u { v05 = load_v(base, 0u, 5u, ks, false); }
+            if DC > 6u { v06 = load_v(base, 0u, 6u, ks, false); }
+            if DC > 7u { v07 = load_v(base, 0u, 7u, ks, false); }
+            if BLOCKS > 1u { v10 = load_v(base1, 1u, 0u, ks, false); }
+            if DC > 1u && BLOCKS > 1u { v11 = load_v(base1, 1u, 1u, ks, false); }
+            if DC > 2u && BLOCKS > 1u { v12 = load_v(base1, 1u, 2u, ks, false); }
+            if DC > 3u && BLOCKS > 1u { v13 = load_v(base1, 1u, 3u, ks, false); }
+            if DC > 4u && BLOCKS > 1u { v14 = load_v(base1, 1u, 4u, ks, false); }
+            if DC > 5u && BLOCKS > 1u { v15 = load_v(base1, 1u, 5u, ks, false); }
+            if DC > 6u && BLOCKS > 1u { v16 = load_v(base1, 1u, 6u, ks, false); }
+            if DC > 7u && BLOCKS > 1u { v17 = load_v(base1, 1u, 7u, ks, false); }
         }
 
-        var s = coop_mat16x16<f32, C>();
-        if (PROFILE & 4u) == 0u {
-            s = coopMultiplyAdd(q_tile(0u, q0), k0, s);
-        }
-        if DC > 1u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(1u, q1), k1, s); }
-        if DC > 2u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(2u, q2), k2, s); }
-        if DC > 3u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(3u, q3), k3, s); }
-        if DC > 4u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(4u, q4), k4, s); }
-        if DC > 5u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(5u, q5), k5, s); }
-        if DC > 6u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(6u, q6), k6, s); }
-        if DC > 7u && (PROFILE & 4u) == 0u { s = coopMultiplyAdd(q_tile(7u, q7), k7, s); }
+        var s0 = coop_mat16x16<f32, C>();
+        if (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(0u, q0), k00, s0); }
+        if DC > 1u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(1u, q1), k01, s0); }
+        if DC > 2u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(2u, q2), k02, s0); }
+        if DC > 3u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(3u, q3), k03, s0); }
+        if DC > 4u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(4u, q4), k04, s0); }
+        if DC > 5u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(5u, q5), k05, s0); }
+        if DC > 6u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(6u, q6), k06, s0); }
+        if DC > 7u && (PROFILE & 4u) == 0u { s0 = coopMultiplyAdd(q_tile(7u, q7), k07, s0); }
+        var s1 = coop_mat16x16<f32, C>();
+        if BLOCKS > 1u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(0u, q0), k10, s1); }
+        if BLOCKS > 1u && DC > 1u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(1u, q1), k11, s1); }
+        if BLOCKS > 1u && DC > 2u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(2u, q2), k12, s1); }
+        if BLOCKS > 1u && DC > 3u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(3u, q3), k13, s1); }
+        if BLOCKS > 1u && DC > 4u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(4u, q4), k14, s1); }
+        if BLOCKS > 1u && DC > 5u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(5u, q5), k15, s1); }
+        if BLOCKS > 1u && DC > 6u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(6u, q6), k16, s1); }
+        if BLOCKS > 1u && DC > 7u && (PROFILE & 4u) == 0u { s1 = coopMultiplyAdd(q_tile(7u, q7), k17, s1); }
         let ss = S_STRIDE;
         if (PROFILE & 2u) == 0u {
-            coopStoreT(s, &w_s[corner], ss);
+            coopStoreT(s0, &w_s[corner], ss);
+            if BLOCKS > 1u {
+                let at1 = corner + TILE;
+                coopStoreT(s1, &w_s[at1], ss);
+            }
         }
         if (PROFILE & 8u) == 0u {
             subgroupBarrier();
         }
 
-        let at = corner + r * S_STRIDE + half * 8u;
-        var x: array<f32, 8>;
+        // Lane 2r + half takes columns t * 16 + half * 8 .. + 8 of row r, for each tile t.
+        var x: array<f32, 16>;
         var bm = NEG_BIG;
         // Selects, not branches, below: lanes that branched apart might run the matrix
         // operations after them unconverged (and measurably slower).
-        for (var j = 0u; j < 8u * u32((PROFILE & 2u) == 0u); j++) {
-            let visible = key0 + half * 8u + j < visible_end;
-            let sj = select(NEG_BIG, w_s[at + j], visible);
+        for (var j = 0u; j < 8u * BLOCKS * u32((PROFILE & 2u) == 0u); j++) {
+            let col = (j / 8u) * TILE + half * 8u + j % 8u;
+            let visible = key0 + col < visible_end;
+            let sj = select(NEG_BIG, w_s[corner + r * S_STRIDE + col], visible);
             x[j] = sj;
             bm = max(bm, sj);
         }
@@ -435,10 +503,10 @@ fn main(
             if DC > 7u { o7 = rescale(o7, alpha, corner, lane); }
         }
         var tsum = 0.0;
-        let pat = p_corner + r * P_STRIDE + half * 8u;
-        for (var j = 0u; j < 8u * u32((PROFILE & 2u) == 0u); j++) {
+        for (var j = 0u; j < 8u * BLOCKS * u32((PROFILE & 2u) == 0u); j++) {
+            let col = (j / 8u) * TILE + half * 8u + j % 8u;
             let e = f16(exp(x[j] - m_new));
-            w_p[pat + j] = e;
+            w_p[p_corner + r * P_STRIDE + col] = e;
             // The sum takes the rounded weights, so that it normalises exactly what P V sums.
             tsum += f32(e);
         }
@@ -449,20 +517,31 @@ fn main(
         }
 
         let ps = P_STRIDE;
-        var pa = coop_mat16x16<f16, A>();
+        var pa0 = coop_mat16x16<f16, A>();
+        var pa1 = coop_mat16x16<f16, A>();
         if (PROFILE & 2u) == 0u {
-            pa = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p_corner], ps);
+            pa0 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[p_corner], ps);
+            if BLOCKS > 1u {
+                let at1 = p_corner + TILE;
+                pa1 = coopLoadT<coop_mat16x16<f16, A>>(&w_p[at1], ps);
+            }
         }
-        if (PROFILE & 4u) == 0u {
-            o0 = coopMultiplyAdd(pa, v0, o0);
-        }
-        if DC > 1u && (PROFILE & 4u) == 0u { o1 = coopMultiplyAdd(pa, v1, o1); }
-        if DC > 2u && (PROFILE & 4u) == 0u { o2 = coopMultiplyAdd(pa, v2, o2); }
-        if DC > 3u && (PROFILE & 4u) == 0u { o3 = coopMultiplyAdd(pa, v3, o3); }
-        if DC > 4u && (PROFILE & 4u) == 0u { o4 = coopMultiplyAdd(pa, v4, o4); }
-        if DC > 5u && (PROFILE & 4u) == 0u { o5 = coopMultiplyAdd(pa, v5, o5); }
-        if DC > 6u && (PROFILE & 4u) == 0u { o6 = coopMultiplyAdd(pa, v6, o6); }
-        if DC > 7u && (PROFILE & 4u) == 0u { o7 = coopMultiplyAdd(pa, v7, o7); }
+        if (PROFILE & 4u) == 0u { o0 = coopMultiplyAdd(pa0, v00, o0); }
+        if DC > 1u && (PROFILE & 4u) == 0u { o1 = coopMultiplyAdd(pa0, v01, o1); }
+        if DC > 2u && (PROFILE & 4u) == 0u { o2 = coopMultiplyAdd(pa0, v02, o2); }
+        if DC > 3u && (PROFILE & 4u) == 0u { o3 = coopMultiplyAdd(pa0, v03, o3); }
+        if DC > 4u && (PROFILE & 4u) == 0u { o4 = coopMultiplyAdd(pa0, v04, o4); }
+        if DC > 5u && (PROFILE & 4u) == 0u { o5 = coopMultiplyAdd(pa0, v05, o5); }
+        if DC > 6u && (PROFILE & 4u) == 0u { o6 = coopMultiplyAdd(pa0, v06, o6); }
+        if DC > 7u && (PROFILE & 4u) == 0u { o7 = coopMultiplyAdd(pa0, v07, o7); }
+        if BLOCKS > 1u && (PROFILE & 4u) == 0u { o0 = coopMultiplyAdd(pa1, v10, o0); }
+        if BLOCKS > 1u && DC > 1u && (PROFILE & 4u) == 0u { o1 = coopMultiplyAdd(pa1, v11, o1); }
+        if BLOCKS > 1u && DC > 2u && (PROFILE & 4u) == 0u { o2 = coopMultiplyAdd(pa1, v12, o2); }
+        if BLOCKS > 1u && DC > 3u && (PROFILE & 4u) == 0u { o3 = coopMultiplyAdd(pa1, v13, o3); }
+        if BLOCKS > 1u && DC > 4u && (PROFILE & 4u) == 0u { o4 = coopMultiplyAdd(pa1, v14, o4); }
+        if BLOCKS > 1u && DC > 5u && (PROFILE & 4u) == 0u { o5 = coopMultiplyAdd(pa1, v15, o5); }
+        if BLOCKS > 1u && DC > 6u && (PROFILE & 4u) == 0u { o6 = coopMultiplyAdd(pa1, v16, o6); }
+        if BLOCKS > 1u && DC > 7u && (PROFILE & 4u) == 0u { o7 = coopMultiplyAdd(pa1, v17, o7); }
         // The next block overwrites this subgroup's corners and possibly the tail.
         if (PROFILE & 8u) == 0u {
             subgroupBarrier();

@@ -19,6 +19,8 @@ pub struct Case {
     /// Workgroups the decode split count aims for, where a case must force long chunks (several
     /// sub-chunks per workgroup); `None` takes the adapter's default.
     pub target_workgroups: Option<u32>,
+    /// 16-key tiles per subgroup step of the cooperative decode kernel; `None` takes the default.
+    pub blocks: Option<u32>,
 }
 
 impl Case {
@@ -42,10 +44,13 @@ impl Case {
         } else {
             String::new()
         };
-        let split = match self.target_workgroups {
+        let mut split = match self.target_workgroups {
             Some(t) => format!(" wg~{t}"),
             None => String::new(),
         };
+        if let Some(b) = self.blocks {
+            split += &format!(" blocks={b}");
+        }
         format!(
             "{mode} h={} kv={} d={} N={} S={} {kv} {}{mask}{big}{split}",
             c.heads,
@@ -104,10 +109,14 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
         lam: &lam,
     };
     let mut op = attention::AttentionOp::new(gpu, case.cfg)?;
-    if let Some(target_workgroups) = case.target_workgroups {
+    if case.target_workgroups.is_some() || case.blocks.is_some() {
+        let default = attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim);
         let tuning = attention::DecodeTuning {
-            target_workgroups,
-            ..attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim)
+            target_workgroups: case.target_workgroups.unwrap_or(default.target_workgroups),
+            ..default.with_shape(
+                default.workgroup_size,
+                case.blocks.unwrap_or(default.blocks),
+            )
         };
         op.set_decode_tuning(gpu, tuning)?;
     }
@@ -158,6 +167,7 @@ fn case(
         q_scale: 1.0,
         seed: 0,
         target_workgroups: None,
+        blocks: None,
     }
 }
 
@@ -172,6 +182,12 @@ pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
     let tuning = attention::DecodeTuning::for_layer(&gpu.info, 64);
     if attention::coop_decode_unavailable(gpu, &probe, &tuning).is_none() {
         cases.extend(coop_decode_cases());
+        // The other block shape than the default, on the same cases.
+        let other = 3 - tuning.blocks;
+        cases.extend(coop_decode_cases().into_iter().map(|mut c| {
+            c.blocks = Some(other);
+            c
+        }));
     }
     if attention::coop_prefill_unavailable(gpu, &probe).is_none() {
         cases.extend(coop_prefill_cases());

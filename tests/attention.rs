@@ -105,6 +105,7 @@ fn edge_sizes_on_both_kernels() {
                     q_scale: 1.0,
                     seed: 0,
                     target_workgroups: None,
+                    blocks: None,
                 });
             }
         }
@@ -125,6 +126,7 @@ fn explicit_scale_and_f16_kv_everywhere() {
             q_scale: 1.0,
             seed: 0,
             target_workgroups: None,
+            blocks: None,
         });
     }
     run_all(cases, common::fresh_seed("scale and f16"));
@@ -141,6 +143,7 @@ fn large_logits_stay_finite_and_accurate() {
             q_scale: 30.0,
             seed: 0,
             target_workgroups: None,
+            blocks: None,
         });
     }
     run_all(cases, common::fresh_seed("large logits"));

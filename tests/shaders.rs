@@ -177,12 +177,18 @@ fn tensor_core_specialisations_translate() {
     };
     for d in [32u32, 64, 96, 128, 256] {
         for wg in [64u32, 128, 256] {
-            if d > 128 {
-                continue;
+            for blocks in [1u32, 2] {
+                if d > 128 {
+                    continue;
+                }
+                let consts = [
+                    ("HEAD_DIM", Const::U32(d)),
+                    ("WG", Const::U32(wg)),
+                    ("BLOCKS", Const::U32(blocks)),
+                ];
+                let s = specialise("decode_coop", src("decode_coop"), &consts).unwrap();
+                translate_native(&format!("decode_coop d={d} wg={wg} blocks={blocks}"), &s);
             }
-            let consts = [("HEAD_DIM", Const::U32(d)), ("WG", Const::U32(wg))];
-            let s = specialise("decode_coop", src("decode_coop"), &consts).unwrap();
-            translate_native(&format!("decode_coop d={d} wg={wg}"), &s);
         }
         if d <= 128 {
             let consts = [("HEAD_DIM", Const::U32(d)), ("BC", Const::U32(32))];

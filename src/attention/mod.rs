@@ -119,9 +119,12 @@ pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
-/// Invocations per workgroup of the cooperative-matrix decode kernel by default (eight subgroups;
-/// on the H200, 256 beat 64 and 128 at d=64 and matched 128 at d=128).
-const COOP_WG: u32 = 256;
+/// Invocations per workgroup of the cooperative-matrix decode kernel by default (four subgroups;
+/// on the H200 with 256 workgroups per call, 128 beat 256 by 8-26% at d=128 for S = 1k-16k and
+/// matched it within 3% at d=64).
+const COOP_WG: u32 = 128;
+/// 16-key tiles per subgroup step of the cooperative-matrix decode kernel by default.
+const COOP_BLOCKS: u32 = 1;
 /// Caches up to this many sub-chunks are decoded by one workgroup per head group, without a merge
 /// pass: two blocks per subgroup. On the H200 one workgroup saved 3 us at 64 keys and lost 5 us at
 /// 256 (four subgroups), as each further block a subgroup takes in turn costs ~3 us of latency.
@@ -350,6 +353,8 @@ pub struct DecodeTuning {
     pub workgroup_size: u32,
     /// Longest cache decoded by a single chunk with no merge pass (0: never).
     pub direct_max_keys: u32,
+    /// 16-key tiles a subgroup takes per step of its online softmax: 1 or 2.
+    pub blocks: u32,
     /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
     #[doc(hidden)]
     pub profile: u32,
@@ -368,14 +373,26 @@ impl DecodeTuning {
         Self {
             target_workgroups,
             workgroup_size: COOP_WG,
-            direct_max_keys: COOP_DIRECT_MAX_SUBS * COOP_WG / 32 * 16,
+            direct_max_keys: COOP_DIRECT_MAX_SUBS * COOP_WG / 32 * 16 * COOP_BLOCKS,
+            blocks: COOP_BLOCKS,
             profile: 0,
         }
     }
 
-    /// Keys per sub-chunk: one 16-key block per subgroup of 32.
+    /// The same tuning with another workgroup size and tiles per block; the single-chunk limit
+    /// follows the sub-chunk size (two sub-chunks).
+    pub fn with_shape(self, workgroup_size: u32, blocks: u32) -> Self {
+        Self {
+            workgroup_size,
+            blocks,
+            direct_max_keys: COOP_DIRECT_MAX_SUBS * workgroup_size / 32 * 16 * blocks,
+            ..self
+        }
+    }
+
+    /// Keys per sub-chunk: one block of `blocks` 16-key tiles per subgroup of 32.
     pub fn sub_keys(&self) -> u32 {
-        self.workgroup_size / 32 * 16
+        self.workgroup_size / 32 * 16 * self.blocks
     }
 }
 
@@ -573,6 +590,9 @@ pub fn coop_decode_unavailable(
             cfg.head_dim
         ));
     }
+    if ![1, 2].contains(&tuning.blocks) {
+        return Some(format!("blocks {} (expected 1 or 2)", tuning.blocks));
+    }
     if ![64, 128, 256].contains(&tuning.workgroup_size) {
         return Some(format!(
             "workgroup size {} (expected 64, 128 or 256)",
@@ -581,7 +601,7 @@ pub fn coop_decode_unavailable(
     }
     workgroup_memory_unavailable(
         gpu,
-        coop_workgroup_bytes(cfg.head_dim, tuning.workgroup_size / 32),
+        coop_workgroup_bytes(cfg.head_dim, tuning.workgroup_size / 32, tuning.blocks),
     )
 }
 
@@ -612,11 +632,12 @@ fn coop_prefill_workgroup_bytes(head_dim: u32) -> u32 {
 
 /// Workgroup memory of decode_coop.wgsl (keep in step with its arrays): queries; per subgroup a
 /// score and a probability corner and its (max, sum) rows; the staged last block's K and V.
-fn coop_workgroup_bytes(head_dim: u32, subgroups: u32) -> u32 {
+fn coop_workgroup_bytes(head_dim: u32, subgroups: u32, blocks: u32) -> u32 {
     let rows = COOP_ROWS;
+    let keys = 16 * blocks;
     let q = rows * (head_dim + 8) * 2;
-    let corners = subgroups * rows * ((16 + 4) * 4 + (16 + 8) * 2 + 8);
-    let tail = 2 * 16 * head_dim * 2;
+    let corners = subgroups * rows * ((keys + 4) * 4 + (keys + 8) * 2 + 8);
+    let tail = 2 * keys * head_dim * 2;
     q + corners + tail
 }
 
@@ -676,6 +697,7 @@ impl AttentionOp {
                     &ShaderSpec::new("decode_coop")
                         .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
                         .with("WG", Const::U32(self.tuning.workgroup_size))
+                        .with("BLOCKS", Const::U32(self.tuning.blocks))
                         .with("PROFILE", Const::U32(self.tuning.profile)),
                 )?,
             );
@@ -692,7 +714,8 @@ impl AttentionOp {
             return Err(Error::config(format!("decode tuning: {why}")));
         }
         let rebuild = tuning.profile != self.tuning.profile
-            || tuning.workgroup_size != self.tuning.workgroup_size;
+            || tuning.workgroup_size != self.tuning.workgroup_size
+            || tuning.blocks != self.tuning.blocks;
         self.tuning = DecodeTuning {
             target_workgroups: tuning.target_workgroups.max(1),
             ..tuning
@@ -1088,6 +1111,7 @@ mod tests {
             target_workgroups,
             workgroup_size: COOP_WG,
             direct_max_keys: 256,
+            blocks: 1,
             profile: 0,
         }
     }

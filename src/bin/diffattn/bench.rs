@@ -62,6 +62,9 @@ pub struct AttentionBench {
     /// Invocations per workgroup of the cooperative decode kernel, 64, 128 or 256 (tuning).
     #[arg(long)]
     workgroup_size: Option<u32>,
+    /// 16-key tiles per subgroup step of the cooperative decode kernel, 1 or 2 (tuning).
+    #[arg(long)]
+    blocks: Option<u32>,
     /// Measurement only: stages of the cooperative decode kernel to leave out (bits; results are
     /// wrong by design).
     #[arg(long, hide = true, default_value_t = 0)]
@@ -241,16 +244,21 @@ fn bench_variant(
     if b.direct_max_keys.is_some()
         || b.target_workgroups.is_some()
         || b.workgroup_size.is_some()
+        || b.blocks.is_some()
         || b.profile != 0
     {
         let default = DecodeTuning::for_layer(&gpu.info, b.head_dim);
+        let shaped = default.with_shape(
+            b.workgroup_size.unwrap_or(default.workgroup_size),
+            b.blocks.unwrap_or(default.blocks),
+        );
         op.set_decode_tuning(
             gpu,
             DecodeTuning {
-                direct_max_keys: b.direct_max_keys.unwrap_or(default.direct_max_keys),
+                direct_max_keys: b.direct_max_keys.unwrap_or(shaped.direct_max_keys),
                 target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
-                workgroup_size: b.workgroup_size.unwrap_or(default.workgroup_size),
                 profile: b.profile,
+                ..shaped
             },
         )?;
     }
