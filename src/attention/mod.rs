@@ -119,11 +119,18 @@ pub const DECODE_CHUNK: u32 = 128;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
-/// Invocations per workgroup of the cooperative-matrix decode kernel by default (four subgroups;
-/// on the H200 with 256 workgroups per call, 128 beat 256 by 8-26% at d=128 for S = 1k-16k and
-/// matched it within 3% at d=64).
+/// Invocations per workgroup of the cooperative-matrix decode kernel by default, by head dim:
+/// measured on the H200 with 256 workgroups per call (bench/results, 2026-12-02), four subgroups
+/// beat eight by 8-26% at d=128 for S = 1k-64k, and eight beat four by 3-10% at d=64 for S = 4k-64k.
+fn coop_workgroup_size(head_dim: u32) -> u32 {
+    if head_dim <= 64 { 256 } else { 128 }
+}
+/// The test default.
+#[cfg(test)]
 const COOP_WG: u32 = 128;
-/// 16-key tiles per subgroup step of the cooperative-matrix decode kernel by default.
+/// 16-key tiles per subgroup step of the cooperative-matrix decode kernel by default. Two lost
+/// everywhere on the H200 (1.1-1.8x slower at d=128, where its tiles spill registers; 1.0-1.6x at
+/// d=64).
 const COOP_BLOCKS: u32 = 1;
 /// Caches up to this many sub-chunks are decoded by one workgroup per head group, without a merge
 /// pass: two blocks per subgroup. On the H200 one workgroup saved 3 us at 64 keys and lost 5 us at
@@ -363,7 +370,7 @@ pub struct DecodeTuning {
 impl DecodeTuning {
     /// Defaults for a layer on an adapter: about two workgroups per core on a large discrete GPU,
     /// and a single chunk for caches of up to two sub-chunks.
-    pub fn for_layer(info: &wgpu::AdapterInfo, _head_dim: u32) -> Self {
+    pub fn for_layer(info: &wgpu::AdapterInfo, head_dim: u32) -> Self {
         // Measured on the H200 (d=64 and 128, S=16k and 64k): 256 workgroups beat 512 and 1024.
         let target_workgroups = match info.device_type {
             wgpu::DeviceType::DiscreteGpu => 256,
@@ -372,11 +379,12 @@ impl DecodeTuning {
         };
         Self {
             target_workgroups,
-            workgroup_size: COOP_WG,
-            direct_max_keys: COOP_DIRECT_MAX_SUBS * COOP_WG / 32 * 16 * COOP_BLOCKS,
-            blocks: COOP_BLOCKS,
+            workgroup_size: 0,
+            direct_max_keys: 0,
+            blocks: 0,
             profile: 0,
         }
+        .with_shape(coop_workgroup_size(head_dim), COOP_BLOCKS)
     }
 
     /// The same tuning with another workgroup size and tiles per block; the single-chunk limit

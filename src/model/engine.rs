@@ -41,8 +41,8 @@ pub struct EngineOptions {
     /// GPUs, direct on CPU adapters.
     pub tiled_gemm: Option<bool>,
     /// Prompt products of f16 weights on cooperative matrices (tensor cores; activations rounded
-    /// to f16, sums in f32); `None` takes them where the adapter has them. `Some(true)` on an
-    /// adapter without them is an error.
+    /// to f16, sums in f32). `None` leaves them off (they measured slower than the SIMT kernel on
+    /// the H200; see docs/BENCHMARKS.md); `Some(true)` on an adapter without them is an error.
     pub coop_gemm: Option<bool>,
 }
 
@@ -83,7 +83,9 @@ impl EngineOptions {
                 )));
             }
             (Some(on), _) => on,
-            (None, missing) => missing.is_none(),
+            // Off by default: on the H200 it lost to the token-blocked SIMT kernel (454-token
+            // prompt of the shipped model 8.4 against 6.0 ms; SmolLM2's shape 56 against 39 ms).
+            (None, _) => false,
         };
         Ok(Tuning {
             lanes,

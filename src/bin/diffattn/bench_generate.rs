@@ -46,8 +46,8 @@ pub struct GenerateBench {
     /// Many-row products: token-blocked (true) or direct (false); default by adapter (engine option).
     #[arg(long)]
     tiled_gemm: Option<bool>,
-    /// Prompt products of f16 weights on cooperative matrices; default where the adapter has
-    /// them (engine option).
+    /// Prompt products of f16 weights on cooperative matrices (default off: slower on the H200;
+    /// engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
     #[arg(long)]
