@@ -84,6 +84,11 @@ fn verify_json_passes_and_summarises() {
         paths.contains(&"decode") && paths.contains(&"flash"),
         "{paths:?}"
     );
+    // The prompt-product kernels are checked too.
+    assert!(
+        paths.contains(&"gemm") && paths.contains(&"gemm_direct"),
+        "{paths:?}"
+    );
     assert!(
         lines[..lines.len() - 1]
             .iter()
