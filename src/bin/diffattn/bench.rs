@@ -113,6 +113,40 @@ fn time_passes(
         gpu.wait()?;
     }
     gpu.take_error("bench warm-up")?;
+    // A GPU sometimes takes longer than the warm-up to reach its working clock (on the H200 a
+    // DIFF V2 row once read 675 us and the standard row after it in the same process 159 us):
+    // timed series repeat until two in a row agree within 3%, and the last one counts.
+    let mut last: Option<f64> = None;
+    let mut times = Vec::new();
+    for _ in 0..MAX_SERIES {
+        times = series(gpu, repeats, &mut record)?;
+        let median = times[times.len() / 2];
+        if last.is_some_and(|m| (median - m).abs() <= 0.03 * m) {
+            break;
+        }
+        last = Some(median);
+    }
+    let timer = if gpu.has_timestamps() {
+        "gpu-timestamps"
+    } else {
+        "wall-clock"
+    };
+    Ok((times[times.len() / 2], timer))
+}
+
+/// Timed series of a benchmark at most, until two in a row agree.
+const MAX_SERIES: usize = 8;
+
+/// One timed series of `repeats` calls, sorted.
+fn series(
+    gpu: &Gpu,
+    repeats: u32,
+    record: &mut impl FnMut(
+        u32,
+        &mut wgpu::CommandEncoder,
+        Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()>,
+) -> Result<Vec<f64>> {
     let mut times = Vec::new();
     if gpu.has_timestamps() {
         let count = 2 * repeats;
@@ -161,12 +195,7 @@ fn time_passes(
     }
     gpu.take_error("bench")?;
     times.sort_by(|a, b| a.total_cmp(b));
-    let timer = if gpu.has_timestamps() {
-        "gpu-timestamps"
-    } else {
-        "wall-clock"
-    };
-    Ok((times[times.len() / 2], timer))
+    Ok(times)
 }
 
 struct Row {
