@@ -113,9 +113,9 @@ fn time_passes(
         gpu.wait()?;
     }
     gpu.take_error("bench warm-up")?;
-    // A GPU sometimes takes longer than the warm-up to reach its working clock (on the H200 a
-    // DIFF V2 row once read 675 us and the standard row after it in the same process 159 us):
-    // timed series repeat until two in a row agree within 3%, and the last one counts.
+    // The warm-up is a fixed wall time, and a GPU may still be raising its clock after it: timed
+    // series repeat until two in a row agree within 3%, and the last one counts. (A state that
+    // lasts, such as the H200's occasional 3-4x slow DIFF V2 process, is reported as it is.)
     let mut last: Option<f64> = None;
     let mut times = Vec::new();
     for _ in 0..MAX_SERIES {
