@@ -125,9 +125,6 @@ const COOP_ROWS: u32 = 16;
 fn coop_workgroup_size(head_dim: u32) -> u32 {
     if head_dim <= 64 { 256 } else { 128 }
 }
-/// The test default.
-#[cfg(test)]
-const COOP_WG: u32 = 128;
 /// 16-key tiles per subgroup step of the cooperative-matrix decode kernel by default. Two lost
 /// everywhere on the H200 (1.1-1.8x slower at d=128, where its tiles spill registers; 1.0-1.6x at
 /// d=64).
@@ -1117,7 +1114,8 @@ mod tests {
     fn tuning(target_workgroups: u32) -> DecodeTuning {
         DecodeTuning {
             target_workgroups,
-            workgroup_size: COOP_WG,
+            // Eight subgroups: sub-chunks of 128 keys.
+            workgroup_size: 256,
             direct_max_keys: 256,
             blocks: 1,
             profile: 0,
