@@ -219,3 +219,79 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         }
     }
 }
+
+// Many rows on GPUs, register-blocked: a workgroup computes a block of BM token rows x BN outputs,
+// each invocation a 4 x 4 tile of it (4 tokens, 4 outputs) held in registers. x and W are staged
+// in workgroup memory BK columns at a time, transposed, so that an invocation reads its 4 tokens
+// and its 4 outputs of one column as two vectors: every pair of workgroup loads serves 16
+// multiply-adds (`gemm` serves 4 per load of x). Rows past the end of x or W repeat the last
+// one and columns past K are zero; neither reaches y.
+// Specialised by the host (BM: 32 or 64).
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+const BLOCK_THREADS: u32 = BM / 4u * (BN / 4u);
+
+// Column kk of the staged x block: tokens 4j .. 4j + 4 at [kk * BM / 4 + j].
+var<workgroup> bx: array<vec4<f32>, BK * BM / 4u>;
+// Column kk of the staged W block: outputs 4j .. 4j + 4 at [kk * BN / 4 + j].
+var<workgroup> bw: array<vec4<f32>, BK * BN / 4u>;
+
+// Stages columns k0 .. k0 + BK of the block's x rows (from token t0) and W rows (from output o0).
+fn stage_block(lid: u32, t0: u32, o0: u32, k0: u32, n_rows: u32) {
+    for (var e = lid; e < BM * BK / 4u; e += BLOCK_THREADS) {
+        let t = e / (BK / 4u);
+        let c = e % (BK / 4u);
+        var v = vec4<f32>(0.0);
+        if k0 + 4u * c < p.k {
+            v = x[(min(t0 + t, n_rows - 1u) * p.k + k0) / 4u + c];
+        }
+        for (var j = 0u; j < 4u; j++) {
+            bx[(4u * c + j) * (BM / 4u) + t / 4u][t % 4u] = v[j];
+        }
+    }
+    for (var e = lid; e < BN * BK / 8u; e += BLOCK_THREADS) {
+        let o = e / (BK / 8u);
+        let c = e % (BK / 8u);
+        var wv = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        if k0 + 8u * c < p.k {
+            wv = load8(min(o0 + o, p.n - 1u), k0 / 8u + c);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            bw[(8u * c + j) * (BN / 4u) + o / 4u][o % 4u] = wv.a[j];
+            bw[(8u * c + 4u + j) * (BN / 4u) + o / 4u][o % 4u] = wv.b[j];
+        }
+    }
+}
+
+@compute @workgroup_size(BLOCK_THREADS)
+fn gemm_block(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n_rows = rows();
+    let tx = lid % (BN / 4u);
+    let ty = lid / (BN / 4u);
+    let t0 = wid.y * BM;
+    let o0 = wid.x * BN;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        stage_block(lid, t0, o0, k0, n_rows);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = bx[kk * (BM / 4u) + ty];
+            let b = bw[kk * (BN / 4u) + tx];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let t = t0 + 4u * ty + i;
+        for (var j = 0u; j < 4u; j++) {
+            let o = o0 + 4u * tx + j;
+            if t < n_rows && o < p.n {
+                store(t, o, acc[i][j]);
+            }
+        }
+    }
+}

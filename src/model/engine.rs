@@ -44,6 +44,9 @@ pub struct EngineOptions {
     /// to f16, sums in f32). `None` leaves them off (they measured slower than the SIMT kernel on
     /// the H200; see docs/BENCHMARKS.md); `Some(true)` on an adapter without them is an error.
     pub coop_gemm: Option<bool>,
+    /// Prompt products on the register-blocked SIMT kernel (`gemm_block`, 64 x 64 blocks staged
+    /// in workgroup memory) rather than the token-blocked `gemm`. `None`: off.
+    pub block_gemm: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -55,6 +58,7 @@ impl Default for EngineOptions {
             matvec_lanes: None,
             tiled_gemm: None,
             coop_gemm: None,
+            block_gemm: None,
         }
     }
 }
@@ -91,6 +95,7 @@ impl EngineOptions {
             lanes,
             tiled: self.tiled_gemm.unwrap_or(!cpu),
             coop_gemm,
+            block_gemm: self.block_gemm.unwrap_or(false),
         })
     }
 }

@@ -69,6 +69,11 @@ pub struct AttentionBench {
     /// wrong by design).
     #[arg(long, hide = true, default_value_t = 0)]
     profile: u32,
+    /// Measurement only: time each variant this many times in the process, each with a fresh
+    /// operator (its own pipelines, scratch and query buffers), to tell a slow pipeline from a
+    /// slow process.
+    #[arg(long, hide = true, default_value_t = 1)]
+    instances: u32,
     #[arg(long)]
     json: bool,
 }
@@ -200,6 +205,7 @@ fn series(
 
 struct Row {
     variant: &'static str,
+    instance: u32,
     kernel: &'static str,
     seconds: f64,
     gb_s: f64,
@@ -317,6 +323,7 @@ fn bench_variant(
     let io_bytes = 4.0 * (sh.q.0 + sh.out.0 + sh.lam.0) as f64;
     Ok(Row {
         variant,
+        instance: 0,
         kernel: plan.kernel.name(),
         seconds: median_s,
         gb_s: (kv_bytes + io_bytes) / median_s / 1e9,
@@ -354,10 +361,15 @@ fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
     let kv_bytes = 2 * b.seq as u64 * b.kv_heads as u64 * b.head_dim as u64 * kv_dtype.bytes();
     let copies = rotate_count(&b.rotate, kv_bytes)?;
     let kvs = kv_set(&gpu, b, kv_dtype, copies)?;
-    let rows: Vec<Row> = variants
-        .iter()
-        .map(|&(m, name)| bench_variant(&gpu, b, &kvs, m, name))
-        .collect::<Result<_>>()?;
+    let mut rows: Vec<Row> = Vec::new();
+    for instance in 0..b.instances.max(1) {
+        for &(m, name) in &variants {
+            rows.push(Row {
+                instance,
+                ..bench_variant(&gpu, b, &kvs, m, name)?
+            });
+        }
+    }
     let adapter = gpu.describe();
     let queries = bench_call(b)?.n_queries;
     for r in &rows {
@@ -370,12 +382,13 @@ fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
                     "head_dim": b.head_dim, "seq": b.seq, "queries": queries,
                     "kv_dtype": b.kv_dtype, "median_us": r.seconds * 1e6, "gb_s": r.gb_s,
                     "tflop_s": r.tflop_s, "kv_bytes": r.kv_bytes, "rotate": copies,
-                    "chunks": r.chunks, "timer": r.timer, "adapter": adapter,
+                    "chunks": r.chunks, "timer": r.timer, "instance": r.instance,
+                    "adapter": adapter,
                 })
             );
         } else {
             println!(
-                "{:<8} {:<11} {} h={} kv={} d={} S={} {} x{copies}: {:>10.1} us  {:>8.1} GB/s  {:>7.3} TFLOP/s  ({} chunks, {})",
+                "{:<8} {:<11} {} h={} kv={} d={} S={} {} x{copies} #{}: {:>10.1} us  {:>8.1} GB/s  {:>7.3} TFLOP/s  ({} chunks, {})",
                 r.variant,
                 r.kernel,
                 b.mode,
@@ -384,6 +397,7 @@ fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
                 b.head_dim,
                 b.seq,
                 b.kv_dtype,
+                r.instance,
                 r.seconds * 1e6,
                 r.gb_s,
                 r.tflop_s,

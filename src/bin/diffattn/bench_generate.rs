@@ -50,6 +50,9 @@ pub struct GenerateBench {
     /// engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
+    /// Prompt products on the register-blocked SIMT kernel (engine option).
+    #[arg(long)]
+    block_gemm: Option<bool>,
     #[arg(long)]
     json: bool,
 }
@@ -158,6 +161,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             prefill_chunk: b.prefill_chunk,
             tiled_gemm: b.tiled_gemm,
             coop_gemm: b.coop_gemm,
+            block_gemm: b.block_gemm,
             ..Default::default()
         },
         &mut |_, _| {},
