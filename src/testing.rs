@@ -385,7 +385,7 @@ impl ProductCase {
 /// Product cases for every many-row kernel the adapter runs: partial blocks in every dimension, a
 /// K that is not a multiple of the staged step, accumulation, the shipped and SmolLM2 shapes.
 pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
-    let mut kernels = vec!["gemm", "gemm_block", "gemm_direct"];
+    let mut kernels = vec!["gemm", "gemm_direct"];
     if crate::model::plan::coop_gemm_unavailable(gpu).is_none() {
         kernels.insert(0, "gemm_coop");
     }
@@ -444,16 +444,14 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         entry => ShaderSpec::new("matmul")
             .with("WEIGHT_DTYPE", Const::U32(1))
             .with("TB", Const::U32(8))
-            .with("BM", Const::U32(64))
             .entry(entry),
     };
     let pipeline = gpu.pipeline(&spec)?;
     let bind = gpu.bind(&pipeline, &[arena.buffer(), &params, &xb, &wb, &yb]);
     // matmul.wgsl's `gemm` runs 4 output rows per workgroup (16 lanes each) and 8 tokens per
-    // layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop and gemm_block
-    // 64 x 64 blocks.
+    // layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop 64 x 64 blocks.
     let groups = match case.kernel {
-        "gemm_coop" | "gemm_block" => [case.n.div_ceil(64), case.rows.div_ceil(64), 1],
+        "gemm_coop" => [case.n.div_ceil(64), case.rows.div_ceil(64), 1],
         "gemm" => [case.n.div_ceil(4), 1, case.rows.div_ceil(8)],
         _ => [
             (case.rows.div_ceil(4) * case.n.div_ceil(4)).div_ceil(64),

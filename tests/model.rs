@@ -53,7 +53,6 @@ fn prefill_and_decode_with(
         tiled_gemm: gpu_kernels,
         context: None,
         coop_gemm: None,
-        block_gemm: None,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)

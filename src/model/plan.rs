@@ -82,8 +82,6 @@ pub struct Tuning {
     /// Prefill products of f16 weights on cooperative matrices (gemm_coop.wgsl); the adapter
     /// must have them (see [`coop_gemm_unavailable`]).
     pub coop_gemm: bool,
-    /// Prefill with the register-blocked GPU kernel (`gemm_block`) rather than `gemm`.
-    pub block_gemm: bool,
 }
 
 /// Which kernel takes a matmul's many-row (prompt) case.
@@ -95,12 +93,7 @@ enum ManyRows {
     Tiled,
     /// gemm_coop.wgsl: BM x BN blocks on cooperative matrices.
     Coop,
-    /// `gemm_block`: BLOCK_ROWS x 64 blocks staged in workgroup memory, 4 x 4 per invocation.
-    Block,
 }
-
-/// Token rows per workgroup of `gemm_block` (its BM); its BN is 64.
-const BLOCK_ROWS: u32 = 64;
 
 /// Token rows and outputs per workgroup of gemm_coop.wgsl (its BM and BN).
 const COOP_GEMM_BLOCK: u32 = 64;
@@ -188,9 +181,6 @@ impl Op {
                             1,
                         ],
                     ),
-                    Some((p, b)) if rows > 1 && many == ManyRows::Block => {
-                        (p, b, [n.div_ceil(64), rows.div_ceil(BLOCK_ROWS), 1])
-                    }
                     Some((p, b)) if rows > 1 && many == ManyRows::Direct => {
                         let g = grid_2d((rows.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
                         (p, b, [g[0], g[1], 1])
@@ -561,8 +551,6 @@ impl Builder<'_> {
         let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
         let many = if self.tuning.coop_gemm && dtype == WeightDtype::F16 {
             ManyRows::Coop
-        } else if self.tuning.block_gemm {
-            ManyRows::Block
         } else if self.tuning.tiled {
             ManyRows::Tiled
         } else {
@@ -574,7 +562,6 @@ impl Builder<'_> {
             let spec = match many {
                 ManyRows::Coop => ShaderSpec::new("gemm_coop"),
                 ManyRows::Tiled => spec.entry("gemm"),
-                ManyRows::Block => spec.with("BM", Const::U32(BLOCK_ROWS)).entry("gemm_block"),
                 ManyRows::Direct => spec.entry("gemm_direct"),
             };
             let p = self.gpu.pipeline(&spec)?;

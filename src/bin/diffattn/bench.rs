@@ -107,8 +107,10 @@ fn time_passes(
     // milliseconds of load to reach its working clock, and short kernels would otherwise be timed
     // on the way up.
     let start = std::time::Instant::now();
+    let trace = std::env::var_os("DIFFATTN_BENCH_TRACE").is_some();
     let mut r = 0;
     while r < 3 || start.elapsed() < std::time::Duration::from_millis(WARM_UP_MS) {
+        let batch = std::time::Instant::now();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for _ in 0..8 {
             record(r, &mut enc, None)?;
@@ -116,6 +118,13 @@ fn time_passes(
         }
         gpu.queue.submit([enc.finish()]);
         gpu.wait()?;
+        if trace {
+            eprintln!(
+                "trace warm-up +{:.1} ms: 8 calls in {:.1} us each",
+                start.elapsed().as_secs_f64() * 1e3,
+                batch.elapsed().as_secs_f64() * 1e6 / 8.0
+            );
+        }
     }
     gpu.take_error("bench warm-up")?;
     // The warm-up is a fixed wall time, and a GPU may still be raising its clock after it: timed
@@ -126,6 +135,13 @@ fn time_passes(
     for _ in 0..MAX_SERIES {
         times = series(gpu, repeats, &mut record)?;
         let median = times[times.len() / 2];
+        if trace {
+            eprintln!(
+                "trace series +{:.1} ms: median {:.1} us",
+                start.elapsed().as_secs_f64() * 1e3,
+                median * 1e6
+            );
+        }
         if last.is_some_and(|m| (median - m).abs() <= 0.03 * m) {
             break;
         }

@@ -41,7 +41,7 @@ pub struct GenerateBench {
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Prompt tokens per forward chunk (engine option).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 512)]
     prefill_chunk: u32,
     /// Many-row products: token-blocked (true) or direct (false); default by adapter (engine option).
     #[arg(long)]
@@ -50,9 +50,6 @@ pub struct GenerateBench {
     /// engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
-    /// Prompt products on the register-blocked SIMT kernel (engine option).
-    #[arg(long)]
-    block_gemm: Option<bool>,
     #[arg(long)]
     json: bool,
 }
@@ -161,7 +158,6 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             prefill_chunk: b.prefill_chunk,
             tiled_gemm: b.tiled_gemm,
             coop_gemm: b.coop_gemm,
-            block_gemm: b.block_gemm,
             ..Default::default()
         },
         &mut |_, _| {},
