@@ -484,3 +484,119 @@ fn bad_adapter_index_is_a_clear_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("adapter index 99 is out of range"), "{err}");
 }
+
+/// SHA-256 as coreutils' sha256sum computes it: an implementation independent of ours.
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn manifest_lists_sizes_and_hashes_and_checks_them() {
+    let dir = tmp("manifest-model");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let mut rng = Rng::new(11);
+    // Sizes around the 1 MiB read buffer, an empty file, a nested one and a dotfile.
+    let files: &[(&str, usize)] = &[
+        ("model.safetensors", (1 << 20) + 7),
+        ("config.json", 390),
+        ("empty.bin", 0),
+        ("sub/extra.bin", 1 << 20),
+        (".hidden", 10),
+    ];
+    for (name, n) in files {
+        let bytes: Vec<u8> = (0..*n).map(|_| (rng.next_u64() & 0xff) as u8).collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let out = diffattn(&["manifest", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["format"], "diffattn-manifest");
+    assert_eq!(m["version"], 1);
+    let listed: Vec<&String> = m["files"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        listed,
+        [
+            "config.json",
+            "empty.bin",
+            "model.safetensors",
+            "sub/extra.bin"
+        ]
+    );
+    for key in listed {
+        let path = dir.join(key);
+        let e = &m["files"][key];
+        assert_eq!(
+            e["size"].as_u64().unwrap(),
+            std::fs::metadata(&path).unwrap().len(),
+            "{key}"
+        );
+        assert_eq!(e["sha256"].as_str().unwrap(), sha256sum(&path), "{key}");
+    }
+
+    let check = diffattn(&["manifest", "--check", dir.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // One changed byte: --check names the file and fails; the single-file form updates its entry
+    // and keeps the others.
+    let mut bytes = std::fs::read(dir.join("config.json")).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(dir.join("config.json"), &bytes).unwrap();
+    let check = diffattn(&["manifest", "--check", dir.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("config.json: manifest says 390 bytes") && !err.contains("model.safetensors"),
+        "{err}"
+    );
+    let one = diffattn(&["manifest", dir.join("config.json").to_str().unwrap()]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let m2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        m2["files"]["config.json"]["sha256"].as_str().unwrap(),
+        sha256sum(&dir.join("config.json"))
+    );
+    assert_eq!(
+        m2["files"]["model.safetensors"],
+        m["files"]["model.safetensors"]
+    );
+    assert_eq!(m2["files"].as_object().unwrap().len(), 4);
+
+    let missing = diffattn(&["manifest", dir.join("nope").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope: No such file"));
+}
+
+#[test]
+fn the_shipped_model_manifest_is_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/diffv2-small");
+    let out = diffattn(&["manifest", "--check", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

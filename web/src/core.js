@@ -112,9 +112,11 @@ export async function init({ wasm } = {}) {
   }
 }
 
-async function ready() {
+// `wasm`: where to fetch the .wasm from, for bundlers that do not rewrite the glue's
+// `new URL('diffattn_bg.wasm', import.meta.url)`; the first load decides.
+async function ready(wasm) {
   await checkWebGPU();
-  await init();
+  await init({ wasm });
 }
 
 /** The adapter, its features and limits, as the Rust side sees them. */

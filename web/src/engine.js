@@ -1,8 +1,9 @@
-// The language model: loading a model directory with byte-level progress, streaming generation,
-// attention maps. The weights travel fetch -> wasm heap (one copy, written chunk by chunk as the
+// The language model: loading a model directory with byte-level progress (through the browser
+// cache, cache.js), streaming generation, attention maps. The weights travel fetch -> wasm heap (one copy, written chunk by chunk as the
 // bytes arrive, so JS never holds a whole file) -> GPU buffers; the wasm copy is freed after the
 // upload unless attention maps are wanted.
 import { raw, ready, call, adopt, DiffAttnError, withBrowserAdapter } from './core.js';
+import { ModelFiles, modelCache } from './cache.js';
 
 const CONFIG = 'config.json';
 const INDEX = 'model.safetensors.index.json';
@@ -16,22 +17,9 @@ function baseHref(base) {
   return abs;
 }
 
-async function fetchOk(url, signal) {
-  let r;
-  try {
-    r = await fetch(url, { signal });
-  } catch (e) {
-    if (signal?.aborted) throw signal.reason;
-    throw new DiffAttnError(`${url}: fetch failed (${e.message})`, 'Io');
-  }
-  if (!r.ok) throw new DiffAttnError(`${url}: HTTP ${r.status} ${r.statusText}`, r.status === 404 ? 'NotFound' : 'Io');
-  return r;
-}
-
 const isUrlish = (x) => x instanceof URL || (typeof x === 'string' && !x.trimStart().startsWith('{'));
 
-async function asText(x, signal) {
-  if (isUrlish(x)) return (await fetchOk(x, signal)).text();
+function asText(x) {
   if (typeof x === 'string') return x;
   if (x instanceof ArrayBuffer || ArrayBuffer.isView(x)) return new TextDecoder().decode(x);
   return JSON.stringify(x);
@@ -56,32 +44,26 @@ function shardNames(indexText, url) {
   return [...new Set(Object.values(map))].sort();
 }
 
-/** Streams one response body into shard `index` of the loader; returns the bytes written. */
-async function streamInto(loader, response, name, onBytes) {
-  const declared = Number(response.headers.get('content-length'));
-  // Content-Length is the body size only when the server did not compress it.
-  const exact = declared > 0 && !response.headers.get('content-encoding');
-  if (!exact) {
+/** Streams one opened file into a new shard of the loader, chunk by chunk. */
+async function streamInto(loader, files, file, name, onBytes) {
+  if (file.size === null) {
     // Unknown size: the body is buffered in JS once, then copied in.
-    const buf = new Uint8Array(await response.arrayBuffer());
+    const buf = await files.bytes(file);
     const idx = loader.addShard(name, buf.length);
     loader.write(idx, 0, buf);
     onBytes(buf.length);
     return;
   }
-  const idx = loader.addShard(name, declared);
-  const reader = response.body.getReader();
+  const idx = loader.addShard(name, file.size);
   let offset = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
+  await files.consume(file, (value) => {
+    if (offset + value.length > file.size) {
+      throw new DiffAttnError(`${name}: more than the ${file.size} bytes announced`, 'Io');
+    }
     loader.write(idx, offset, value);
     offset += value.length;
     onBytes(value.length);
-  }
-  if (offset !== declared) {
-    throw new DiffAttnError(`${name}: received ${offset} bytes but the server announced ${declared}`, 'Io');
-  }
+  });
 }
 
 function sampling(opts) {
@@ -117,17 +99,20 @@ export class Engine {
 
   /**
    * Loads a model: a directory URL (with config.json, tokenizer.json and model.safetensors or
-   * model.safetensors.index.json plus its shards) or `{config, weights, tokenizer}` given as URLs
-   * or data. `onProgress({phase, loaded, total, file})` sees 'download' then 'upload' bytes.
+   * model.safetensors.index.json plus its shards, and optionally manifest.json) or
+   * `{config, weights, tokenizer}` given as URLs or data. Files fetched from URLs are kept in the
+   * browser's Cache API unless `cache: false` (see `modelCache`). `onProgress({phase, loaded,
+   * total, file, fromCache})` sees 'download' then 'upload' bytes.
    */
-  static async load(source, { onProgress, signal, kvDtype = 'f32', context, attentionMaps = false } = {}) {
-    await ready();
+  static async load(source, { onProgress, signal, kvDtype = 'f32', context, attentionMaps = false, cache = true, onCacheError, wasmUrl } = {}) {
+    await ready(wasmUrl);
     const progress = onProgress ?? (() => {});
+    const files = new ModelFiles({ signal, cache, onCacheError });
     const loader = new raw.ModelLoader();
     try {
-      let cfgSrc, tokSrc, weightSrc;
+      let cfgSrc, tokSrc, weightSrc, base = null;
       if (typeof source === 'string' || source instanceof URL) {
-        const base = baseHref(source);
+        base = baseHref(source);
         cfgSrc = new URL(CONFIG, base);
         tokSrc = new URL(TOKENIZER, base);
         weightSrc = base;
@@ -139,60 +124,65 @@ export class Engine {
       } else {
         throw new DiffAttnError('Engine.load: pass a model directory URL or {config, weights, tokenizer}', 'Config');
       }
+      const resolve = (u) => new URL(String(u), globalThis.location?.href);
+      if (base) await files.loadManifest(base);
 
       // The config alone says how large the buffers will be: check it against the adapter's
       // limits before downloading any weights.
-      const configText = await asText(cfgSrc, signal);
+      const cfgFile = isUrlish(cfgSrc) ? await files.open(resolve(cfgSrc)) : null;
+      const configText = cfgFile ? new TextDecoder().decode(await files.bytes(cfgFile)) : asText(cfgSrc);
       await call(() => raw.checkModelConfig(configText, kvDtype === 'f16', context ?? 0));
       loader.setConfig(configText);
 
-      // Collect the weight sources: responses (streamed) or buffers (copied).
+      // Collect the weight sources: files (streamed) or buffers (copied).
       const parts = [];
-      if (weightSrc instanceof URL && weightSrc.pathname.endsWith('/')) {
-        const indexUrl = new URL(INDEX, weightSrc);
-        const idx = await fetch(indexUrl, { signal }).catch(() => null);
-        const names = idx?.ok ? shardNames(await idx.text(), indexUrl.href) : [SINGLE];
-        for (const n of names) parts.push({ name: n, url: new URL(n, weightSrc) });
+      if (base && weightSrc === base) {
+        const indexUrl = new URL(INDEX, base);
+        // With a manifest, it says whether the model is sharded; without, a 404 says it.
+        const idx = files.listed(indexUrl.href) === false ? null : await files.open(indexUrl, { optional: true });
+        const names = idx ? shardNames(new TextDecoder().decode(await files.bytes(idx)), indexUrl.href) : [SINGLE];
+        for (const n of names) parts.push({ name: n, url: new URL(n, base) });
       } else {
         for (const w of Array.isArray(weightSrc) ? weightSrc : [weightSrc]) {
           const bytes = asBytes(w);
           if (bytes) parts.push({ name: `weights[${parts.length}]`, bytes });
-          else if (isUrlish(w)) parts.push({ name: String(w), url: new URL(String(w), globalThis.location?.href) });
+          else if (isUrlish(w)) parts.push({ name: String(w), url: resolve(w) });
           else throw new DiffAttnError('Engine.load: weights must be URLs or ArrayBuffer/Uint8Array data', 'Config');
         }
       }
-      const tokUrl = isUrlish(tokSrc) ? new URL(String(tokSrc), globalThis.location?.href) : null;
-      const [tokResp, ...responses] = await Promise.all([
-        tokUrl ? fetchOk(tokUrl, signal) : null,
-        ...parts.map((p) => (p.url ? fetchOk(p.url, signal) : null)),
+      // Opened together (cached copies are verified here), read one after the other: a response
+      // not yet read waits in the network layer, not in JS memory.
+      const tokUrl = isUrlish(tokSrc) ? resolve(tokSrc) : null;
+      const [tokFile, ...opened] = await Promise.all([
+        tokUrl ? files.open(tokUrl) : null,
+        ...parts.map((p) => (p.url ? files.open(p.url) : null)),
       ]);
-      const size = (r) => (r && !r.headers.get('content-encoding') ? Number(r.headers.get('content-length')) || 0 : 0);
-      let total = size(tokResp);
-      parts.forEach((p, i) => (total += p.bytes ? p.bytes.length : size(responses[i])));
+      let total = tokFile?.size ?? 0;
+      parts.forEach((p, i) => (total += p.bytes ? p.bytes.length : (opened[i].size ?? 0)));
       let loaded = 0;
-      const tick = (file) => (n) => {
+      const tick = (file, fromCache) => (n) => {
         loaded += n;
-        progress({ phase: 'download', loaded, total: Math.max(total, loaded), file });
+        progress({ phase: 'download', loaded, total: Math.max(total, loaded), file, fromCache });
       };
-      progress({ phase: 'download', loaded: 0, total, file: null });
+      progress({ phase: 'download', loaded: 0, total, file: null, fromCache: false });
 
-      const tokBytes = tokResp ? new Uint8Array(await tokResp.arrayBuffer()) : new TextEncoder().encode(await asText(tokSrc));
-      tick(TOKENIZER)(tokResp ? tokBytes.length : 0);
+      const tokBytes = tokFile ? await files.bytes(tokFile) : new TextEncoder().encode(asText(tokSrc));
+      tick(TOKENIZER, Boolean(tokFile?.fromCache))(tokFile ? tokBytes.length : 0);
       loader.setTokenizer(tokBytes);
       for (const [i, p] of parts.entries()) {
         if (p.bytes) {
           const idx = loader.addShard(p.name, p.bytes.length);
           loader.write(idx, 0, p.bytes);
-          tick(p.name)(p.bytes.length);
+          tick(p.name, false)(p.bytes.length);
         } else {
-          await streamInto(loader, responses[i], p.name, tick(p.name));
+          await streamInto(loader, files, opened[i], p.name, tick(p.name, opened[i].fromCache));
         }
         signal?.throwIfAborted();
       }
 
       const model = await call(() =>
         loader.build(kvDtype === 'f16', context ?? 0, attentionMaps, (done, all) =>
-          progress({ phase: 'upload', loaded: done, total: all, file: null }),
+          progress({ phase: 'upload', loaded: done, total: all, file: null, fromCache: false }),
         ),
       );
       return new Engine(model);
@@ -201,6 +191,16 @@ export class Engine {
     } finally {
       loader.free();
     }
+  }
+
+  /** The browser model cache (the same object as the `modelCache` export). */
+  static get cache() {
+    return modelCache;
+  }
+
+  /** The browser model cache (the same object as the `modelCache` export). */
+  get cache() {
+    return modelCache;
   }
 
   /** Adapter, features used (f16 or f32 path), limits and the model config. */

@@ -2,7 +2,8 @@
 
 /** Errors from this package. `kind` names the cause: a Rust error variant such as `Limit`,
  * `Shape`, `Config`, `Format`, `NotFound`, `Tokenizer`, `Model`, `OutOfMemory`, `DeviceLost`, or
- * `NoWebGPU`, `Busy`, `Io`, `Panic`. */
+ * `NoWebGPU`, `Busy`, `Io`, `Panic`, and from the model cache `Integrity` (a download that does not
+ * match manifest.json), `Quota`, `Cache`, `Unsupported`. */
 export class DiffAttnError extends Error {
   name: 'DiffAttnError';
   kind: string;
@@ -85,6 +86,8 @@ export interface LoadProgress {
   loaded: number;
   total: number;
   file: string | null;
+  /** Whether these bytes came from the browser model cache (false for downloads and uploads). */
+  fromCache: boolean;
 }
 
 type Url = string | URL;
@@ -103,6 +106,15 @@ export type ModelSource =
 export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
+  /** Keep fetched model files in the Cache API and load them from it next time (default true;
+   * without effect where the Cache API is missing, e.g. outside a secure context). */
+  cache?: boolean;
+  /** Called when a file could not be cached (kind `Quota` when the storage quota is exhausted,
+   * else `Cache`); the load goes on from the network. Default: console.warn of the message. */
+  onCacheError?: (e: DiffAttnError) => void;
+  /** Where to fetch diffattn_bg.wasm from, for bundlers that do not rewrite
+   * `new URL('diffattn_bg.wasm', import.meta.url)` (esbuild, for one). The first load decides. */
+  wasmUrl?: string | URL;
   /** KV cache storage (default 'f32'). */
   kvDtype?: 'f32' | 'f16';
   /** Context to allocate (default: max_position_embeddings). */
@@ -167,8 +179,34 @@ export interface AttentionMaps {
   diff: Float32Array;
 }
 
+/** One complete, verified file in the browser model cache. */
+export interface CachedFile {
+  url: string;
+  size: number;
+  sha256: string;
+  /** 'manifest': checked against the model's manifest.json; 'download': hashed after the first
+   * complete download (the model has no manifest). */
+  verifiedBy: 'manifest' | 'download';
+  /** ISO 8601 time it was stored. */
+  storedAt: string;
+}
+
+/** The cached model files of this origin, shared by pages and workers. */
+export interface ModelCache {
+  list(): Promise<CachedFile[]>;
+  /** Deletes a file (its URL) or a whole model (a directory URL ending in '/'); resolves to the
+   * number of files removed. */
+  delete(url: string | URL): Promise<number>;
+  clear(): Promise<void>;
+}
+
+export const modelCache: ModelCache;
+
 export class Engine {
   static load(source: ModelSource, options?: LoadOptions): Promise<Engine>;
+  /** The same object as `modelCache`. */
+  static readonly cache: ModelCache;
+  readonly cache: ModelCache;
   info(): EngineInfo;
   readonly stats: GenerationStats | null;
   encode(text: string): number[];

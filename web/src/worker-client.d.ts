@@ -1,8 +1,17 @@
-import type { ModelSource, LoadOptions, EngineInfo, GenerateOptions, Piece, GenerationStats, AttentionMaps, DiffAttentionArgs, GpuInfo } from './index.js';
+import type { ModelSource, LoadOptions, EngineInfo, GenerateOptions, Piece, GenerationStats, AttentionMaps, DiffAttentionArgs, GpuInfo, ModelCache } from './index.js';
+
+export interface WorkerLoadOptions extends LoadOptions {
+  /** The module worker script, `diffattn/worker-entry` as the app serves it, for bundlers that do
+   * not rewrite `new Worker(new URL('./worker.js', import.meta.url))`. */
+  workerUrl?: string | URL;
+}
 
 /** The Engine API with the engine in a module Web Worker (decoding off the main thread). */
 export class WorkerEngine {
-  static load(source: ModelSource, options?: LoadOptions): Promise<WorkerEngine>;
+  static load(source: ModelSource, options?: WorkerLoadOptions): Promise<WorkerEngine>;
+  /** The same object as `modelCache`: the page and the worker share the cache. */
+  static readonly cache: ModelCache;
+  readonly cache: ModelCache;
   info(): EngineInfo;
   readonly stats: GenerationStats | null;
   encode(text: string): Promise<number[]>;

@@ -2,6 +2,7 @@
 //   import { WorkerEngine } from 'diffattn/worker';
 //   const engine = await WorkerEngine.load('/models/diffv2-small/', { onProgress });
 import { DiffAttnError } from './core.js';
+import { modelCache } from './cache.js';
 
 function rebuild(err) {
   if (err.name === 'AbortError') return new DOMException(err.message, 'AbortError');
@@ -41,12 +42,20 @@ export class WorkerEngine {
     };
   }
 
-  /** Starts a worker and loads the model in it; arguments as Engine.load. */
-  static async load(source, { onProgress, signal, ...options } = {}) {
-    const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  /**
+   * Starts a worker and loads the model in it; arguments as Engine.load, plus `workerUrl`: the
+   * module worker script (`diffattn/worker-entry`) for bundlers that do not rewrite
+   * `new Worker(new URL(..., import.meta.url))`.
+   */
+  static async load(source, { onProgress, signal, onCacheError, workerUrl, wasmUrl, ...options } = {}) {
+    // The literal `new Worker(new URL(...))` form is what Vite and webpack recognise and bundle.
+    const worker = workerUrl
+      ? new Worker(absolute(workerUrl), { type: 'module' })
+      : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
     const engine = new WorkerEngine(worker);
+    if (wasmUrl) options.wasmUrl = absolute(wasmUrl);
     try {
-      engine.#info = await engine.#request({ op: 'load', source: absoluteSource(source), options }, { onProgress, signal });
+      engine.#info = await engine.#request({ op: 'load', source: absoluteSource(source), options }, { onProgress, signal, onCacheError });
     } catch (e) {
       worker.terminate();
       throw e;
@@ -61,16 +70,30 @@ export class WorkerEngine {
     return id;
   }
 
-  #request(msg, { onProgress, signal } = {}) {
+  #request(msg, { onProgress, signal, onCacheError } = {}) {
     return new Promise((resolve, reject) => {
       const id = this.#send(msg, (m) => {
         if (m.progress) return onProgress?.(m.progress);
+        if (m.cacheError) {
+          const e = rebuild(m.cacheError);
+          return onCacheError ? onCacheError(e) : console.warn(e.message);
+        }
         this.#handlers.delete(id);
         if (m.error) reject(rebuild(m.error));
         else resolve(m.result);
       });
       signal?.addEventListener('abort', () => this.#send({ op: 'abort', target: id }, () => {}), { once: true });
     });
+  }
+
+  /** The browser model cache; the page and the worker share it (the `modelCache` export). */
+  static get cache() {
+    return modelCache;
+  }
+
+  /** The browser model cache (the same object as `WorkerEngine.cache`). */
+  get cache() {
+    return modelCache;
   }
 
   info() {

@@ -20,7 +20,12 @@ self.onmessage = async ({ data: msg }) => {
         const ac = new AbortController();
         running.set(id, ac);
         try {
-          engine = await Engine.load(msg.source, { ...msg.options, signal: ac.signal, onProgress: (p) => reply({ progress: p }) });
+          engine = await Engine.load(msg.source, {
+            ...msg.options,
+            signal: ac.signal,
+            onProgress: (p) => reply({ progress: p }),
+            onCacheError: (e) => reply({ cacheError: errorInfo(e) }),
+          });
         } finally {
           running.delete(id);
         }

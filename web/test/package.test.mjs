@@ -17,7 +17,7 @@ function packList() {
 test('the tarball holds exactly what the import needs', () => {
   const pack = packList();
   const files = pack.files.map((f) => f.path).sort();
-  const src = ['core.js', 'engine.js', 'index.d.ts', 'index.js', 'worker-client.d.ts', 'worker-client.js', 'worker.js'];
+  const src = ['cache.js', 'core.js', 'engine.js', 'index.d.ts', 'index.js', 'worker-client.d.ts', 'sha256.js', 'worker-client.js', 'worker.js'];
   const want = ['README.md', 'package.json', 'pkg/diffattn.js', 'pkg/diffattn_bg.wasm', ...src.map((f) => `src/${f}`)].sort();
   assert.deepEqual(files, want);
   // Every module the exports map names is in the tarball.

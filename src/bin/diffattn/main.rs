@@ -4,6 +4,7 @@ mod attn;
 mod bench;
 mod bench_generate;
 mod generate;
+mod manifest;
 mod verify;
 
 use anyhow::Result;
@@ -51,6 +52,9 @@ enum Command {
     /// Chat with a model that has a chat template (a GGUF chat model), interactively: one message
     /// per line on stdin, the reply streamed to stdout; the KV cache keeps the conversation.
     Chat(generate::GenerateArgs),
+    /// Write a model's manifest.json (each file's size and SHA-256), which the browser package
+    /// checks its cached copies against; --check compares instead.
+    Manifest(manifest::ManifestArgs),
     /// Time the kernels.
     Bench {
         #[command(subcommand)]
@@ -159,6 +163,7 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
         Command::Bench { what } => bench::run(&what, &opts, start),
         Command::Generate(args) => generate::run(&args, &opts),
         Command::Chat(args) => generate::chat(&args, &opts),
+        Command::Manifest(args) => manifest::run(&args),
     }
 }
 

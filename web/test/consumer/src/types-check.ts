@@ -1,0 +1,25 @@
+// Compiled by tsc only (never imported): the package's types must reject misuse, so that a
+// passing type check means the .d.ts describes the API rather than letting anything through.
+import { Engine, modelCache } from 'diffattn';
+import { WorkerEngine } from 'diffattn/worker';
+
+export async function misuse(): Promise<void> {
+  // @ts-expect-error wasmUrl is a string or URL
+  await Engine.load('/m/', { wasmUrl: 5 });
+  // @ts-expect-error workerUrl belongs to the worker entry only
+  await Engine.load('/m/', { workerUrl: '/w.js' });
+  await WorkerEngine.load('/m/', { workerUrl: new URL('/w.js', location.href), wasmUrl: '/x.wasm', cache: false });
+  const files = await modelCache.list();
+  // @ts-expect-error verifiedBy is 'manifest' | 'download'
+  const v: 'hash' = files[0].verifiedBy;
+  const n: number = await modelCache.delete('/m/');
+  Engine.load('/m/', {
+    onProgress: (p) => {
+      // @ts-expect-error fromCache is a boolean
+      const s: string = p.fromCache;
+      void s;
+    },
+  });
+  void v;
+  void n;
+}
