@@ -10,7 +10,7 @@ const modelUrl = params.get('model') ?? '/models/diffv2-small/';
 const useWorker = params.get('worker') !== '0';
 
 // What tests (and the curious) can read: the page's state, the last generation and its speed.
-const status = { state: 'starting', error: null, ids: [], text: '', tokensPerSecond: null, maps: null, pieces: 0 };
+const status = { state: 'starting', error: null, ids: [], text: '', tokensPerSecond: null, maps: null, mapsData: null, hover: null, pieces: 0 };
 window.__diffattn = status;
 window.diffattn = { diffAttention, gpuInfo, Engine };
 
@@ -30,11 +30,11 @@ function mib(n) {
   return (n / 2 ** 20).toFixed(1);
 }
 
-function onProgress({ phase, loaded, total }) {
+function onProgress({ phase, loaded, total, fromCache }) {
   const bar = $('progress');
   bar.max = total || 1;
   bar.value = loaded;
-  const verb = phase === 'download' ? 'downloading' : 'uploading to the GPU';
+  const verb = phase === 'upload' ? 'uploading to the GPU' : fromCache ? 'reading from the browser cache' : 'downloading';
   $('progress-label').textContent = `${verb}: ${mib(loaded)} / ${mib(total)} MiB`;
 }
 
@@ -99,43 +99,160 @@ async function generate() {
   if (status.state !== 'error') status.state = final;
 }
 
-// Sequential colour ramp for probabilities, diverging (blue < 0 < red) for the difference.
-function draw(canvas, map, n, diverging) {
-  const ctx = canvas.getContext('2d');
-  const img = ctx.createImageData(n, n);
-  let maxAbs = 1e-9;
-  for (const v of map) maxAbs = Math.max(maxAbs, Math.abs(v));
-  for (let i = 0; i < n * n; i++) {
-    const t = map[i] / maxAbs;
-    let r, g, b;
-    if (diverging) {
-      const a = Math.min(1, Math.abs(t));
-      [r, g, b] = t >= 0 ? [255, 255 * (1 - a), 255 * (1 - a)] : [255 * (1 - a), 255 * (1 - a), 255];
-    } else {
-      const a = Math.sqrt(Math.max(0, t));
-      [r, g, b] = [255 * (1 - a * 0.85), 255 * (1 - a * 0.6), 255 * (1 - a * 0.2)];
-    }
-    img.data.set([r, g, b, 255], i * 4);
+// Sequential ramp (white to blue) for probabilities, diverging (blue < 0 < red) for the
+// difference; `t` is the value over the map's largest magnitude, so the scale reads from it.
+function colour(t, diverging) {
+  if (diverging) {
+    const a = Math.min(1, Math.abs(t));
+    return t >= 0 ? [255, 255 * (1 - a), 255 * (1 - a)] : [255 * (1 - a), 255 * (1 - a), 255];
   }
-  // Draw at token resolution, then let CSS scale it up with crisp pixels.
+  const a = Math.sqrt(Math.max(0, Math.min(1, t)));
+  return [255 * (1 - a * 0.85), 255 * (1 - a * 0.6), 255 * (1 - a * 0.2)];
+}
+
+function maxAbs(map) {
+  let m = 1e-9;
+  for (const v of map) m = Math.max(m, Math.abs(v));
+  return m;
+}
+
+// Draws at token resolution; CSS scales it up with crisp pixels.
+function paint(canvas, map, n, diverging) {
+  const m = maxAbs(map);
   canvas.width = n;
   canvas.height = n;
+  const ctx = canvas.getContext('2d');
+  const img = ctx.createImageData(n, n);
+  for (let i = 0; i < n * n; i++) img.data.set([...colour(map[i] / m, diverging), 255], i * 4);
   ctx.putImageData(img, 0, 0);
+  return m;
+}
+
+// Tokens as axis labels: leading spaces and newlines made visible, long ones cut.
+function label(tok) {
+  const t = tok.replace(/ /g, '·').replace(/\n/g, '↵');
+  return t.length > 10 ? `${t.slice(0, 9)}…` : t;
+}
+
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+// Keep equal to the map column of .heatmap in style.css.
+const MAP_PX = 232;
+
+/** One heat map with key labels above, query labels on the left and its colour scale below. */
+function heatmap(fig, { map, n, tokens, diverging, onHover }) {
+  for (const c of [...fig.children]) if (c.tagName !== 'FIGCAPTION') c.remove();
+  const cell = MAP_PX / n;
+  // Labels thinner than a line of text would overlap: show every k-th one.
+  const every = Math.ceil(10 / cell);
+  const axis = (cls, dim) => {
+    const box = el('div', cls);
+    tokens.forEach((t, i) => {
+      const s = el('span', '', i % every === 0 ? label(t) : '');
+      s.style[dim] = `${cell}px`;
+      s.title = `${i}: ${JSON.stringify(t)}`;
+      s.dataset.token = t;
+      box.append(s);
+    });
+    return box;
+  };
+  const corner = el('div', 'axis-title', 'query ↓  key →');
+  const canvas = el('canvas', 'map');
+  canvas.style.width = canvas.style.height = `${MAP_PX}px`;
+  const m = paint(canvas, map, n, diverging);
+  canvas.onmousemove = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const j = Math.floor(((ev.clientX - r.left) / r.width) * n);
+    const i = Math.floor(((ev.clientY - r.top) / r.height) * n);
+    if (i >= 0 && i < n && j >= 0 && j < n) onHover(i, j);
+  };
+  const scale = el('div', 'scale');
+  const bar = el('canvas');
+  bar.width = 64;
+  bar.height = 1;
+  const ctx = bar.getContext('2d');
+  for (let x = 0; x < 64; x++) {
+    const t = diverging ? (x / 63) * 2 - 1 : x / 63;
+    const [r, g, b] = colour(t, diverging);
+    ctx.fillStyle = `rgb(${r},${g},${b})`;
+    ctx.fillRect(x, 0, 1, 1);
+  }
+  scale.append(el('span', 'scale-min', (diverging ? -m : 0).toFixed(3)), bar, el('span', 'scale-max', m.toFixed(3)));
+  fig.append(corner, axis('xlabels', 'width'), axis('ylabels', 'height'), canvas, el('div'), scale);
+}
+
+/** λ per query token as a small line plot on a fixed 0..1 axis, so heads compare at a glance. */
+function lambdaPlot(lambda) {
+  const W = 120;
+  const H = 36;
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('width', W);
+  svg.setAttribute('height', H + 12);
+  svg.setAttribute('class', 'lambda-plot');
+  const n = lambda.length;
+  const pts = Array.from(lambda, (v, i) => `${(((i + 0.5) / n) * W).toFixed(1)},${(H - v * H).toFixed(1)}`);
+  const add = (tag, attrs, text) => {
+    const e = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text) e.textContent = text;
+    svg.append(e);
+  };
+  add('rect', { x: 0, y: 0, width: W, height: H, fill: '#f6f7fb', stroke: '#dde1ea' });
+  add('line', { x1: 0, x2: W, y1: H / 2, y2: H / 2, stroke: '#dde1ea', 'stroke-dasharray': '2 2' });
+  add('polyline', { points: pts.join(' '), fill: 'none', stroke: '#3366cc', 'stroke-width': 1.5 });
+  add('text', { x: 2, y: H + 10, 'font-size': 9, fill: '#5b6475' }, 'λ per query token (0 to 1)');
+  return svg;
 }
 
 async function showMaps() {
   const layer = Number($('layer').value);
   const head = Number($('head').value);
+  const prompt = $('prompt').value;
   try {
-    const m = await engine.attentionMaps($('prompt').value, { layer, head });
+    const heads = engine.info().config.num_attention_heads;
+    const all = [];
+    for (let h = 0; h < heads; h++) all.push(await engine.attentionMaps(prompt, { layer, head: h }));
+    const m = all[head];
     const n = m.tokens.length;
-    draw($('map1'), m.p1, n, false);
-    draw($('map2'), m.p2, n, false);
-    draw($('mapDiff'), m.diff, n, true);
-    const lam = Array.from(m.lambda, (x) => x.toFixed(2));
-    $('lambda').textContent = `λ per query token (layer ${layer}, head ${head}): ${lam.join(' ')}`;
-    $('tokens').textContent = `tokens: ${m.tokens.map((t) => JSON.stringify(t)).join(' ')}`;
-    status.maps = { layer, head, n };
+    const tokens = m.tokens;
+    const onHover = (i, j) => {
+      const k = i * n + j;
+      const v = { i, j, query: tokens[i], key: tokens[j], p1: m.p1[k], p2: m.p2[k], lambda: m.lambda[i], diff: m.diff[k] };
+      status.hover = v;
+      $('hover').textContent =
+        `query ${i} ${JSON.stringify(v.query)} → key ${j} ${JSON.stringify(v.key)}: softmax 1 ${v.p1.toFixed(4)}, ` +
+        `softmax 2 ${v.p2.toFixed(4)}, λ ${v.lambda.toFixed(3)}, difference ${v.diff.toFixed(4)}`;
+    };
+    heatmap($('fig-p1'), { map: m.p1, n, tokens, diverging: false, onHover });
+    heatmap($('fig-p2'), { map: m.p2, n, tokens, diverging: false, onHover });
+    heatmap($('fig-diff'), { map: m.diff, n, tokens, diverging: true, onHover });
+
+    $('heads-title').textContent = `All ${heads} heads of layer ${layer}: softmax 1 − λ · softmax 2, and λ per query token`;
+    const box = $('heads');
+    box.replaceChildren();
+    all.forEach((hm, h) => {
+      const card = el('div', `head-card${h === head ? ' selected' : ''}`);
+      card.dataset.head = String(h);
+      const mean = hm.lambda.reduce((a, b) => a + b, 0) / n;
+      const c = el('canvas');
+      paint(c, hm.diff, n, true);
+      card.append(el('div', 'head-title', `head ${h} · mean λ ${mean.toFixed(2)}`), c, lambdaPlot(hm.lambda));
+      card.onclick = () => {
+        $('head').value = String(h);
+        showMaps();
+      };
+      box.append(card);
+    });
+    $('tokens').textContent = `tokens: ${tokens.map((t) => JSON.stringify(t)).join(' ')}`;
+    status.maps = { layer, head, n, heads, tokens };
+    // For tests: the numbers the hover read-out must show.
+    status.mapsData = { p1: Array.from(m.p1), p2: Array.from(m.p2), lambda: Array.from(m.lambda), diff: Array.from(m.diff) };
   } catch (e) {
     fail(e);
   }

@@ -1,5 +1,6 @@
-// The demo page with the shipped model: greedy generation equals the native CLI's, a stopped
-// generation leaves the engine usable, and a screenshot is kept in test-results/.
+// The demo page with the shipped model: greedy generation equals the native CLI's, the attention
+// viewer (axis labels, hover read-out, colour scales, all heads), a stopped generation leaves the
+// engine usable, and a screenshot is kept in test-results/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -59,6 +60,54 @@ test(`greedy generation of ${N} tokens equals the native CLI`, async () => {
   assert.ok(tps > 0, `tokens/s: ${tps}`);
   writeFileSync(join(artefacts, 'perf.json'), JSON.stringify({ tokensPerSecond: tps, tokens: st.ids.length }) + '\n');
   console.log(`# browser decode: ${tps.toFixed(1)} tokens/s over ${st.ids.length} tokens`);
+});
+
+test('the attention viewer labels its axes, reads out the cell under the pointer and shows every head', async () => {
+  const st = await page.evaluate(() => window.__diffattn);
+  const { n, heads, tokens } = st.maps;
+  assert.equal(heads, 6);
+  assert.equal(tokens.length, n);
+  for (const fig of ['fig-p1', 'fig-p2', 'fig-diff']) {
+    // Keys across the top, queries down the side, both the prompt's tokens in order.
+    for (const axis of ['xlabels', 'ylabels']) {
+      const labels = await page.$$eval(`#${fig} .${axis} span`, (xs) => xs.map((x) => ({ token: x.dataset.token, text: x.textContent })));
+      assert.deepEqual(labels.map((l) => l.token), tokens, `${fig} ${axis}`);
+      assert.ok(labels.every((l) => l.text.length > 0), `${fig} ${axis}: a token without its label`);
+    }
+    const scale = await page.$eval(`#${fig} .scale`, (e) => [e.querySelector('.scale-min').textContent, e.querySelector('.scale-max').textContent]);
+    const diverging = fig === 'fig-diff';
+    assert.equal(Number(scale[0]), diverging ? -Number(scale[1]) : 0, `${fig} scale ${scale}`);
+    assert.ok(Number(scale[1]) > 0 && Number(scale[1]) <= 1, `${fig} scale ${scale}`);
+  }
+  // Point at the cell of query n-1, key 1 of the difference map: the read-out names both tokens
+  // and gives that cell's values.
+  const [i, j] = [n - 1, 1];
+  const box = await page.locator('#fig-diff canvas.map').boundingBox();
+  await page.locator('#fig-diff canvas.map').hover({ position: { x: ((j + 0.5) / n) * box.width, y: ((i + 0.5) / n) * box.height } });
+  const hover = await page.evaluate(() => window.__diffattn.hover);
+  assert.deepEqual([hover.i, hover.j], [i, j]);
+  const text = await page.textContent('#hover');
+  const d = st.mapsData;
+  const k = i * n + j;
+  assert.ok(text.includes(`query ${i} ${JSON.stringify(tokens[i])} → key ${j} ${JSON.stringify(tokens[j])}`), text);
+  for (const [name, v, digits] of [['softmax 1', d.p1[k], 4], ['softmax 2', d.p2[k], 4], ['λ', d.lambda[i], 3], ['difference', d.diff[k], 4]]) {
+    assert.ok(text.includes(`${name} ${v.toFixed(digits)}`), `${name} ${v} in: ${text}`);
+  }
+  // One card per head, each with its difference map and a λ plot of one point per query token.
+  const cards = await page.$$eval('#heads .head-card', (cs) =>
+    cs.map((c) => ({ head: c.dataset.head, title: c.querySelector('.head-title').textContent, canvas: c.querySelector('canvas')?.width, points: c.querySelector('svg.lambda-plot polyline').getAttribute('points').trim().split(/\s+/).length })),
+  );
+  assert.equal(cards.length, heads);
+  cards.forEach((c, h) => {
+    assert.equal(c.head, String(h));
+    assert.match(c.title, new RegExp(`^head ${h} · mean λ 0\\.\\d\\d$`));
+    assert.equal(c.canvas, n);
+    assert.equal(c.points, n);
+  });
+  const mean = d.lambda.reduce((a, b) => a + b, 0) / n;
+  assert.ok(cards[st.maps.head].title.endsWith(mean.toFixed(2)));
+  assert.match(await page.textContent('#caption'), /row i is query token i .* column j is key token j/s);
+  await page.setViewportSize({ width: 1100, height: 900 });
   await page.screenshot({ path: join(artefacts, 'demo.png'), fullPage: true });
 });
 
