@@ -143,7 +143,8 @@ test('the tarball installs into a fresh project, type-checks with tsc and bundle
   }
 
   dist = join(project, 'dist');
-  await build({ root: project, configFile: false, logLevel: 'warn', build: { outDir: dist, emptyOutDir: true }, worker: { format: 'es' } });
+  // Vite's defaults, as in an app with no vite.config.js.
+  await build({ root: project, configFile: false, logLevel: 'warn', build: { outDir: dist, emptyOutDir: true } });
   const assets = readdirSync(join(dist, 'assets'));
   // Vite followed both `new URL(..., import.meta.url)`: the wasm is an asset and the worker a chunk.
   assert.ok(assets.some((f) => f.endsWith('.wasm')), `assets: ${assets}`);
