@@ -43,8 +43,9 @@ pub struct EngineOptions {
     /// GPUs, direct on CPU adapters.
     pub tiled_gemm: Option<bool>,
     /// Prompt products of f16 weights on cooperative matrices (tensor cores; activations rounded
-    /// to f16, sums in f32). `None` leaves them off (they measured slower than the SIMT kernel on
-    /// the H200; see docs/BENCHMARKS.md); `Some(true)` on an adapter without them is an error.
+    /// to f16, sums in f32). `None` turns them on where the adapter has them (faster on the H200
+    /// with the default prompt chunk; see docs/BENCHMARKS.md); `Some(true)` on an adapter
+    /// without them is an error.
     pub coop_gemm: Option<bool>,
 }
 
@@ -85,9 +86,10 @@ impl EngineOptions {
                 )));
             }
             (Some(on), _) => on,
-            // Off by default: on the H200 it lost to the token-blocked SIMT kernel (454-token
-            // prompt of the shipped model 8.4 against 6.0 ms; SmolLM2's shape 56 against 39 ms).
-            (None, _) => false,
+            // On where the adapter has it: with prompt chunks of 512 tokens it beat the
+            // token-blocked SIMT kernel on the H200 (454-token prompt of the shipped model 3.05
+            // against 3.50 ms; SmolLM2's shape 18.3 against 25.1 ms); with chunks of 128 it lost.
+            (None, missing) => missing.is_none(),
         };
         Ok(Tuning {
             lanes,

@@ -109,7 +109,11 @@ fn time_passes(
     let start = std::time::Instant::now();
     let trace = std::env::var_os("DIFFATTN_BENCH_TRACE").is_some();
     let mut r = 0;
-    while r < 3 || start.elapsed() < std::time::Duration::from_millis(WARM_UP_MS) {
+    let warm_up_ms = std::env::var("DIFFATTN_BENCH_WARM_UP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WARM_UP_MS);
+    while r < 3 || start.elapsed() < std::time::Duration::from_millis(warm_up_ms) {
         let batch = std::time::Instant::now();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for _ in 0..8 {

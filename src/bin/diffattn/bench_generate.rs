@@ -30,8 +30,8 @@ pub struct GenerateBench {
     /// Tokens to generate after the prompt (the first comes from the prefill).
     #[arg(long, default_value_t = 256)]
     tokens: usize,
-    /// KV cache type: f32 or f16.
-    #[arg(long, default_value = "f32")]
+    /// KV cache type: f32, f16 or auto (as `diffattn generate`).
+    #[arg(long, default_value = "auto")]
     kv: String,
     /// Sample on the GPU at this temperature (with the sampler's defaults: top-k 40, top-p 0.95,
     /// repetition penalty 1.1 over 64 tokens) instead of decoding greedily; 0 is greedy.
@@ -144,8 +144,11 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
     if b.prompt_tokens == 0 || b.tokens == 0 || b.repeats == 0 {
         bail!("--prompt-tokens, --tokens and --repeats must be at least 1");
     }
-    let kv_dtype = KvDtype::parse(&b.kv)?;
     let gpu = Arc::new(Gpu::new_blocking(opts)?);
+    let kv_dtype = match b.kv.as_str() {
+        "auto" => diffattn::attention::fastest_kv_dtype(&gpu),
+        other => KvDtype::parse(other)?,
+    };
     let (model, weights, source) = load_source(b)?;
     let (cfg, host_weights, _) = source.parse()?;
     let t_load = Instant::now();
@@ -204,12 +207,16 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
     let gpu_ms = r.gpu_s.map(per_token);
     let host_ms = r.gpu_s.map(|g| per_token(r.decode_s - g));
     let adapter = gpu.describe();
+    let kv = match kv_dtype {
+        KvDtype::F32 => "f32",
+        KvDtype::F16 => "f16",
+    };
     let row = serde_json::json!({
         "bench": "generate",
         "impl": "diffattn",
         "model": model,
         "weights": weights,
-        "kv": b.kv,
+        "kv": kv,
         "temperature": b.temperature,
         "prompt_tokens": b.prompt_tokens,
         "tokens": b.tokens,
@@ -232,7 +239,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
     } else {
         println!(
             "{model} ({weights} weights, {} KV, {}) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill; GPU {})\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
-            b.kv,
+            kv,
             if b.temperature > 0.0 {
                 format!("sampled at temperature {}", b.temperature)
             } else {

@@ -50,8 +50,9 @@ pub struct GenerateArgs {
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// KV cache storage: f32 or f16.
-    #[arg(long, default_value = "f32")]
+    /// KV cache storage: f32, f16, or auto (f16 where the adapter runs the tensor-core attention
+    /// kernels, which read f16 only; f32 elsewhere).
+    #[arg(long, default_value = "auto")]
     pub kv: String,
     /// Context length to allocate (default: the model's max_position_embeddings).
     #[arg(long)]
@@ -127,7 +128,10 @@ fn load(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<(TextModel, String
     bar.set_message("reading");
     let source = ModelSource::read(&dir, &mut progress);
     let opts = EngineOptions {
-        kv_dtype: KvDtype::parse(&args.kv)?,
+        kv_dtype: match args.kv.as_str() {
+            "auto" => diffattn::attention::fastest_kv_dtype(&gpu),
+            other => KvDtype::parse(other)?,
+        },
         context: args.context,
         matvec_lanes: args.matvec_lanes,
         ..Default::default()
