@@ -5,7 +5,7 @@
 #
 # It builds nothing. In one call, on one machine, it runs the read-bandwidth probe, the
 # `diffattn bench attention` rows, the `diffattn bench generate` rows, a placement check (one row
-# again in three fresh processes), bench/pytorch_baseline.py and bench/pytorch_generate.py, then
+# again in six fresh processes), bench/pytorch_baseline.py and bench/pytorch_generate.py, then
 # bench/collect.py. Everything goes to OUTDIR=${OUT:-bench/out}:
 #   ours.jsonl  torch.jsonl  adapters.json  log.txt  results/<date>-<gpu>.json  BENCHMARKS.md
 # A failing row is logged and skipped; the run goes on. Progress (with elapsed seconds) on stderr.
@@ -110,8 +110,9 @@ if want attention; then
         attention prefill 32 8 128 4096 f16 5
     fi
 
-    # Placement: the same row in three fresh processes (collect.py compares them with the first).
-    for p in 1 2 3; do
+    # Placement and start-up: the same row in six fresh processes (collect.py compares them with
+    # the first; a slow state after idle once hit about one process in five).
+    for p in 1 2 3 4 5 6; do
         progress "placement process $p"
         ours bench attention --mode decode --variant diff --heads 32 --kv-heads 8 --head-dim 128 \
             --seq 65536 --kv-dtype f16 --repeats "$REPEATS" --rotate auto --json
