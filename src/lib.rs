@@ -11,22 +11,47 @@
 //! - [`sample`], [`tokenizer`], [`generate`]: sampling, streaming detokenisation and the
 //!   generation loop ([`generate::TextModel`], [`generate::Generation`]).
 
+//!
+//! # Features
+//!
+//! - `gpu` (default): everything that runs on wgpu. Without it the crate is its CPU half: the
+//!   parsers (model directories, GGUF, tokenizers, the `attn` input file), the float64 reference
+//!   and sampling. The fuzz targets (`fuzz/`) build that half alone, which keeps the instrumented
+//!   build small.
+//! - `cli` (default): the `diffattn` binary's own dependencies.
+
+#[cfg(feature = "gpu")]
 pub mod attention;
+#[cfg(feature = "gpu")]
 pub mod chat;
 pub mod error;
+#[cfg(feature = "gpu")]
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
 pub mod reference;
 pub mod sample;
+#[cfg(feature = "gpu")]
 pub mod testing;
 pub mod tokenizer;
 pub mod util;
 
+/// Without the `gpu` feature: the attention op's shapes and options and the `attn` input file,
+/// at the same paths as in the full build.
+#[cfg(not(feature = "gpu"))]
+pub mod attention {
+    pub mod io;
+    mod types;
+
+    pub use types::*;
+}
+
 pub use attention::{AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 pub use error::{Error, Result};
+#[cfg(feature = "gpu")]
 pub use gpu::{Gpu, GpuOptions};
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
 pub mod wasm;
