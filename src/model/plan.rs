@@ -98,6 +98,13 @@ enum ManyRows {
 /// Token rows and outputs per workgroup of gemm_coop.wgsl (its BM and BN).
 const COOP_GEMM_BLOCK: u32 = 64;
 
+/// Fewest token rows a product runs on gemm_coop.wgsl; fewer take the SIMT `gemm`. On the H200
+/// the tensor-core kernel won with 454 rows in one product (3.05 against 3.50 ms for the
+/// shipped model's 454-token prompt) and lost with 128 (8.8 against 6.2 ms in 128-row chunks)
+/// and with 16 (a 16-token prompt's first token 1.9 against 1.3 ms): its grid is one workgroup
+/// per 64 x 64 block, too few to fill the GPU below a few hundred rows.
+const COOP_GEMM_MIN_ROWS: u32 = 256;
+
 /// Workgroup memory of gemm_coop.wgsl (keep in step with its arrays): the staged x and W steps
 /// (f16, BK + 8 wide) and the result block (f32, BN + 4 wide).
 const COOP_GEMM_WORKGROUP_BYTES: u32 =
@@ -146,6 +153,9 @@ struct Op {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind: wgpu::BindGroup,
     gemm: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
+    /// With a tensor-core `gemm`: the SIMT kernel for products of fewer than
+    /// [`COOP_GEMM_MIN_ROWS`] rows.
+    gemm_few: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
     grid: Grid,
 }
 
@@ -171,7 +181,11 @@ impl Op {
                 many,
             } => {
                 let rows = if last_only { 1 } else { n_tokens };
-                match &self.gemm {
+                let (gemm, many) = match &self.gemm_few {
+                    Some(few) if rows < COOP_GEMM_MIN_ROWS => (Some(few), ManyRows::Tiled),
+                    _ => (self.gemm.as_ref(), many),
+                };
+                match gemm {
                     Some((p, b)) if rows > 1 && many == ManyRows::Coop => (
                         p,
                         b,
@@ -513,6 +527,7 @@ impl Builder<'_> {
             pipeline,
             bind,
             gemm: None,
+            gemm_few: None,
             grid,
         })
     }
@@ -556,6 +571,13 @@ impl Builder<'_> {
         } else {
             ManyRows::Direct
         };
+        let gemm_few = if many == ManyRows::Coop && !last_only {
+            let p = self.gpu.pipeline(&spec.clone().entry("gemm"))?;
+            let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
+            Some((p, b))
+        } else {
+            None
+        };
         let gemm = if last_only {
             None
         } else {
@@ -573,6 +595,7 @@ impl Builder<'_> {
             pipeline: mv,
             bind,
             gemm,
+            gemm_few,
             grid: Grid::Matmul {
                 n,
                 last_only,
