@@ -602,6 +602,11 @@ impl Gpu {
             .write_buffer(buffer, 0, bytemuck::cast_slice(&nan));
     }
 
+    /// [`Error::DeviceLost`] if the device was lost (destroyed, reset or removed), else `None`.
+    pub fn lost_error(&self) -> Option<Error> {
+        self.lost.lock().unwrap().clone().map(Error::DeviceLost)
+    }
+
     /// Returns (and clears) errors the device reported since the last call, or a lost device.
     pub fn take_error(&self, context: &str) -> Result<()> {
         if let Some(reason) = self.lost.lock().unwrap().clone() {

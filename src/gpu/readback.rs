@@ -77,12 +77,14 @@ pub(crate) async fn map_read(
         Some(index) => gpu.wait_for(index)?,
         None => gpu.wait()?,
     }
-    recv.await.map_err(|e| Error::Readback(e.to_string()))?;
+    // A map fails when the device is gone: say that, not just that the map failed.
+    let failed = |e: String| gpu.lost_error().unwrap_or(Error::Readback(e));
+    recv.await.map_err(|e| failed(e.to_string()))?;
     let data = {
         let view = buffer
             .slice(..)
             .get_mapped_range()
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         view[..bytes as usize].to_vec()
     };
     buffer.unmap();
