@@ -117,8 +117,12 @@ fn two_thousand_generations_in_one_process() {
         let max = opts.max_tokens;
         // keep_cache fails cleanly once the context is full: start afresh then.
         let outcome = model.generate(&prompt, opts.clone()).map(|g| {
-            g.map(|p| p.unwrap_or_else(|e| panic!("run {run} ({prompt:?}, {opts:?}): {e}")))
-                .count()
+            let mut n = 0;
+            for piece in g {
+                piece.unwrap_or_else(|e| panic!("run {run} ({prompt:?}, {opts:?}): {e}"));
+                n += 1;
+            }
+            n
         });
         let got = match outcome {
             Ok(n) => n,
