@@ -10,6 +10,11 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Parses `tokenizer.json` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        // tokenizers 0.22 panics (`expect("Helper")` in its decoder deserializer) on a `decoder`
+        // field that is not well-formed JSON instead of returning the error: a syntax check first,
+        // with the same parser and nesting limit, turns that into an error (found by fuzzing).
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
         Ok(Self { inner })

@@ -441,6 +441,9 @@ pub struct Gguf<'a> {
     metadata: Vec<(String, Value)>,
     index: HashMap<String, usize>,
     tensors: Vec<TensorInfo>,
+    // By name: the model mapping looks up every tensor, and a linear search made that quadratic
+    // in the (file-chosen) tensor count.
+    tensor_index: HashMap<String, usize>,
     alignment: u64,
     data_start: u64,
     data: &'a [u8],
@@ -761,6 +764,7 @@ impl<'a> Gguf<'a> {
             metadata,
             index,
             tensors,
+            tensor_index: names,
             alignment,
             data_start,
             data,
@@ -799,7 +803,7 @@ impl<'a> Gguf<'a> {
 
     /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The raw bytes of a tensor. `info` must come from this file's [`Gguf::tensors`];

@@ -264,18 +264,22 @@ pub fn model_summary(g: &Gguf<'_>) -> Result<ModelSummary, ModelError> {
 
 /// Expected tensors of a Llama model with their ggml dims (innermost first).
 pub fn expected_tensors(s: &ModelSummary) -> Vec<(String, Vec<u64>)> {
+    expected_tensor_iter(s).collect()
+}
+
+/// [`expected_tensors`] one at a time: `llama.block_count` is whatever the file says (up to
+/// 2^32 - 1), so the list is only ever walked as far as the file's own tensors reach.
+fn expected_tensor_iter(s: &ModelSummary) -> impl Iterator<Item = (String, Vec<u64>)> + '_ {
     let (d, ff, v) = (s.d_model as u64, s.d_ff as u64, s.vocab_size as u64);
-    let kv = (s.n_kv_heads * s.head_dim) as u64;
-    let mut out = vec![
-        ("token_embd.weight".to_string(), vec![d, v]),
-        ("output_norm.weight".to_string(), vec![d]),
+    let kv = s.n_kv_heads as u64 * s.head_dim as u64;
+    let head = [
+        Some(("token_embd.weight".to_string(), vec![d, v])),
+        Some(("output_norm.weight".to_string(), vec![d])),
+        (!s.tied_embeddings).then(|| ("output.weight".to_string(), vec![d, v])),
     ];
-    if !s.tied_embeddings {
-        out.push(("output.weight".into(), vec![d, v]));
-    }
-    for i in 0..s.n_layers {
-        let b = |n: &str| format!("blk.{i}.{n}.weight");
-        out.extend([
+    let blocks = (0..s.n_layers).flat_map(move |i| {
+        let b = move |n: &str| format!("blk.{i}.{n}.weight");
+        [
             (b("attn_norm"), vec![d]),
             (b("attn_q"), vec![d, d]),
             (b("attn_k"), vec![d, kv]),
@@ -285,35 +289,34 @@ pub fn expected_tensors(s: &ModelSummary) -> Vec<(String, Vec<u64>)> {
             (b("ffn_gate"), vec![d, ff]),
             (b("ffn_up"), vec![d, ff]),
             (b("ffn_down"), vec![ff, d]),
-        ]);
-    }
-    out
+        ]
+    });
+    head.into_iter().flatten().chain(blocks)
 }
 
 fn check_tensors(g: &Gguf<'_>, s: &ModelSummary) -> Result<(), ModelError> {
-    let expected = expected_tensors(s);
-    for (name, dims) in &expected {
+    // Walked lazily and stopped at the first missing tensor: tensor names are unique, so this
+    // looks at no more names than the file has tensors, whatever block_count claims.
+    let mut known = std::collections::HashSet::new();
+    for (name, dims) in expected_tensor_iter(s) {
         let t = g
-            .tensor(name)
+            .tensor(&name)
             .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
-        if &t.dims != dims {
+        if t.dims != dims {
             return Err(ModelError::BadShape {
-                name: name.clone(),
+                name,
                 found: t.dims.clone(),
-                expected: dims.clone(),
+                expected: dims,
             });
         }
+        known.insert(t.name.as_str());
     }
-    if g.tensors().len() != expected.len() {
-        let known: std::collections::HashSet<&str> =
-            expected.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(t) = g
-            .tensors()
-            .iter()
-            .find(|t| !known.contains(t.name.as_str()))
-        {
-            return Err(ModelError::UnexpectedTensor(t.name.clone()));
-        }
+    if let Some(t) = g
+        .tensors()
+        .iter()
+        .find(|t| !known.contains(t.name.as_str()))
+    {
+        return Err(ModelError::UnexpectedTensor(t.name.clone()));
     }
     Ok(())
 }
