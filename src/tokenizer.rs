@@ -10,10 +10,18 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Parses `tokenizer.json` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        // tokenizers 0.22 panics (`expect("Helper")` in its decoder deserializer) on a `decoder`
-        // field that is not well-formed JSON instead of returning the error: a syntax check first,
-        // with the same parser and nesting limit, turns that into an error (found by fuzzing).
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        // tokenizers 0.22 panics (`expect("Helper")` in its decoder deserializer) when the
+        // `decoder` field does not parse as a JSON value (bad syntax, an invalid \u escape)
+        // instead of returning the error. Parsing that field first, with the same parser and
+        // nesting limit, turns it into an error (found by fuzzing; docs/reliability.md). Only
+        // full parsing checks escapes: serde_json skips them when ignoring a value.
+        #[derive(serde::Deserialize)]
+        struct DecoderProbe {
+            #[serde(default)]
+            #[allow(dead_code)]
+            decoder: Option<serde_json::Value>,
+        }
+        serde_json::from_slice::<DecoderProbe>(bytes)
             .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;

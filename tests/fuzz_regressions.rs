@@ -23,12 +23,16 @@ fn peak_rss_mib() -> Option<u64> {
 }
 
 /// tokenizers 0.22 panicked (`expect("Helper")`) on a `decoder` value that is not well-formed
-/// JSON; found by `model_dir` in its first seconds.
+/// JSON: bad syntax (found by `model_dir` in its first seconds) and, after a syntax-only check
+/// was added, invalid UTF-8 inside a key there (found in the next run's first seconds).
 #[test]
 fn malformed_decoder_json_is_a_tokenizer_error() {
     for bytes in [
         data("tokenizer-malformed-decoder.json"),
+        data("tokenizer-decoder-bad-escape.json"),
         br#"{"decoder":{"a" 1}}"#.to_vec(),
+        b"{\"decoder\":{\"a\x9b\":1}}".to_vec(),
+        br#"{"decoder":{"a":"\udc00"}}"#.to_vec(),
     ] {
         match Tokenizer::from_bytes(&bytes) {
             Err(Error::Tokenizer(m)) => assert!(m.contains("malformed tokenizer.json"), "{m}"),

@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(g) = Gguf::parse(data) else {
         return;
     };
-    assert!(g.data_offset() <= data.len() as u64);
+    // A file without tensors may end before its (aligned) data section would start.
+    assert!(g.tensors().is_empty() || g.data_offset() <= data.len() as u64);
     for (key, value) in g.metadata() {
         assert_eq!(g.get(key), Some(value));
     }
