@@ -33,12 +33,32 @@ impl Tokenizer {
         self.inner.get_vocab_size(true) as u32
     }
 
-    /// A tokenizer that can produce ids the model has no embedding for is unusable.
+    /// One past the largest id the tokenizer can produce (vocabulary and added tokens). Ids need
+    /// not be dense, so this can exceed [`Tokenizer::vocab_size`].
+    pub fn id_bound(&self) -> u64 {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as u64 + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A tokenizer that can produce ids the model has no embedding for is unusable. The largest
+    /// id counts, not the number of entries: a vocabulary `{"a": 1000}` has one entry and yields
+    /// id 1000 (found by fuzzing; docs/reliability.md).
     pub fn check_model_vocab(&self, model_vocab: u32) -> Result<()> {
         let n = self.vocab_size();
         if n > model_vocab {
             return Err(Error::Tokenizer(format!(
                 "tokenizer.json has {n} tokens but the model's vocab_size is {model_vocab}"
+            )));
+        }
+        let bound = self.id_bound();
+        if bound > model_vocab as u64 {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer.json has token id {} but the model's vocab_size is {model_vocab}",
+                bound - 1
             )));
         }
         Ok(())

@@ -105,3 +105,24 @@ fn huge_block_count_is_refused_without_allocating_for_it() {
         assert!(mib < 1024, "peak resident memory {mib} MiB");
     }
 }
+
+/// `check_model_vocab` compared the number of tokenizer entries with the model's vocab_size, but
+/// ids need not be dense: this tokenizer (found by `model_dir`) has 257 entries, one of them
+/// `"z": 731`, and passed for a 264-token model, whose embedding has no row 731.
+#[test]
+fn tokenizer_ids_beyond_the_model_vocabulary_are_refused() {
+    let tok = Tokenizer::from_bytes(&data("tokenizer-sparse-ids.json")).unwrap();
+    assert_eq!(tok.vocab_size(), 257);
+    assert_eq!(tok.encode("z", None).unwrap(), [731]);
+    assert_eq!(tok.id_bound(), 732);
+    match tok.check_model_vocab(264) {
+        Err(Error::Tokenizer(m)) => assert!(m.contains("token id 731"), "{m}"),
+        other => panic!("expected a tokenizer error, got {other:?}"),
+    }
+    tok.check_model_vocab(732)
+        .expect("a vocabulary covering every id");
+    // A dense tokenizer still passes at its exact size.
+    let dense = diffattn::model::random::byte_tokenizer_json();
+    let dense = Tokenizer::from_bytes(dense.as_bytes()).unwrap();
+    dense.check_model_vocab(dense.vocab_size()).unwrap();
+}

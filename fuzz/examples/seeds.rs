@@ -228,7 +228,7 @@ fn gguf_seed() {
     head.0.extend(&kv.0);
     let mut data: Vec<u8> = Vec::new();
     for (name, dims, ty) in &tensors {
-        while data.len() % 32 != 0 {
+        while !data.len().is_multiple_of(32) {
             data.push(0);
         }
         head.str(name).u32(dims.len() as u32);
@@ -247,7 +247,7 @@ fn gguf_seed() {
             }
         }
     }
-    while head.0.len() % 32 != 0 {
+    while !head.0.len().is_multiple_of(32) {
         head.0.push(0);
     }
     head.0.extend(data);
