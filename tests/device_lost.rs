@@ -3,23 +3,15 @@
 
 mod common;
 
+use common::greedy;
+
 use diffattn::Error;
-use diffattn::generate::{GenerateOptions, TextModel};
+use diffattn::generate::TextModel;
 use diffattn::model::EngineOptions;
 use diffattn::model::random::RandomModel;
-use diffattn::sample::SamplingParams;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_at_eos: false,
-        ..Default::default()
-    }
-}
 
 fn load(gpu: Arc<diffattn::Gpu>, m: &RandomModel) -> TextModel {
     TextModel::from_source(gpu, m.source(), EngineOptions::default(), &mut |_, _| {}).unwrap()

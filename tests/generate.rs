@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::greedy;
+
 use diffattn::generate::{GenerateOptions, Generation, StopReason, TextModel};
 use diffattn::model::EngineOptions;
 use diffattn::model::random::{RandomModel, byte_tokenizer_json};
@@ -15,15 +17,6 @@ fn model(seed: u64, context: u32) -> TextModel {
     let mut m = RandomModel::tiny("diff_v2", seed);
     m.context = context;
     TextModel::from_source(gpu, m.source(), EngineOptions::default(), &mut |_, _| {}).unwrap()
-}
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_at_eos: false,
-        ..Default::default()
-    }
 }
 
 #[test]

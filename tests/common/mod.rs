@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use diffattn::generate::GenerateOptions;
 use diffattn::model::Engine;
+use diffattn::sample::SamplingParams;
 use diffattn::{Gpu, GpuOptions};
 
 /// Opens the default adapter; with no adapter at all the test fails with the library's message
@@ -34,4 +36,14 @@ pub fn teacher_forced(engine: &mut Engine, prompt: &[u32], then: &[u32]) -> Vec<
         rows.push(engine.step_blocking(id).unwrap());
     }
     rows
+}
+
+/// Greedy generation of `max_tokens` tokens that does not stop at EOS.
+pub fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_at_eos: false,
+        ..Default::default()
+    }
 }

@@ -11,7 +11,7 @@ import { cpSync, createReadStream, existsSync, mkdirSync, readFileSync, readdirS
 import { createServer } from 'node:http';
 import { extname, join, normalize, sep } from 'node:path';
 import { build } from 'vite';
-import { browser, native, rootDir, tmp, webDir } from './helpers.mjs';
+import { browser, nativeGreedyIds, rootDir, tmp, webDir } from './helpers.mjs';
 
 const PROMPT = 'Once upon a time, there was a little girl named Lily. She';
 const N = 24;
@@ -109,16 +109,7 @@ before(async () => {
   // The package has no dependencies: installing its tarball needs no registry.
   execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: project, stdio: 'inherit' });
 
-  const out = native([
-    'generate', '--model', 'models/diffv2-small', '--prompt', PROMPT, '--max-tokens', String(N), '--json',
-    '--temperature', '0', '--repeat-penalty', '1.1', '--seed', '1',
-  ]);
-  nativeIds = out
-    .split('\n')
-    .filter((l) => l.trim().startsWith('{'))
-    .map((l) => JSON.parse(l))
-    .filter((o) => Number.isInteger(o.id))
-    .map((o) => o.id);
+  nativeIds = nativeGreedyIds(PROMPT, N);
   assert.equal(nativeIds.length, N);
 });
 

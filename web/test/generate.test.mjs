@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { artefacts, browser, server, open, waitState, native } from './helpers.mjs';
+import { artefacts, browser, server, open, waitState, nativeGreedyIds } from './helpers.mjs';
 
 const PROMPT = 'Once upon a time, there was a little girl named Lily. She';
 const SAMPLING = { temperature: '0', repeatPenalty: '1.1', topK: '40', topP: '0.95', seed: '1' };
@@ -16,16 +16,7 @@ before(async () => {
   srv = await server();
   b = await browser();
   page = await open(b, srv.url);
-  const out = native([
-    'generate', '--model', 'models/diffv2-small', '--prompt', PROMPT, '--max-tokens', String(N), '--json',
-    '--temperature', '0', '--repeat-penalty', '1.1', '--seed', '1',
-  ]);
-  nativeIds = out
-    .split('\n')
-    .filter((l) => l.trim().startsWith('{'))
-    .map((l) => JSON.parse(l))
-    .filter((o) => Number.isInteger(o.id))
-    .map((o) => o.id);
+  nativeIds = nativeGreedyIds(PROMPT, N);
   assert.equal(nativeIds.length, N, `native generated ${nativeIds.length} tokens`);
   await waitState(page, ['ready']);
 });

@@ -60,6 +60,21 @@ export function native(args) {
   return execFileSync(cmd, full, { cwd: rootDir, encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
 }
 
+// The native CLI's greedy ids for the shipped model, with the settings the browser tests use
+// (temperature 0 with the explicit penalty of 1.1, seed 1): the ids every browser path must match.
+export function nativeGreedyIds(prompt, n) {
+  const out = native([
+    'generate', '--model', 'models/diffv2-small', '--prompt', prompt, '--max-tokens', String(n), '--json',
+    '--temperature', '0', '--repeat-penalty', '1.1', '--seed', '1',
+  ]);
+  return out
+    .split('\n')
+    .filter((l) => l.trim().startsWith('{'))
+    .map((l) => JSON.parse(l))
+    .filter((o) => Number.isInteger(o.id))
+    .map((o) => o.id);
+}
+
 export function writeSafetensors(path, tensors) {
   const header = {};
   let offset = 0;
