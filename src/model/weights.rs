@@ -495,3 +495,72 @@ pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q4_k_block(d: f32) -> Vec<u8> {
+        let mut b = vec![0x11u8; 144];
+        b[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn block_rows_must_be_whole_blocks() {
+        // 2 rows of 128 values: 256 values, one Q4_K block's worth, but no row is a block.
+        let t = vec![(
+            "w".to_string(),
+            WeightDtype::Q4_K,
+            vec![2, 128],
+            q4_k_block(1.0),
+        )];
+        let err = HostWeights::from_tensors("t.gguf", t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("not a whole number of 256-value blocks"),
+            "{err}"
+        );
+        let t = vec![(
+            "w".to_string(),
+            WeightDtype::Q4_K,
+            vec![1, 256],
+            vec![0; 143],
+        )];
+        let err = HostWeights::from_tensors("t.gguf", t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("has 143 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_non_finite_block_scale_is_found() {
+        let mut raw = q4_k_block(1.0);
+        raw.extend(q4_k_block(f32::INFINITY));
+        assert_eq!(first_non_finite(WeightDtype::Q4_K, &raw), Some(256));
+        assert_eq!(first_non_finite(WeightDtype::Q4_K, &raw[..144]), None);
+        let w = HostWeights::from_tensors(
+            "t.gguf",
+            vec![("w".into(), WeightDtype::Q4_K, vec![2, 256], raw)],
+        )
+        .unwrap();
+        assert_eq!(w.to_f64("w").unwrap().len(), 512);
+        assert_eq!(w.to_f32("w").unwrap().len(), 512);
+    }
+
+    #[test]
+    fn shader_codes_follow_the_wgsl_constants() {
+        // dequant.wgsl's DQ_ constants.
+        let codes: Vec<u32> = WeightDtype::QUANTIZED
+            .iter()
+            .map(|d| d.shader_code())
+            .collect();
+        assert_eq!(codes, [3, 4, 5, 6, 7]);
+        for d in WeightDtype::ALL {
+            assert_eq!(WeightDtype::from_ggml(d.ggml()), d);
+        }
+    }
+}

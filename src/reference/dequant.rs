@@ -45,7 +45,11 @@ fn element(ty: GgmlType, blk: &[u8], e: usize) -> f64 {
                 )
             };
             let byte = blk[16 + 32 * (e / 64) + e % 32];
-            let q = if j % 2 == 0 { byte & 15 } else { byte >> 4 };
+            let q = if j.is_multiple_of(2) {
+                byte & 15
+            } else {
+                byte >> 4
+            };
             f16_at(blk, 0) * sc as f64 * q as f64 - f16_at(blk, 2) * m as f64
         }
         GgmlType::Q6_K => {
