@@ -77,6 +77,20 @@ impl WeightDtype {
             .expect("every supported ggml type is a weight type")
     }
 
+    /// The type's lower-case name (`"f16"`, `"q4_k"`), as the browser build reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::BF16 => "bf16",
+            WeightDtype::Q8_0 => "q8_0",
+            WeightDtype::Q4_0 => "q4_0",
+            WeightDtype::Q4_1 => "q4_1",
+            WeightDtype::Q4_K => "q4_k",
+            WeightDtype::Q6_K => "q6_k",
+        }
+    }
+
     /// True for the ggml block types.
     pub fn is_quantized(self) -> bool {
         self.ggml().block_size() > 1
