@@ -13,7 +13,7 @@
 // adapters.
 
 // Specialisation constants (the host replaces these defaults).
-// 0 = f32, 1 = f16, 2 = bf16.
+// 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
 const WEIGHT_DTYPE: u32 = 0u;
 // Lanes that share one output row in `matvec` (a power of two up to 64). Many lanes suit GPUs
 // (neighbouring lanes read neighbouring 16-byte words); CPU adapters prefer few lanes and long
@@ -43,9 +43,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-struct W8 {
-    a: vec4<f32>,
-    b: vec4<f32>,
+// dequant.wgsl's word reader: word i of the weights.
+fn weight_word(i: u32) -> u32 {
+    return w[i >> 2u][i & 3u];
 }
 
 fn bf16_pair(u: u32) -> vec2<f32> {
@@ -54,6 +54,9 @@ fn bf16_pair(u: u32) -> vec2<f32> {
 
 // Weights (row, 8*k8 .. 8*k8 + 8).
 fn load8(row: u32, k8: u32) -> W8 {
+    if WEIGHT_DTYPE >= DQ_Q8_0 {
+        return dequant8(WEIGHT_DTYPE, row * dq_row_bytes(WEIGHT_DTYPE, p.k), k8);
+    }
     let e = row * p.k + k8 * 8u;
     if WEIGHT_DTYPE == 0u {
         return W8(bitcast<vec4<f32>>(w[e / 4u]), bitcast<vec4<f32>>(w[e / 4u + 1u]));

@@ -109,4 +109,5 @@ pub fn compare(got: &[f32], reference: &[f64]) -> (f64, f64) {
     (max_abs, rel)
 }
 
+pub mod dequant;
 pub mod model;

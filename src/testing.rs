@@ -3,6 +3,7 @@
 use crate::attention::{self, AttentionCall, AttentionConfig, HostInputs, Kernel, KvDtype, Mode};
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::model::WeightDtype;
 use crate::reference;
 
 pub use crate::util::Rng;
@@ -347,17 +348,20 @@ pub fn conformance_cases() -> Vec<Case> {
     cases
 }
 
-/// One check of a prompt-product kernel (`y = x W^T (+ y)`, f16 weights) against float64.
+/// One check of a product kernel (`y = x W^T (+ y)`) against float64.
 #[derive(Clone, Debug)]
 pub struct ProductCase {
-    /// Token rows, input width (a multiple of 8), outputs.
+    /// Token rows, input width (a multiple of 8, and of the block size for block types), outputs.
     pub rows: u32,
     pub k: u32,
     pub n: u32,
     /// Add the product to y (which starts random) rather than overwrite it (poisoned).
     pub accumulate: bool,
-    /// The many-row kernel: "gemm_coop", or matmul.wgsl's "gemm" or "gemm_direct".
+    /// The kernel: "gemm_coop" (f16 weights only), or matmul.wgsl's "matvec", "gemm" or
+    /// "gemm_direct".
     pub kernel: &'static str,
+    /// Storage type of W: F16, or a ggml block type (random blocks with finite scales).
+    pub weights: WeightDtype,
     pub seed: u64,
 }
 
@@ -366,13 +370,15 @@ impl ProductCase {
     pub fn name(&self) -> String {
         let acc = if self.accumulate { " +y" } else { "" };
         format!(
-            "product rows={} k={} n={} f16 W{acc}",
-            self.rows, self.k, self.n
+            "product rows={} k={} n={} {:?} W{acc}",
+            self.rows, self.k, self.n, self.weights
         )
     }
 
     /// Relative L2 tolerance: the tensor-core kernel rounds activations to f16 (~5e-4 relative
-    /// per element); the portable kernels widen the f16 weights and stay in f32.
+    /// per element); the portable kernels widen or dequantize the weights exactly (or with one
+    /// f32 rounding per weight: Q4_1's `q * d + m`, Q4_K's `- dmin * m`, Q6_K's third factor)
+    /// and accumulate in f32.
     pub fn tolerance(&self) -> f64 {
         if self.kernel == "gemm_coop" {
             3e-3
@@ -406,28 +412,92 @@ pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
                 n,
                 accumulate,
                 kernel,
+                weights: WeightDtype::F16,
                 seed: 0x6E33_0000 + i as u64,
             });
+        }
+    }
+    cases.extend(quantized_product_cases(0x9B10_0000));
+    cases
+}
+
+/// Products of every ggml block type on each portable kernel (the tensor-core one takes f16
+/// weights only): odd output counts, partial token blocks, accumulation, and for the 32-value
+/// types a K that is not a multiple of 256. `seed` picks the blocks (tests pass a fresh one).
+pub fn quantized_product_cases(seed: u64) -> Vec<ProductCase> {
+    let mut cases = vec![];
+    for (t, &weights) in WeightDtype::QUANTIZED.iter().enumerate() {
+        let super_blocks = matches!(weights, WeightDtype::Q4_K | WeightDtype::Q6_K);
+        // (rows, k, n, accumulate): K = 352 is 11 blocks of 32.
+        let k_odd = if super_blocks { 768 } else { 352 };
+        let shapes = [
+            (1, k_odd, 37, false),
+            (3, 256, 19, true),
+            (19, k_odd, 101, false),
+            (9, 512, 64, true),
+        ];
+        for kernel in ["matvec", "gemm", "gemm_direct"] {
+            for (i, &(rows, k, n, accumulate)) in shapes.iter().enumerate() {
+                cases.push(ProductCase {
+                    rows,
+                    k,
+                    n,
+                    accumulate,
+                    kernel,
+                    weights,
+                    seed: seed ^ (t as u64 * 64 + i as u64 * 4 + kernel.len() as u64),
+                });
+            }
         }
     }
     cases
 }
 
+/// `n` values of a ggml block type as random block bytes: random integer fields, and f16
+/// scales drawn from +-`scale` (random bits would hold NaNs and infinities). `n` must be whole
+/// blocks.
+pub fn random_blocks(rng: &mut Rng, dtype: WeightDtype, n: usize, scale: f32) -> Vec<u8> {
+    let ty = dtype.ggml();
+    let bytes = dtype.bytes_for(n).expect("whole blocks");
+    let mut out: Vec<u8> = (0..bytes).map(|_| (rng.next_u64() >> 56) as u8).collect();
+    let scales: &[usize] = match dtype {
+        WeightDtype::Q4_1 | WeightDtype::Q4_K => &[0, 2],
+        WeightDtype::Q6_K => &[208],
+        _ => &[0],
+    };
+    for blk in out.chunks_exact_mut(ty.block_bytes() as usize) {
+        for &o in scales {
+            let v = half::f16::from_f32((rng.uniform() as f32 * 2.0 - 1.0) * scale);
+            blk[o..o + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
 /// Runs one product case on the GPU (the output poisoned first unless it accumulates) and
-/// compares it with float64 on the same f16-rounded weights.
+/// compares it with float64 on the same weights: f16-rounded, or the blocks dequantized by
+/// [`reference::dequant`].
 pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResult> {
     use crate::gpu::{Const, ShaderSpec, UniformArena};
     let (rows, k, n) = (case.rows as usize, case.k as usize, case.n as usize);
     let mut rng = Rng::new(case.seed);
     let x = rng.normals(rows * k, 1.0);
-    let w: Vec<half::f16> = rng
-        .normals(n * k, 0.1)
-        .into_iter()
-        .map(half::f16::from_f32)
-        .collect();
+    let wbytes: Vec<u8> = if case.weights.is_quantized() {
+        // Scales near 1 / (q range * sqrt(k)) keep outputs near unit size.
+        random_blocks(&mut rng, case.weights, n * k, 0.1)
+    } else {
+        let w: Vec<half::f16> = rng
+            .normals(n * k, 0.1)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        bytemuck::cast_slice(&w).to_vec()
+    };
+    let w = reference::dequant::dequantize(case.weights.ggml(), &wbytes, (n * k) as u64)
+        .map_err(|e| crate::error::Error::config(format!("product case weights: {e}")))?;
     let y0 = rng.normals(rows * n, 1.0);
     let xb = gpu.storage_init("product x", bytemuck::cast_slice(&x))?;
-    let wb = gpu.storage_init("product W", bytemuck::cast_slice(&w))?;
+    let wb = gpu.storage_init("product W", &wbytes)?;
     let yb = gpu.storage_init("product y", bytemuck::cast_slice(&y0))?;
     if !case.accumulate {
         gpu.poison(&yb);
@@ -442,17 +512,19 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
     let spec = match case.kernel {
         "gemm_coop" => ShaderSpec::new("gemm_coop"),
         entry => ShaderSpec::new("matmul")
-            .with("WEIGHT_DTYPE", Const::U32(1))
+            .with("WEIGHT_DTYPE", Const::U32(case.weights.shader_code()))
             .with("TB", Const::U32(8))
             .entry(entry),
     };
     let pipeline = gpu.pipeline(&spec)?;
     let bind = gpu.bind(&pipeline, &[arena.buffer(), &params, &xb, &wb, &yb]);
-    // matmul.wgsl's `gemm` runs 4 output rows per workgroup (16 lanes each) and 8 tokens per
-    // layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop 64 x 64 blocks.
+    // matmul.wgsl's `matvec` and `gemm` run 4 output rows per workgroup (16 lanes each), `gemm`
+    // 8 tokens per layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop
+    // 64 x 64 blocks.
     let groups = match case.kernel {
         "gemm_coop" => [case.n.div_ceil(64), case.rows.div_ceil(64), 1],
         "gemm" => [case.n.div_ceil(4), 1, case.rows.div_ceil(8)],
+        "matvec" => [case.n.div_ceil(4), 1, 1],
         _ => [
             (case.rows.div_ceil(4) * case.n.div_ceil(4)).div_ceil(64),
             1,
@@ -472,9 +544,7 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
     let mut want = vec![0f64; rows * n];
     for t in 0..rows {
         for o in 0..n {
-            let mut s: f64 = (0..k)
-                .map(|i| x[t * k + i] as f64 * w[o * k + i].to_f64())
-                .sum();
+            let mut s: f64 = (0..k).map(|i| x[t * k + i] as f64 * w[o * k + i]).sum();
             if case.accumulate {
                 s += y0[t * n + o] as f64;
             }

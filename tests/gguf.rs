@@ -11,7 +11,7 @@
 mod common;
 
 use diffattn::model::files::ModelSource;
-use diffattn::model::{Engine, EngineOptions};
+use diffattn::model::{Engine, EngineOptions, WeightDtype};
 use diffattn::reference::compare;
 use diffattn::reference::model::RefModel;
 use diffattn::tokenizer::Tokenizer;
@@ -169,6 +169,13 @@ fn smollm2_gguf_agrees_with_llama_cpp() {
     // The file says not to prepend BOS; llama.cpp agrees.
     assert_eq!(cfg.bos_token_id, None);
     assert_eq!(cfg.eos_token_id, Some(2));
+    // The block types reach the engine as blocks (dequantized in its kernels, not at load).
+    let dtype = |n: &str| weights.info(n).unwrap().dtype;
+    assert_eq!(dtype("model.embed_tokens.weight"), WeightDtype::Q8_0);
+    assert_eq!(
+        dtype("model.layers.0.mlp.up_proj.weight"),
+        WeightDtype::Q4_1
+    );
 
     // Tokenization, with control tokens matched whole and without.
     let tok = Tokenizer::from_bytes(&tokenizer_json.unwrap()).unwrap();

@@ -1,8 +1,9 @@
 //! Every shader in `shaders/` parses, validates with WebGPU's baseline capabilities, and translates
 //! to SPIR-V, MSL, HLSL and GLSL: our evidence of Vulkan, Metal, DX12 and GL portability where we
-//! have no such machine. Each is checked as written and as the host specialises it.
+//! have no such machine. Each is checked as written (composed with the libraries it includes, as
+//! the host compiles it) and as the host specialises it.
 
-use diffattn::gpu::shader::{Const, specialise};
+use diffattn::gpu::shader::{Const, INCLUDES, LIBRARIES, composed, specialise};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
@@ -132,18 +133,39 @@ fn every_shader_file_translates_to_every_backend() {
         "expected the shader files, found {}",
         files.len()
     );
-    for (name, source) in &files {
-        translate_everywhere(name, source);
+    for (file, source) in &files {
+        let name = file.trim_end_matches(".wgsl");
+        if LIBRARIES.iter().any(|(l, _)| *l == name) {
+            // A library alone has no entry point; it is checked in every shader including it,
+            // and must declare no bindings of its own.
+            assert!(
+                !source.contains("@binding("),
+                "{file}: a library declares a binding"
+            );
+            assert!(
+                INCLUDES.iter().any(|(_, libs)| libs.contains(&name)),
+                "{file}: unused"
+            );
+            continue;
+        }
+        let full = composed(name).unwrap();
+        assert!(
+            full.starts_with(source.as_str()),
+            "{file}: not the compiled-in source"
+        );
+        translate_everywhere(file, &full);
     }
 }
 
 #[test]
 fn every_compiled_in_shader_is_a_file_in_shaders() {
     let files = shader_files();
-    for (name, source) in diffattn::gpu::shader::SOURCES {
+    for (name, source) in diffattn::gpu::shader::SOURCES.iter().chain(LIBRARIES) {
         let file = files.iter().find(|(f, _)| f == &format!("{name}.wgsl"));
         assert_eq!(file.map(|(_, s)| s.as_str()), Some(*source), "{name}");
     }
+    let known = diffattn::gpu::shader::SOURCES.len() + LIBRARIES.len();
+    assert_eq!(files.len(), known, "a shader file is not compiled in");
 }
 
 #[test]
@@ -207,10 +229,13 @@ fn model_shader_specialisations_translate() {
             .unwrap()
             .1
     };
-    for dtype in [0u32, 1, 2] {
+    // Every weight type, the ggml block types (dequantized in the kernels) included.
+    for dtype in diffattn::model::WeightDtype::ALL {
+        let code = dtype.shader_code();
         for name in ["matmul", "embed"] {
-            let s = specialise(name, src(name), &[("WEIGHT_DTYPE", Const::U32(dtype))]).unwrap();
-            translate_everywhere(&format!("{name} dtype={dtype}"), &s);
+            let full = composed(name).unwrap();
+            let s = specialise(name, &full, &[("WEIGHT_DTYPE", Const::U32(code))]).unwrap();
+            translate_everywhere(&format!("{name} {dtype:?}"), &s);
         }
     }
     for f16 in [false, true] {
@@ -295,7 +320,8 @@ fn attention_params_match_the_rust_definition() {
 fn step_blocks_and_binding_lists_match() {
     use diffattn::gpu::BindingKind;
     let mut steps = 0;
-    for (name, source) in diffattn::gpu::shader::SOURCES {
+    for (name, _) in diffattn::gpu::shader::SOURCES {
+        let source = &composed(name).unwrap();
         let module = naga::front::wgsl::parse_str(source).unwrap();
         if let Some((fields, span)) = wgsl_struct(&module, "Step") {
             let want = rust_fields(diffattn::model::plan::Step::FIELDS);

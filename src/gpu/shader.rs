@@ -1,6 +1,8 @@
 //! WGSL sources and their specialisation.
 //!
-//! Every shader in `shaders/` is a complete, valid WGSL module on its own. Its tunables are plain
+//! Every shader in `shaders/` is a complete, valid WGSL module on its own, or together with the
+//! libraries it lists in [`INCLUDES`] (helper functions several shaders share, appended to the
+//! shader's source: WGSL has no imports, and declarations may come in any order). Its tunables are plain
 //! module-scope constants (`const HEAD_DIM: u32 = 64u;`) with sensible defaults; the host specialises a
 //! shader by giving new values for some of those constants. Nothing else in the source is rewritten, so
 //! what runs is what a reader sees in the file. Private and workgroup array sizes must be
@@ -41,6 +43,41 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/sample_dist.wgsl"),
     ),
 ];
+
+/// Libraries: WGSL files of functions and constants only (no bindings, no entry points), which a
+/// shader composes with by listing them in [`INCLUDES`]. A library reads what it needs through
+/// functions its includer defines (dequant.wgsl: `weight_word`).
+pub const LIBRARIES: &[(&str, &str)] = &[("dequant", include_str!("../../shaders/dequant.wgsl"))];
+
+/// The libraries each shader is composed with, appended in this order.
+pub const INCLUDES: &[(&str, &[&str])] = &[("matmul", &["dequant"]), ("embed", &["dequant"])];
+
+/// A shader's source composed with its libraries: the module that is compiled (before
+/// specialisation).
+pub fn composed(name: &str) -> Result<String> {
+    let missing = |what: &str| Error::Shader {
+        shader: name.to_string(),
+        message: format!("no such {what}"),
+    };
+    let base = SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, src)| *src)
+        .ok_or_else(|| missing("shader"))?;
+    let mut out = base.to_string();
+    let libs = INCLUDES.iter().find(|(n, _)| *n == name);
+    for lib in libs.map_or(&[][..], |(_, l)| l) {
+        let (_, src) = LIBRARIES
+            .iter()
+            .find(|(n, _)| n == lib)
+            .ok_or_else(|| missing(&format!("library `{lib}`")))?;
+        out.push_str("\n\n// ---- ");
+        out.push_str(lib);
+        out.push_str(".wgsl ----\n");
+        out.push_str(src);
+    }
+    Ok(out)
+}
 
 /// A value for one specialisation constant.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,17 +143,9 @@ impl ShaderSpec {
         key
     }
 
-    /// The specialised WGSL source.
+    /// The specialised WGSL source, composed with the shader's libraries.
     pub fn source(&self) -> Result<String> {
-        let base = SOURCES
-            .iter()
-            .find(|(name, _)| *name == self.name)
-            .map(|(_, src)| *src)
-            .ok_or_else(|| Error::Shader {
-                shader: self.name.to_string(),
-                message: "no such shader".into(),
-            })?;
-        specialise(self.name, base, &self.consts)
+        specialise(self.name, &composed(self.name)?, &self.consts)
     }
 }
 

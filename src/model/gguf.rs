@@ -2,8 +2,10 @@
 //!
 //! The file's Q and K rows already suit the engine's RoPE: llama.cpp's converter permutes them so
 //! that adjacent pairs (2i, 2i + 1) rotate together, which is the pairing the engine uses (see
-//! [`crate::gguf`]). Weights are dequantized on the CPU at load: matrices to f16, norms to f32.
-//! Keeping them quantized on the GPU is the next step (the products would dequantize in place).
+//! [`crate::gguf`]). Matrices keep the file's type, block types included: their block bytes go to
+//! the GPU as they are and the product and embedding kernels dequantize them in place (see
+//! shaders/dequant.wgsl), so a Q4_1 model takes about its file size of GPU memory. Vectors (the
+//! norms) are dequantized to f32 at load.
 
 use super::config::Config;
 use super::weights::{HostWeights, WeightDtype};
@@ -71,15 +73,18 @@ pub fn load(origin: &str, bytes: &[u8]) -> Result<(Config, HostWeights, Option<V
         let Some(name) = gguf::hf_tensor_name(&t.name) else {
             return Err(format(format!("GGUF: unexpected tensor `{}`", t.name)));
         };
-        let values = gguf::dequantize(t.ty, g.tensor_bytes(t), t.n_elements)
-            .map_err(|e| format(format!("GGUF tensor `{}`: {e}", t.name)))?;
+        let bytes = g.tensor_bytes(t);
         // ggml lists dims innermost first: the reverse of the (out, in) shape.
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         let (dtype, raw) = if shape.len() == 1 {
+            let values = gguf::dequantize(t.ty, bytes, t.n_elements)
+                .map_err(|e| format(format!("GGUF tensor `{}`: {e}", t.name)))?;
             (WeightDtype::F32, bytemuck::cast_slice(&values).to_vec())
         } else {
-            let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-            (WeightDtype::F16, bytemuck::cast_slice(&halves).to_vec())
+            // Checked here so that a damaged size reads as a GGUF error, not a shape error.
+            t.ty.bytes_for(t.n_elements)
+                .map_err(|e| format(format!("GGUF tensor `{}`: {e}", t.name)))?;
+            (WeightDtype::from_ggml(t.ty), bytes.to_vec())
         };
         tensors.push((name, dtype, shape, raw));
     }

@@ -231,7 +231,8 @@ struct LayerWeights {
     down: (wgpu::Buffer, WeightDtype),
 }
 
-/// All weights on the GPU. Matrices keep the file's type; norm weights are widened to f32.
+/// All weights on the GPU. Matrices keep the file's type (ggml block types as their block bytes);
+/// norm weights are widened to f32.
 pub struct GpuWeights {
     embed: (wgpu::Buffer, WeightDtype),
     layers: Vec<LayerWeights>,
@@ -308,7 +309,9 @@ pub fn upload_weights(
 }
 
 /// The rows of several matrices of one input width, stacked into one matrix in the given order:
-/// their bytes as stored when all share a type, else all widened to f32.
+/// their bytes as stored when all share a type (rows of a block type are whole blocks, so block
+/// bytes stack too), else all widened to f32, which computes exactly what the float64 reference
+/// does (a GGUF file mixing types within q/k/v or gate/up loses its memory saving there).
 fn stacked(weights: &HostWeights, names: &[&str]) -> Result<(Vec<u8>, WeightDtype)> {
     let mut parts = Vec::with_capacity(names.len());
     for n in names {
@@ -564,6 +567,11 @@ impl Builder<'_> {
             .with("TB", Const::U32(GEMM_TOKENS));
         let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
         let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
+        // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
+        // type, the ggml block types included, takes the SIMT kernels, which dequantize in
+        // `load8` (dequantizing into the staged tiles would also work, but the only adapters
+        // with cooperative matrices here are NVIDIA's, where the SIMT gemm won below a few
+        // hundred rows anyway; see COOP_GEMM_MIN_ROWS).
         let many = if self.tuning.coop_gemm && dtype == WeightDtype::F16 {
             ManyRows::Coop
         } else if self.tuning.tiled {

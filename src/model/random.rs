@@ -20,6 +20,8 @@ pub struct RandomModel {
     pub intermediate_size: u32,
     pub context: u32,
     pub tied: bool,
+    /// F32, F16 or BF16: the files are safetensors, which hold no ggml block types, so those
+    /// are written as F32 (quantized weights come from GGUF files).
     pub dtype: WeightDtype,
     /// 1: a single `model.safetensors`; more: that many shards plus the index.
     pub shards: usize,
@@ -143,6 +145,8 @@ impl RandomModel {
                 .iter()
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
+            // safetensors has no ggml block types (see `dtype`).
+            _ => bytemuck::cast_slice(values).to_vec(),
         }
     }
 
@@ -152,6 +156,7 @@ impl RandomModel {
             WeightDtype::F32 => safetensors::Dtype::F32,
             WeightDtype::F16 => safetensors::Dtype::F16,
             WeightDtype::BF16 => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::F32,
         };
         let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors()

@@ -7,33 +7,114 @@
 use super::config::Config;
 use crate::attention::Mode;
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-/// Storage type of a weight tensor. 16-bit types stay 16-bit on the GPU (packed in u32 pairs).
+/// Storage type of a weight tensor. 16-bit types stay 16-bit on the GPU (packed in u32 pairs);
+/// the ggml block types (from GGUF files) stay as their block bytes and are dequantized inside
+/// the product and embedding kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum WeightDtype {
     F32,
     F16,
     BF16,
+    /// ggml Q8_0: blocks of 32, an f16 scale and 32 signed bytes.
+    Q8_0,
+    /// ggml Q4_0: blocks of 32, an f16 scale and 32 nibbles offset by 8.
+    Q4_0,
+    /// ggml Q4_1: blocks of 32, an f16 scale, an f16 minimum and 32 nibbles.
+    Q4_1,
+    /// ggml Q4_K: super-blocks of 256 with 6-bit sub-block scales and minimums.
+    Q4_K,
+    /// ggml Q6_K: super-blocks of 256, 6-bit values with 8-bit sub-block scales.
+    Q6_K,
 }
 
 impl WeightDtype {
-    pub fn bytes(self) -> usize {
+    /// Every storage type, in [`WeightDtype::shader_code`] order.
+    pub const ALL: [WeightDtype; 8] = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::BF16,
+        WeightDtype::Q8_0,
+        WeightDtype::Q4_0,
+        WeightDtype::Q4_1,
+        WeightDtype::Q4_K,
+        WeightDtype::Q6_K,
+    ];
+
+    /// The ggml block types.
+    pub const QUANTIZED: [WeightDtype; 5] = [
+        WeightDtype::Q8_0,
+        WeightDtype::Q4_0,
+        WeightDtype::Q4_1,
+        WeightDtype::Q4_K,
+        WeightDtype::Q6_K,
+    ];
+
+    /// The same layout as a ggml type (the float types have one too).
+    pub fn ggml(self) -> GgmlType {
         match self {
-            WeightDtype::F32 => 4,
-            _ => 2,
+            WeightDtype::F32 => GgmlType::F32,
+            WeightDtype::F16 => GgmlType::F16,
+            WeightDtype::BF16 => GgmlType::BF16,
+            WeightDtype::Q8_0 => GgmlType::Q8_0,
+            WeightDtype::Q4_0 => GgmlType::Q4_0,
+            WeightDtype::Q4_1 => GgmlType::Q4_1,
+            WeightDtype::Q4_K => GgmlType::Q4_K,
+            WeightDtype::Q6_K => GgmlType::Q6_K,
         }
     }
 
-    /// The value of the shaders' `WEIGHT_DTYPE` constant.
-    pub fn shader_code(self) -> u32 {
+    /// The storage type of a ggml tensor type (every one the GGUF parser accepts has one).
+    pub fn from_ggml(ty: GgmlType) -> Self {
+        *Self::ALL
+            .iter()
+            .find(|d| d.ggml() == ty)
+            .expect("every supported ggml type is a weight type")
+    }
+
+    /// The type's lower-case name (`"f16"`, `"q4_k"`), as the browser build reports it.
+    pub fn name(self) -> &'static str {
         match self {
-            WeightDtype::F32 => 0,
-            WeightDtype::F16 => 1,
-            WeightDtype::BF16 => 2,
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::BF16 => "bf16",
+            WeightDtype::Q8_0 => "q8_0",
+            WeightDtype::Q4_0 => "q4_0",
+            WeightDtype::Q4_1 => "q4_1",
+            WeightDtype::Q4_K => "q4_k",
+            WeightDtype::Q6_K => "q6_k",
         }
+    }
+
+    /// True for the ggml block types.
+    pub fn is_quantized(self) -> bool {
+        self.ggml().block_size() > 1
+    }
+
+    /// Elements per block (1 for the float types): rows must hold whole blocks.
+    pub fn block_size(self) -> usize {
+        self.ggml().block_size() as usize
+    }
+
+    /// Bytes that `elements` values take, or `None` when they are not whole blocks.
+    pub fn bytes_for(self, elements: usize) -> Option<usize> {
+        let ty = self.ggml();
+        ty.bytes_for(elements as u64)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+    }
+
+    /// The value of the shaders' `WEIGHT_DTYPE` constant (matmul.wgsl, embed.wgsl, dequant.wgsl).
+    pub fn shader_code(self) -> u32 {
+        Self::ALL
+            .iter()
+            .position(|&d| d == self)
+            .expect("listed in ALL") as u32
     }
 }
 
@@ -143,7 +224,19 @@ impl HostWeights {
         let mut shards = Vec::with_capacity(tensors.len());
         for (name, dtype, shape, bytes) in tensors {
             let elements: usize = shape.iter().product();
-            if elements * dtype.bytes() != bytes.len() {
+            // Blocks run along rows, so a row must hold whole blocks.
+            let row = shape.last().copied().unwrap_or(1);
+            if !row.is_multiple_of(dtype.block_size()) {
+                return Err(Error::Format {
+                    path: origin.to_string(),
+                    message: format!(
+                        "tensor `{name}` of shape {shape:?} has rows of {row} {dtype:?} values, \
+                         not a whole number of {}-value blocks",
+                        dtype.block_size()
+                    ),
+                });
+            }
+            if dtype.bytes_for(elements) != Some(bytes.len()) {
                 return Err(Error::Format {
                     path: origin.to_string(),
                     message: format!(
@@ -225,10 +318,21 @@ impl HostWeights {
         Ok((info, &self.shards[info.shard].bytes[info.bytes.clone()]))
     }
 
-    /// A tensor widened to f32 (exact for f16 and bf16).
+    /// A tensor widened to f32 (exact for f16 and bf16; block types dequantized in f32).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let (info, raw) = self.raw(name)?;
         Ok(widen(info.dtype, raw))
+    }
+
+    /// A tensor in float64, exact for every type: what the float64 reference computes with.
+    pub fn to_f64(&self, name: &str) -> Result<Vec<f64>> {
+        let (info, raw) = self.raw(name)?;
+        let ty = info.dtype.ggml();
+        let n = raw.len() as u64 / ty.block_bytes() * ty.block_size();
+        crate::reference::dequant::dequantize(ty, raw, n).map_err(|e| Error::Format {
+            path: self.shards[info.shard].name.clone(),
+            message: format!("tensor `{name}`: {e}"),
+        })
     }
 
     /// Checks every tensor the config implies (name, shape) and that nothing else is present.
@@ -361,10 +465,28 @@ pub fn first_non_finite(dtype: WeightDtype, raw: &[u8]) -> Option<usize> {
         WeightDtype::BF16 => raw
             .chunks_exact(2)
             .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        // A block's values are finite when its f16 scales are (the integers are small), so only
+        // the scales are looked at; the index given is the block's first element.
+        quantized => {
+            let ty = quantized.ggml();
+            let scales: &[usize] = match quantized {
+                WeightDtype::Q4_1 | WeightDtype::Q4_K => &[0, 2],
+                WeightDtype::Q6_K => &[208],
+                _ => &[0],
+            };
+            raw.chunks_exact(ty.block_bytes() as usize)
+                .position(|blk| {
+                    scales
+                        .iter()
+                        .any(|&o| u16::from_le_bytes([blk[o], blk[o + 1]]) & 0x7c00 == 0x7c00)
+                })
+                .map(|b| b * ty.block_size() as usize)
+        }
     }
 }
 
-/// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift.
+/// Widens stored values to f32: f16 through `half`, bf16 by a 16-bit shift, block types through
+/// the GGUF dequantizer. `raw` must be whole blocks (as every tensor's bytes are).
 pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
     match dtype {
         WeightDtype::F32 => raw
@@ -379,5 +501,80 @@ pub fn widen(dtype: WeightDtype, raw: &[u8]) -> Vec<f32> {
             .chunks_exact(2)
             .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
             .collect(),
+        quantized => {
+            let ty = quantized.ggml();
+            let n = raw.len() as u64 / ty.block_bytes() * ty.block_size();
+            let whole = &raw[..(n / ty.block_size() * ty.block_bytes()) as usize];
+            crate::gguf::dequantize(ty, whole, n).expect("whole blocks dequantize")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q4_k_block(d: f32) -> Vec<u8> {
+        let mut b = vec![0x11u8; 144];
+        b[0..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn block_rows_must_be_whole_blocks() {
+        // 2 rows of 128 values: 256 values, one Q4_K block's worth, but no row is a block.
+        let t = vec![(
+            "w".to_string(),
+            WeightDtype::Q4_K,
+            vec![2, 128],
+            q4_k_block(1.0),
+        )];
+        let err = HostWeights::from_tensors("t.gguf", t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("not a whole number of 256-value blocks"),
+            "{err}"
+        );
+        let t = vec![(
+            "w".to_string(),
+            WeightDtype::Q4_K,
+            vec![1, 256],
+            vec![0; 143],
+        )];
+        let err = HostWeights::from_tensors("t.gguf", t)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("has 143 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_non_finite_block_scale_is_found() {
+        let mut raw = q4_k_block(1.0);
+        raw.extend(q4_k_block(f32::INFINITY));
+        assert_eq!(first_non_finite(WeightDtype::Q4_K, &raw), Some(256));
+        assert_eq!(first_non_finite(WeightDtype::Q4_K, &raw[..144]), None);
+        let w = HostWeights::from_tensors(
+            "t.gguf",
+            vec![("w".into(), WeightDtype::Q4_K, vec![2, 256], raw)],
+        )
+        .unwrap();
+        assert_eq!(w.to_f64("w").unwrap().len(), 512);
+        assert_eq!(w.to_f32("w").unwrap().len(), 512);
+    }
+
+    #[test]
+    fn shader_codes_follow_the_wgsl_constants() {
+        // dequant.wgsl's DQ_ constants.
+        let codes: Vec<u32> = WeightDtype::QUANTIZED
+            .iter()
+            .map(|d| d.shader_code())
+            .collect();
+        assert_eq!(codes, [3, 4, 5, 6, 7]);
+        for d in WeightDtype::ALL {
+            assert_eq!(WeightDtype::from_ggml(d.ggml()), d);
+        }
     }
 }

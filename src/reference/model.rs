@@ -1,6 +1,8 @@
 //! The whole model in float64 on the CPU: the oracle for the GPU engine. It runs the same
-//! (widened) weights with no cache, no chunking and no fused operations, recomputing the whole
-//! sequence each call, so it shares no logic with the engine beyond the math itself.
+//! weights, widened or dequantized exactly to float64 (ggml block types through
+//! [`super::dequant`], not the GPU's decoder), with no cache, no chunking and no fused
+//! operations, recomputing the whole sequence each call, so it shares no logic with the engine
+//! beyond the math itself.
 
 use crate::attention::Mode;
 use crate::error::Result;
@@ -45,10 +47,6 @@ pub struct RefModel {
     head: Linear,
 }
 
-fn f64s(v: Vec<f32>) -> Vec<f64> {
-    v.into_iter().map(f64::from).collect()
-}
-
 fn rmsnorm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ms + eps).sqrt();
@@ -75,10 +73,10 @@ impl RefModel {
             Ok(Linear {
                 n_out: info.shape[0],
                 n_in: info.shape[1],
-                w: f64s(weights.to_f32(name)?),
+                w: weights.to_f64(name)?,
             })
         };
-        let vec = |name: &str| -> Result<Vec<f64>> { Ok(f64s(weights.to_f32(name)?)) };
+        let vec = |name: &str| -> Result<Vec<f64>> { weights.to_f64(name) };
         let mut layers = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");

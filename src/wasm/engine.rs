@@ -251,13 +251,12 @@ impl WasmModel {
             KvDtype::F16 => "f16",
             KvDtype::F32 => "f32",
         };
-        let wd = match st.weight_dtype {
-            WeightDtype::F32 => "f32",
-            WeightDtype::F16 => "f16",
-            WeightDtype::BF16 => "bf16",
-        };
-        let path = if wd == "f32" {
+        let wd = st.weight_dtype.name();
+        let path = if st.weight_dtype == WeightDtype::F32 {
             "f32 weights, f32 arithmetic".to_string()
+        } else if st.weight_dtype.is_quantized() {
+            // Block types stay blocks on the GPU (dequant.wgsl, f16 scales from u32 words).
+            format!("{wd} weights dequantized in WGSL, f32 arithmetic")
         } else {
             // The shaders unpack 16-bit weights from u32 words: no shader-f16 feature is needed.
             format!("{wd} weights unpacked in WGSL, f32 arithmetic")

@@ -127,7 +127,8 @@ export interface EngineInfo {
   gpu: GpuInfo;
   config: ModelConfig;
   context: number;
-  weightDtype: 'f32' | 'f16' | 'bf16';
+  /** Storage type of the embedding table (a GGUF file's matrices may differ among themselves). */
+  weightDtype: 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_1' | 'q4_k' | 'q6_k';
   kvDtype: 'f32' | 'f16';
   /** The numeric path in use, e.g. "f16 weights unpacked in WGSL, f32 arithmetic, f32 KV cache". */
   path: string;
