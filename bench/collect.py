@@ -24,7 +24,8 @@ import tempfile
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
-TIME_UNITS = {"us", "ms", "s"}
+# Units where less is better (times, memory): the ratio is baseline / ours.
+LOWER_IS_BETTER = {"us", "ms", "s", "MiB"}
 
 DOCS_TEMPLATE = """# Benchmarks
 
@@ -102,7 +103,7 @@ def ratio(unit, ours, base):
         return None
     if ours == 0 or base == 0:
         return None
-    return base / ours if unit in TIME_UNITS else ours / base
+    return base / ours if unit in LOWER_IS_BETTER else ours / base
 
 
 def make_row(work, unit, ours, baseline, baseline_value, bw_fraction=None):
@@ -262,6 +263,12 @@ def generate_rows(ours, torch_rows):
         rows.append(make_row(f"{what}: first token", "ms", r.get("first_token_ms"),
                              f"pytorch {quick['dtype']} {quick['way']}" if quick else "pytorch",
                              quick["first_token_ms"] if quick else None))
+        # A quantized GGUF model's memory beside the same shape with f16 weights (ratio > 1: less).
+        f16 = next((g for g in mine if g.get("model") == r.get("model")
+                    and g.get("weights") == "f16"), None)
+        if "gguf" in str(r.get("weights")) and r.get("gpu_memory_mib") and f16:
+            rows.append(make_row(f"{what}: GPU memory", "MiB", r["gpu_memory_mib"],
+                                 "diffattn f16 weights", f16.get("gpu_memory_mib")))
         if r.get("gpu_ms_per_token") is not None:
             rows.append(make_row(f"{what}: GPU ms per decode token (host {r.get('host_ms_per_token', 0):.3f} ms)",
                                  "ms", r["gpu_ms_per_token"], "pytorch gpu events",

@@ -128,13 +128,16 @@ fi
 
 if want generate; then
     # Token generation, batch 1, greedy: the shipped model (short and long prompt, f32 and f16 KV) and
-    # the SmolLM2-135M shape with random f16 weights.
+    # the SmolLM2-135M shape with random f16 and Q4_1 weights.
     for kv in f32 f16; do
         for P in 16 454; do
             ours bench generate --model models/diffv2-small --prompt-tokens "$P" --tokens 256 --kv "$kv" --json
         done
     done
     ours bench generate --random-config smollm2-135m --weights f16 --kv f16 --prompt-tokens 16 --tokens 256 --json
+    # The same shape as a Q4_1 GGUF file (random weights, written by the project's GGUF writer;
+    # the real SmolLM2 file is too large to carry here), blocks kept on the GPU.
+    ours bench generate --random-config smollm2-135m --weights q4_1 --kv f16 --prompt-tokens 16 --tokens 256 --json
     # Sampled on the GPU (temperature 0.8 with the sampler's defaults), against our greedy rows.
     ours bench generate --model models/diffv2-small --prompt-tokens 16 --tokens 256 --kv f16 --temperature 0.8 --json
 

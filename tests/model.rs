@@ -405,3 +405,66 @@ fn gpu_sampling_does_not_depend_on_the_submission_grouping() {
     };
     assert_ne!(one, other, "another seed, the same 13 tokens");
 }
+
+/// Random models written as GGUF files by the project's own writer, one per matrix block type:
+/// they load through the GGUF path (blocks kept on the GPU) and the GPU forward pass matches the
+/// float64 reference on the dequantized weights, in prefill and decode.
+#[test]
+fn random_gguf_models_match_the_reference() {
+    let gpu = Arc::new(common::gpu());
+    let seed = common::fresh_seed("random gguf");
+    let m = RandomModel {
+        // Rows of whole 32-value blocks everywhere.
+        intermediate_size: 64,
+        ..RandomModel::tiny("standard", seed)
+    };
+    for ty in [
+        diffattn::gguf::GgmlType::Q4_1,
+        diffattn::gguf::GgmlType::Q8_0,
+        diffattn::gguf::GgmlType::Q4_0,
+        diffattn::gguf::GgmlType::F16,
+    ] {
+        let (cfg, weights, tokenizer) = m.gguf_source(ty).unwrap().parse().unwrap();
+        assert!(
+            tokenizer.is_some(),
+            "{ty:?}: the file carries its tokenizer"
+        );
+        let (info, _) = weights.raw("model.layers.0.mlp.down_proj.weight").unwrap();
+        assert_eq!(
+            info.dtype.ggml(),
+            ty,
+            "{ty:?}: matrices keep the file's type"
+        );
+        let mut engine = Engine::new(
+            gpu.clone(),
+            &cfg,
+            &weights,
+            EngineOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let reference = RefModel::new(&cfg, &weights).unwrap();
+        let prompt: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % m.vocab_size).collect();
+        let rows = common::teacher_forced(&mut engine, &prompt, &[5, 77, 200]);
+        let mut seq = prompt.clone();
+        for (i, got) in rows.iter().enumerate() {
+            let want = reference.last_logits(&seq);
+            let (_, rel) = compare(got, &want);
+            assert!(rel <= 1e-4, "{ty:?} position {i}: rel L2 {rel:.3e}");
+            if let Some(&next) = [5u32, 77, 200].get(i) {
+                seq.push(next);
+            }
+        }
+    }
+}
+
+/// The writer refuses what a GGUF random model cannot be.
+#[test]
+fn random_gguf_refuses_diff_v2_and_partial_blocks() {
+    let diff = RandomModel::tiny("diff_v2", 1);
+    assert!(diff.gguf_bytes(diffattn::gguf::GgmlType::Q4_1).is_err());
+    // FFN rows of 48 are not whole 32-value blocks.
+    let std = RandomModel::tiny("standard", 1);
+    let err = std.gguf_bytes(diffattn::gguf::GgmlType::Q4_1).unwrap_err();
+    assert!(err.to_string().contains("blocks"), "{err}");
+}

@@ -31,6 +31,7 @@
 pub mod container;
 pub mod quant;
 pub mod tokenizer;
+pub mod write;
 
 use thiserror::Error;
 
@@ -367,6 +368,33 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{n}.{hf}.weight"))
+}
+
+/// The GGUF name of a Hugging Face Llama tensor name (the inverse of [`hf_tensor_name`]).
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    match hf_name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (n, rest) = rest.split_once('.')?;
+    let part = rest.strip_suffix(".weight")?;
+    let gguf = match part {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    let name = format!("blk.{n}.{gguf}.weight");
+    (hf_tensor_name(&name).as_deref() == Some(hf_name)).then_some(name)
 }
 
 /// The GGUF → Hugging Face name pairs for every tensor in the file (names

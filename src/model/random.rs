@@ -4,6 +4,9 @@
 use super::config::Config;
 use super::files::{CONFIG, INDEX, ModelSource, SINGLE, TOKENIZER};
 use super::weights::{Shard, WeightDtype, expected_tensors};
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::gguf::write::{GgufWriter, MetaValue};
 use crate::util::Rng;
 
 /// The shape and storage of a random model. Vocabulary ids: 0 is `<|endoftext|>`, 1..=256 the
@@ -217,6 +220,81 @@ impl RandomModel {
             tokenizer_json,
             gguf: None,
         }
+    }
+
+    /// The model as a GGUF file (architecture `llama`, standard attention only), its matrices
+    /// quantized to `matrices` (F32, F16, BF16, Q8_0, Q4_0 or Q4_1) and its token embedding to
+    /// Q8_0 as SmolLM2's file has it, the norms f32, and the byte-level vocabulary of
+    /// [`byte_tokenizer_json`] padded with unreachable tokens to the vocabulary size. The values
+    /// are [`RandomModel::tensors`]' before quantization.
+    pub fn gguf_bytes(&self, matrices: GgmlType) -> Result<Vec<u8>> {
+        let cfg = self.config();
+        if cfg.attention != "standard" {
+            return Err(Error::config(
+                "a GGUF random model has standard attention (GGUF files hold llama models)",
+            ));
+        }
+        if self.vocab_size < 257 {
+            return Err(Error::config(
+                "a GGUF random model needs a vocabulary of at least 257",
+            ));
+        }
+        let mut w = GgufWriter::default();
+        let u = MetaValue::U32;
+        w.meta("general.architecture", MetaValue::Str("llama".into()))
+            .meta("llama.block_count", u(self.layers))
+            .meta("llama.embedding_length", u(self.hidden_size))
+            .meta("llama.feed_forward_length", u(self.intermediate_size))
+            .meta("llama.attention.head_count", u(self.heads))
+            .meta("llama.attention.head_count_kv", u(self.kv_heads))
+            .meta("llama.context_length", u(self.context))
+            .meta("llama.rope.dimension_count", u(self.head_dim))
+            .meta(
+                "llama.rope.freq_base",
+                MetaValue::F32(cfg.rope_theta as f32),
+            )
+            .meta(
+                "llama.attention.layer_norm_rms_epsilon",
+                MetaValue::F32(cfg.rms_norm_eps as f32),
+            )
+            .meta("tokenizer.ggml.model", MetaValue::Str("gpt2".into()))
+            .meta("tokenizer.ggml.pre", MetaValue::Str("smollm".into()))
+            .meta("tokenizer.ggml.eos_token_id", u(0))
+            .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
+        let mut tokens = vec!["<|endoftext|>".to_string()];
+        tokens.extend(byte_chars().into_iter().map(|c| c.to_string()));
+        tokens.extend((tokens.len()..self.vocab_size as usize).map(|i| format!("<unused{i}>")));
+        // ggml token types: 3 control, 1 normal.
+        let mut types = vec![1i32; tokens.len()];
+        types[0] = 3;
+        w.meta("tokenizer.ggml.tokens", MetaValue::Strs(tokens))
+            .meta("tokenizer.ggml.token_type", MetaValue::I32s(types))
+            .meta("tokenizer.ggml.merges", MetaValue::Strs(Vec::new()));
+        for (name, shape, values) in self.tensors() {
+            let ty = if shape.len() == 1 {
+                GgmlType::F32
+            } else if name.contains("embed_tokens") {
+                GgmlType::Q8_0
+            } else {
+                matrices
+            };
+            let gguf_name = crate::gguf::gguf_tensor_name(&name)
+                .ok_or_else(|| Error::config(format!("no GGUF name for tensor `{name}`")))?;
+            w.tensor(&gguf_name, &shape, ty, &values)
+                .map_err(Error::config)?;
+        }
+        Ok(w.to_bytes())
+    }
+
+    /// [`RandomModel::gguf_bytes`] as an in-memory source.
+    pub fn gguf_source(&self, matrices: GgmlType) -> Result<ModelSource> {
+        Ok(ModelSource {
+            origin: format!("random {} GGUF model", matrices.name()),
+            config_json: String::new(),
+            shards: Vec::new(),
+            tokenizer_json: None,
+            gguf: Some(self.gguf_bytes(matrices)?),
+        })
     }
 
     /// Writes the model directory.

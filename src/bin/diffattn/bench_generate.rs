@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use diffattn::attention::KvDtype;
+use diffattn::gguf::GgmlType;
 use diffattn::model::plan::MAX_STEPS;
 use diffattn::model::random::RandomModel;
 use diffattn::model::{Engine, EngineOptions, ModelSource, WeightDtype};
@@ -21,7 +22,9 @@ pub struct GenerateBench {
     /// A named shape with random weights instead of a model: diffv2-small or smollm2-135m.
     #[arg(long)]
     random_config: Option<String>,
-    /// Weight type of a random model: f32, f16 or bf16.
+    /// Weight type of a random model: f32, f16 or bf16 (a model directory), or q4_0, q4_1 or
+    /// q8_0 (a GGUF file written by the project's GGUF writer, token embedding Q8_0, loaded as a
+    /// downloaded GGUF is; standard-attention shapes only).
     #[arg(long, default_value = "f32")]
     weights: String,
     /// Prompt length (random token ids, seeded).
@@ -67,11 +70,14 @@ struct Run {
 
 fn load_source(b: &GenerateBench) -> Result<(String, String, ModelSource)> {
     if let Some(name) = &b.random_config {
-        let dtype = match b.weights.as_str() {
-            "f32" => WeightDtype::F32,
-            "f16" => WeightDtype::F16,
-            "bf16" => WeightDtype::BF16,
-            other => bail!("--weights {other} (expected f32, f16 or bf16)"),
+        let (dtype, block) = match b.weights.as_str() {
+            "f32" => (WeightDtype::F32, None),
+            "f16" => (WeightDtype::F16, None),
+            "bf16" => (WeightDtype::BF16, None),
+            "q4_0" => (WeightDtype::F32, Some(GgmlType::Q4_0)),
+            "q4_1" => (WeightDtype::F32, Some(GgmlType::Q4_1)),
+            "q8_0" => (WeightDtype::F32, Some(GgmlType::Q8_0)),
+            other => bail!("--weights {other} (expected f32, f16, bf16, q4_0, q4_1 or q8_0)"),
         };
         let m = RandomModel::preset(name, dtype, 7).with_context(|| {
             format!(
@@ -79,7 +85,15 @@ fn load_source(b: &GenerateBench) -> Result<(String, String, ModelSource)> {
                 RandomModel::PRESETS.join(", ")
             )
         })?;
-        return Ok((name.clone(), b.weights.clone(), m.source()));
+        let source = match block {
+            Some(ty) => m.gguf_source(ty)?,
+            None => m.source(),
+        };
+        let label = match block {
+            Some(_) => format!("{} gguf", b.weights),
+            None => b.weights.clone(),
+        };
+        return Ok((name.clone(), label, source));
     }
     let dir = b
         .model
