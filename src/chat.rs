@@ -119,9 +119,52 @@ impl Conversation {
         &mut self,
         model: &'m mut TextModel,
         user: &str,
-        mut opts: GenerateOptions,
+        opts: GenerateOptions,
     ) -> Result<Generation<'m>> {
         self.turns.push(Message::new("user", user));
+        self.respond(model, opts)
+    }
+
+    /// Replaces the conversation's messages with `messages` (a leading `system` message is the
+    /// system prompt) and starts the assistant's reply to them. The KV cache is kept: the prompt
+    /// the new messages render to shares its prefix with what the cache holds whenever the caller
+    /// passes the history back with one new user message, as chat front ends do, so only that is
+    /// prefilled. This is the stateless form the JS API uses (`engine.chat(messages)`).
+    pub fn reply_to<'m>(
+        &mut self,
+        model: &'m mut TextModel,
+        messages: &[Message],
+        opts: GenerateOptions,
+    ) -> Result<Generation<'m>> {
+        let (system, turns) = match messages.split_first() {
+            Some((first, rest)) if first.role == "system" => (Some(first.clone()), rest),
+            _ => (None, messages),
+        };
+        if let Some(m) = turns
+            .iter()
+            .find(|m| m.role != "user" && m.role != "assistant")
+        {
+            return Err(Error::config(format!(
+                "chat: a message's role must be system (first only), user or assistant (got {:?})",
+                m.role
+            )));
+        }
+        if turns.last().is_none_or(|m| m.role != "user") {
+            return Err(Error::config(
+                "chat: the last message must be the user's (the reply is the assistant's)",
+            ));
+        }
+        self.system = system;
+        self.turns = turns.to_vec();
+        self.respond(model, opts)
+    }
+
+    /// The reply to the messages as they stand (the last one the user's).
+    fn respond<'m>(
+        &mut self,
+        model: &'m mut TextModel,
+        mut opts: GenerateOptions,
+    ) -> Result<Generation<'m>> {
         let ids = self.fitted_prompt(model, opts.max_tokens)?;
         let shared = self
             .cached

@@ -12,6 +12,8 @@ const root = resolve(here, '..');
 const MOUNTS = [
   ['/node_modules/diffattn/', join(root, 'web')],
   ['/models/', join(root, 'models')],
+  // Models too large to commit, fetched into the ignored target/models (see web/test/chat.test.mjs).
+  ['/target-models/', join(root, 'target', 'models')],
   ['/', here],
 ];
 

@@ -3,6 +3,7 @@
 
 use super::{gpu, gpu_info_value, js_error, json_to_js, maps};
 use crate::attention::KvDtype;
+use crate::chat::{Conversation, Message};
 use crate::error::Error;
 use crate::generate::{GenerateOptions, Generation, TextModel};
 use crate::gpu::Gpu;
@@ -181,6 +182,7 @@ fn build(
         model: TextModel { engine, tokenizer },
         weights: keep_weights.then_some(weights),
         weight_dtype,
+        conversation: None,
     })
 }
 
@@ -189,6 +191,8 @@ struct ModelState {
     /// The host copy of the weights, kept only for attention maps.
     weights: Option<HostWeights>,
     weight_dtype: WeightDtype,
+    /// The chat in progress: what of it the KV cache holds (made on the first `chat` call).
+    conversation: Option<Conversation>,
 }
 
 /// Set from JS (an AbortSignal's listener) to stop a generation at the next token.
@@ -226,6 +230,50 @@ struct JsGenerate {
 
 fn yes() -> bool {
     true
+}
+
+impl JsGenerate {
+    /// The library's options; the cache is kept only by a chat (`Conversation` sets it).
+    fn options(self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                seed: self.seed,
+            },
+            stop: self.stop,
+            stop_at_eos: self.stop_at_eos,
+            keep_cache: false,
+            pick_on_gpu: true,
+        }
+    }
+}
+
+/// Streams `generation` to `on_piece(id, text)`; returns the reply's text and ids and the
+/// summary JS receives.
+async fn stream(
+    generation: &mut Generation<'_>,
+    on_piece: &js_sys::Function,
+) -> Result<(String, Vec<u32>, serde_json::Value), JsValue> {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    while let Some(piece) = generation.next_piece().await {
+        let piece = piece.map_err(js_error)?;
+        text.push_str(&piece.text);
+        ids.push(piece.id);
+        on_piece.call2(&JsValue::NULL, &piece.id.into(), &piece.text.into())?;
+    }
+    let stats = generation.stats();
+    let out = serde_json::json!({
+        "stop_reason": generation.stop_reason(),
+        "prompt_tokens": stats.prompt_tokens,
+        "generated": stats.generated,
+    });
+    Ok((text, ids, out))
 }
 
 /// A loaded model. Shared behind `Rc<RefCell>` so that the futures handed to JS can own a handle:
@@ -299,37 +347,71 @@ impl WasmModel {
             // The borrow is held for the whole generation on purpose: it is the engine's busy
             // lock, and every other entry point uses try_borrow and reports Busy.
             let mut st = inner.try_borrow_mut().map_err(|_| busy())?;
-            let opts = GenerateOptions {
-                max_tokens: p.max_tokens,
-                sampling: SamplingParams {
-                    temperature: p.temperature,
-                    top_k: p.top_k,
-                    top_p: p.top_p,
-                    repeat_penalty: p.repeat_penalty,
-                    repeat_last_n: p.repeat_last_n,
-                    seed: p.seed,
-                },
-                stop: p.stop,
-                stop_at_eos: p.stop_at_eos,
-                keep_cache: false,
-                pick_on_gpu: true,
-            };
+            // A plain generation overwrites the cache from position 0: a chat's record of what
+            // the cache holds would be wrong after it, so the next chat starts afresh.
+            st.conversation = None;
             let mut generation: Generation<'_> = st
                 .model
-                .generate(&prompt, opts)
+                .generate(&prompt, p.options())
                 .map_err(js_error)?
                 .with_cancel(flag);
-            while let Some(piece) = generation.next_piece().await {
-                let piece = piece.map_err(js_error)?;
-                on_piece.call2(&JsValue::NULL, &piece.id.into(), &piece.text.into())?;
+            let (_, _, out) = stream(&mut generation, &on_piece).await?;
+            Ok(json_to_js(&out))
+        })
+    }
+
+    /// Replies to `messages` (JSON `[{role, content}]`, the last the user's) in the model's chat
+    /// template, streaming like `generate`; resolves with `generate`'s summary plus
+    /// `context_tokens`, the positions the cache holds after the reply. The cache of the previous
+    /// call is kept: only what the rendered prompt does not share with it is prefilled
+    /// (`prompt_tokens`), and the oldest turns are dropped when the history does not fit.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn chat(
+        &self,
+        messages: &str,
+        params: &str,
+        cancel: &CancelFlag,
+        on_piece: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        let flag = cancel.0.clone();
+        let params: Result<JsGenerate, _> = serde_json::from_str(params);
+        let messages: Result<Vec<Message>, _> = serde_json::from_str(messages);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let p =
+                params.map_err(|e| js_error(Error::config(format!("generation options: {e}"))))?;
+            let messages = messages.map_err(|e| {
+                js_error(Error::config(format!(
+                    "chat: messages must be [{{role, content}}] ({e})"
+                )))
+            })?;
+            // Held for the whole reply: the busy lock, as in `generate`.
+            let mut guard = inner.try_borrow_mut().map_err(|_| busy())?;
+            let st = &mut *guard;
+            if st.conversation.is_none() {
+                st.conversation = Some(Conversation::new(&st.model, None).map_err(js_error)?);
             }
-            let reason = generation.stop_reason();
-            let stats = generation.stats();
-            let out = serde_json::json!({
-                "stop_reason": reason,
-                "prompt_tokens": stats.prompt_tokens,
-                "generated": stats.generated,
-            });
+            let Some(conversation) = st.conversation.as_mut() else {
+                return Err(js_error(Error::Model("chat: no conversation".into())));
+            };
+            let mut generation = conversation
+                .reply_to(&mut st.model, &messages, p.options())
+                .map_err(js_error)?
+                .with_cancel(flag);
+            let streamed = stream(&mut generation, &on_piece).await;
+            drop(generation);
+            let position = st.model.engine.position();
+            // Recorded on failure and cancellation too: the cache then holds part of a reply,
+            // and the ids say exactly which part, so the next turn reuses what still matches.
+            let (text, ids, mut out) = match streamed {
+                Ok(s) => s,
+                Err(e) => {
+                    conversation.record_reply("", &[], position);
+                    return Err(e);
+                }
+            };
+            conversation.record_reply(&text, &ids, position);
+            out["context_tokens"] = position.into();
             Ok(json_to_js(&out))
         })
     }

@@ -66,6 +66,66 @@ async function streamInto(loader, files, file, name, onBytes) {
   });
 }
 
+const GGUF_MAGIC = [0x47, 0x47, 0x55, 0x46]; // "GGUF"
+
+/** A GGUF source: `{url}` for a URL whose path ends in .gguf, `{bytes}` for GGUF data, else null. */
+function ggufSource(source) {
+  if (typeof source === 'string' || source instanceof URL) {
+    const url = new URL(String(source), globalThis.location?.href);
+    return url.pathname.toLowerCase().endsWith('.gguf') ? { url } : null;
+  }
+  const bytes = asBytes(source);
+  if (!bytes) return null;
+  if (bytes.length < 4 || GGUF_MAGIC.some((b, i) => bytes[i] !== b)) {
+    throw new DiffAttnError('Engine.load: the bytes given are not a GGUF file (no "GGUF" magic)', 'Format');
+  }
+  return { bytes };
+}
+
+/**
+ * Loads a GGUF file: config, tokenizer and chat template are in its metadata, so it is one
+ * download (kept in the browser cache, hashed on its first complete download) and one shard. The
+ * adapter's limits are checked by the build, once the header is there to say the sizes.
+ */
+async function loadGguf({ url, bytes }, loader, files, { progress, signal, kvDtype, context, attentionMaps }) {
+  // The loader takes a single shard whose name ends in .gguf as a whole GGUF model.
+  const name = url ? decodeURIComponent(url.pathname.split('/').pop()) : 'model.gguf';
+  progress({ phase: 'download', loaded: 0, total: bytes?.length ?? 0, file: null, fromCache: false });
+  if (bytes) {
+    const idx = loader.addShard(name, bytes.length);
+    loader.write(idx, 0, bytes);
+    progress({ phase: 'download', loaded: bytes.length, total: bytes.length, file: name, fromCache: false });
+  } else {
+    const file = await files.open(url);
+    let loaded = 0;
+    await streamInto(loader, files, file, name, (n) => {
+      loaded += n;
+      progress({ phase: 'download', loaded, total: Math.max(file.size ?? 0, loaded), file: name, fromCache: file.fromCache });
+    });
+  }
+  signal?.throwIfAborted();
+  const model = await call(() =>
+    loader.build(kvDtype === 'f16', context ?? 0, attentionMaps, (done, all) =>
+      progress({ phase: 'upload', loaded: done, total: all, file: null, fromCache: false }),
+    ),
+  );
+  return new Engine(model);
+}
+
+function chatMessages(messages) {
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw new DiffAttnError('chat: messages must be a non-empty array of {role, content}', 'Config');
+  }
+  return JSON.stringify(
+    messages.map((m, i) => {
+      if (!m || typeof m.role !== 'string' || typeof m.content !== 'string') {
+        throw new DiffAttnError(`chat: message ${i} needs a string role and content`, 'Config');
+      }
+      return { role: m.role, content: m.content };
+    }),
+  );
+}
+
 function sampling(opts) {
   const temperature = opts.temperature ?? 0.8;
   const o = {
@@ -98,7 +158,8 @@ export class Engine {
   }
 
   /**
-   * Loads a model: a directory URL (with config.json, tokenizer.json and model.safetensors or
+   * Loads a model: a URL to a `.gguf` file or GGUF bytes (config, tokenizer and chat template
+   * from its metadata), a directory URL (with config.json, tokenizer.json and model.safetensors or
    * model.safetensors.index.json plus its shards, and optionally manifest.json) or
    * `{config, weights, tokenizer}` given as URLs or data. Files fetched from URLs are kept in the
    * browser's Cache API unless `cache: false` (see `modelCache`). `onProgress({phase, loaded,
@@ -110,6 +171,8 @@ export class Engine {
     const files = new ModelFiles({ signal, cache, onCacheError });
     const loader = new raw.ModelLoader();
     try {
+      const gguf = ggufSource(source);
+      if (gguf) return await loadGguf(gguf, loader, files, { progress, signal, kvDtype, context, attentionMaps });
       let cfgSrc, tokSrc, weightSrc, base = null;
       if (typeof source === 'string' || source instanceof URL) {
         base = baseHref(source);
@@ -224,7 +287,25 @@ export class Engine {
    * iteration throws the signal's reason; breaking out of the loop also stops it. Either way the
    * engine stays usable.
    */
-  async *generate(prompt, opts = {}) {
+  generate(prompt, opts = {}) {
+    return this.#stream((params, cancel, onPiece) => this.#model.generate(String(prompt), params, cancel, onPiece), opts);
+  }
+
+  /**
+   * Replies to `messages` (`[{role, content}]`: an optional leading system message, then user and
+   * assistant turns, the last the user's) in the model's chat template, streaming pieces as
+   * `generate` does, with the same options. The engine keeps the conversation's KV cache: pass the
+   * history back with the reply and the next user message, and only the new tokens are prefilled
+   * (`stats.promptTokens`). When the history does not fit the context with room for `maxTokens`,
+   * the oldest turns are dropped first; the system prompt is kept. `generate` in between costs
+   * the cache, not correctness.
+   */
+  chat(messages, opts = {}) {
+    const text = chatMessages(messages);
+    return this.#stream((params, cancel, onPiece) => this.#model.chat(text, params, cancel, onPiece), opts);
+  }
+
+  async *#stream(start, opts) {
     if (this.#busy) throw new DiffAttnError('this engine is already generating: finish or abort that first', 'Busy');
     const { signal } = opts;
     signal?.throwIfAborted();
@@ -256,8 +337,7 @@ export class Engine {
       notify();
     };
     signal?.addEventListener('abort', onAbort, { once: true });
-    const run = this.#model
-      .generate(prompt, params, cancel, onPiece)
+    const run = start(params, cancel, onPiece)
       .then((r) => (result = r), (e) => (error = adopt(e)))
       .finally(() => {
         finished = true;
@@ -288,6 +368,7 @@ export class Engine {
         firstTokenMs: tFirst === null ? null : tFirst - t0,
         decodeTokensPerSecond: decodeS > 0 ? (n - 1) / decodeS : null,
         totalMs: performance.now() - t0,
+        contextTokens: result?.context_tokens ?? null,
       };
       this.#busy = false;
     }

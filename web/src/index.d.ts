@@ -94,7 +94,11 @@ type Url = string | URL;
 type Bytes = ArrayBuffer | ArrayBufferView;
 
 export type ModelSource =
+  /** A model directory URL, or a URL whose path ends in `.gguf` (one GGUF file: config,
+   * tokenizer and chat template come from its metadata). */
   | Url
+  /** A GGUF file's bytes. */
+  | Bytes
   | {
       config: Url | string | ModelConfig;
       /** One safetensors file, or shards, as URLs or bytes. */
@@ -165,6 +169,15 @@ export interface GenerationStats {
   firstTokenMs: number | null;
   decodeTokensPerSecond: number | null;
   totalMs: number;
+  /** After `chat`: the positions the KV cache holds (the conversation so far); null after
+   * `generate`. */
+  contextTokens: number | null;
+}
+
+/** One message of a chat: an optional first `system` message, then `user` and `assistant` turns. */
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
 }
 
 export interface AttentionMaps {
@@ -212,6 +225,12 @@ export class Engine {
   readonly stats: GenerationStats | null;
   encode(text: string): number[];
   generate(prompt: string, options?: GenerateOptions): AsyncGenerator<Piece, void, undefined>;
+  /** The assistant's reply to `messages` (the last one the user's) in the model's chat template,
+   * streamed like `generate`. The KV cache of the conversation is kept between calls, so a turn
+   * that passes the history back prefills only its new tokens (`stats.promptTokens`); history
+   * that does not fit the context is dropped oldest turn first, the system message kept. Needs a
+   * model with a chat template (GGUF files carry one). */
+  chat(messages: ChatMessage[], options?: GenerateOptions): AsyncGenerator<Piece, void, undefined>;
   attentionMaps(prompt: string, options?: { layer?: number; head?: number }): AttentionMaps;
   dispose(): void;
 }
