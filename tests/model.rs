@@ -13,9 +13,17 @@ use std::sync::Arc;
 
 fn engine(gpu: &Arc<diffattn::Gpu>, m: &RandomModel, opts: EngineOptions) -> (Engine, RefModel) {
     let (cfg, weights, _) = m.source().parse().unwrap();
-    let engine = Engine::new(gpu.clone(), &cfg, &weights, opts, &mut |_, _| {}).unwrap();
     let reference = RefModel::new(&cfg, &weights).unwrap();
-    (engine, reference)
+    (new_engine(gpu, &cfg, &weights, opts), reference)
+}
+
+fn new_engine(
+    gpu: &Arc<diffattn::Gpu>,
+    cfg: &diffattn::model::Config,
+    weights: &diffattn::model::HostWeights,
+    opts: EngineOptions,
+) -> Engine {
+    Engine::new(gpu.clone(), cfg, weights, opts, &mut |_, _| {}).unwrap()
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -100,14 +108,7 @@ fn f16_kv_cache_stays_close() {
 
 fn last_logits(gpu: &Arc<diffattn::Gpu>, source: ModelSource, prompt: &[u32]) -> Vec<f32> {
     let (cfg, weights, _) = source.parse().unwrap();
-    let mut e = Engine::new(
-        gpu.clone(),
-        &cfg,
-        &weights,
-        EngineOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let mut e = new_engine(gpu, &cfg, &weights, EngineOptions::default());
     e.prefill_blocking(prompt).unwrap()
 }
 
@@ -435,14 +436,7 @@ fn random_gguf_models_match_the_reference() {
             ty,
             "{ty:?}: matrices keep the file's type"
         );
-        let mut engine = Engine::new(
-            gpu.clone(),
-            &cfg,
-            &weights,
-            EngineOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let mut engine = new_engine(&gpu, &cfg, &weights, EngineOptions::default());
         let reference = RefModel::new(&cfg, &weights).unwrap();
         let prompt: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % m.vocab_size).collect();
         let rows = common::teacher_forced(&mut engine, &prompt, &[5, 77, 200]);

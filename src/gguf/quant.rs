@@ -182,6 +182,21 @@ impl GgmlType {
         }
     }
 
+    /// Checks that `n_elements` are whole blocks and that `len` bytes is exactly what they
+    /// occupy: what every dequantizer requires of its input.
+    pub fn check_bytes(self, n_elements: u64, len: usize) -> Result<(), QuantError> {
+        let expected = self.bytes_for(n_elements)?;
+        if expected != len as u64 {
+            return Err(QuantError::WrongByteLength {
+                ty: self,
+                n_elements,
+                expected,
+                got: len as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes occupied by `n_elements` elements, which must be a whole number of blocks.
     pub fn bytes_for(self, n_elements: u64) -> Result<u64, QuantError> {
         let bs = self.block_size();
@@ -218,16 +233,8 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// tensor is, so a whole tensor or any run of whole rows is accepted) and
 /// `bytes` must be exactly the size those elements occupy.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: u64) -> Result<Vec<f32>, QuantError> {
-    let expected = ty.bytes_for(n_elements)?;
-    if expected != bytes.len() as u64 {
-        return Err(QuantError::WrongByteLength {
-            ty,
-            n_elements,
-            expected,
-            got: bytes.len() as u64,
-        });
-    }
-    // expected == bytes.len(), and n_elements <= bytes.len() * 8 for every type, so this fits.
+    ty.check_bytes(n_elements, bytes.len())?;
+    // The length matches, and n_elements <= bytes.len() * 8 for every type, so this fits.
     let n = usize::try_from(n_elements).map_err(|_| QuantError::Overflow { ty, n_elements })?;
     let mut out = Vec::with_capacity(n);
     let bb = ty.block_bytes() as usize;

@@ -66,15 +66,7 @@ fn element(ty: GgmlType, blk: &[u8], e: usize) -> f64 {
 /// Dequantizes `n_elements` elements of type `ty` from `bytes` into float64. The same inputs
 /// are accepted and refused as by [`crate::gguf::dequantize`]: whole blocks, exact length.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: u64) -> Result<Vec<f64>, QuantError> {
-    let expected = ty.bytes_for(n_elements)?;
-    if expected != bytes.len() as u64 {
-        return Err(QuantError::WrongByteLength {
-            ty,
-            n_elements,
-            expected,
-            got: bytes.len() as u64,
-        });
-    }
+    ty.check_bytes(n_elements, bytes.len())?;
     let (bs, bb) = (ty.block_size() as usize, ty.block_bytes() as usize);
     Ok(bytes
         .chunks_exact(bb)

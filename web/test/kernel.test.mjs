@@ -1,20 +1,10 @@
 // diffAttention in the browser (SwiftShader) against the native CLI (lavapipe) on the same inputs.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { browser, server, open, waitState, native, writeSafetensors, readSafetensors, random, relL2, tmp } from './helpers.mjs';
+import { demoPage, native, writeSafetensors, readSafetensors, random, relL2, tmp } from './helpers.mjs';
 
-let srv, b, page;
-before(async () => {
-  srv = await server();
-  b = await browser();
-  page = await open(b, `${srv.url}?model=none`);
-  await waitState(page, ['ready']);
-});
-after(async () => {
-  await b?.close();
-  srv?.server.close();
-});
+const fixture = demoPage();
 
 const CASES = [
   { name: 'prefill, causal, GQA', heads: 4, kvHeads: 2, headDim: 64, n: 37, s: 37, causal: true, pastLen: 0, mode: 'diff' },
@@ -43,7 +33,7 @@ for (const [i, c] of CASES.entries()) {
     const want = readSafetensors(join(dir, 'out.safetensors')).out;
     assert.deepEqual(want.shape, [c.n, c.heads, c.headDim]);
 
-    const got = await page.evaluate(
+    const got = await fixture.page.evaluate(
       async ({ t, c }) => {
         const f = (a) => new Float32Array(a);
         const out = await window.diffattn.diffAttention({
@@ -62,7 +52,7 @@ for (const [i, c] of CASES.entries()) {
 }
 
 test('diffAttention rejects bad shapes with a typed error', async () => {
-  const e = await page.evaluate(async () => {
+  const e = await fixture.page.evaluate(async () => {
     try {
       await window.diffattn.diffAttention({
         q: new Float32Array(100), k: new Float32Array(128), v: new Float32Array(128), lam: new Float32Array(2),
