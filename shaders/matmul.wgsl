@@ -8,9 +8,9 @@
 // WGSL (no SHADER_F16 needed) and bf16 is the top half of an f32, so a shift widens it.
 // K must be a multiple of 8 (the host checks it).
 //
-// Three entry points: `matvec` for one token (decode: memory-bound, 16 lanes per output row),
-// `gemm` for many on GPUs (blocks of TB tokens per weight load) and `gemm_direct` for many on CPU
-// adapters.
+// Four entry points: `matvec` for one token on GPUs (decode: memory-bound, 16 lanes per output
+// row), `matvec_serial` for one token on CPU adapters, `gemm` for many on GPUs (blocks of TB
+// tokens per weight load) and `gemm_direct` for many on CPU adapters.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
@@ -126,6 +126,47 @@ fn matvec(
                 store(t, o, red[lid]);
             }
             workgroupBarrier();
+        }
+    }
+}
+
+// One token on CPU adapters: each invocation computes SERIAL_ROWS neighbouring output rows, so that
+// every load of x serves all of them (a CPU adapter gathers each lane's loads one by one, and x is
+// a third of matvec's loads), with no workgroup memory and no barriers.
+// Specialised by the host.
+const SERIAL_ROWS: u32 = 4u;
+
+@compute @workgroup_size(64)
+fn matvec_serial(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let o0 = ((wid.y * groups.x + wid.x) * 64u + lid) * SERIAL_ROWS;
+    if o0 >= p.n {
+        return;
+    }
+    let k8s = p.k / 8u;
+    let n_rows = rows();
+    for (var t = 0u; t < n_rows; t++) {
+        var acc: array<f32, SERIAL_ROWS>;
+        for (var j = 0u; j < SERIAL_ROWS; j++) {
+            acc[j] = 0.0;
+        }
+        let xrow = t * p.k / 4u;
+        for (var k8 = 0u; k8 < k8s; k8++) {
+            let xa = x[xrow + 2u * k8];
+            let xb = x[xrow + 2u * k8 + 1u];
+            for (var j = 0u; j < SERIAL_ROWS; j++) {
+                // Rows past the end repeat the last row; their results are not stored.
+                let wv = load8(min(o0 + j, p.n - 1u), k8);
+                acc[j] += dot(wv.a, xa) + dot(wv.b, xb);
+            }
+        }
+        for (var j = 0u; j < SERIAL_ROWS; j++) {
+            if o0 + j < p.n {
+                store(t, o0 + j, acc[j]);
+            }
         }
     }
 }

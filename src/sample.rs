@@ -45,13 +45,17 @@ impl SamplingParams {
 
     /// Argmax with nothing applied first (no penalty): what the GPU picks without a round trip.
     pub fn is_plain_greedy(&self) -> bool {
-        (self.temperature <= 0.0 || self.top_k == 1)
-            && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
+        self.is_greedy() && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
     }
 
-    /// Whether the GPU sampler (`Engine::set_gpu_sampling`) takes these settings: plain greedy, or
-    /// a finite temperature above 0, top_p in (0, 1], and a repetition penalty that is off or looks
-    /// back over 1 to 256 tokens. Anything else samples on the CPU from read-back logits.
+    /// Argmax after the repetition penalty (temperature 0 or top-k 1): no random draw.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 1
+    }
+
+    /// Whether the GPU sampler (`Engine::set_gpu_sampling`) takes these settings: plain greedy;
+    /// greedy or a finite temperature above 0 with top_p in (0, 1], each with a repetition penalty
+    /// that is off or looks back over 1 to 256 tokens. Anything else samples on the CPU from read-back logits.
     pub fn runs_on_gpu(&self) -> bool {
         if self.is_plain_greedy() {
             return true;
@@ -60,6 +64,9 @@ impl SamplingParams {
             || (self.repeat_penalty > 0.0
                 && self.repeat_penalty.is_finite()
                 && (1..=256).contains(&self.repeat_last_n));
+        if self.is_greedy() {
+            return window;
+        }
         self.temperature > 0.0
             && self.temperature.is_finite()
             && self.top_p > 0.0

@@ -323,11 +323,31 @@ pub fn conformance_cases() -> Vec<Case> {
         (Diff, 96, (257, 257), true, Kernel::Flash),
         (Standard, 64, (3, 999), false, Kernel::Decode),
         (Diff, 128, (1, 2049), true, Kernel::Decode),
+        (Standard, 64, (3, 999), false, Kernel::DecodeSerial),
+        (Diff, 128, (1, 2049), true, Kernel::DecodeSerial),
     ] {
         cases.push(case(mode, (4, 2, d), (n, s), causal, F16, kernel));
     }
     // Each kernel outside its usual range: decode for many rows, flash for one.
     cases.push(case(Diff, (2, 1, 64), (64, 300), true, F32, Kernel::Decode));
+    // Both portable decode kernels on every adapter, whichever `Auto` picks there: the model's
+    // group of 6, a cache shorter than one chunk, and one past a chunk boundary.
+    for (kernel, s) in [
+        (Kernel::Decode, 37),
+        (Kernel::DecodeSerial, 37),
+        (Kernel::Decode, 129),
+        (Kernel::DecodeSerial, 129),
+    ] {
+        cases.push(case(Diff, (6, 2, 64), (1, s), true, F32, kernel));
+    }
+    cases.push(case(
+        Standard,
+        (8, 2, 32),
+        (4, 700),
+        true,
+        F32,
+        Kernel::DecodeSerial,
+    ));
     cases.push(case(Diff, (2, 2, 64), (1, 300), true, F32, Kernel::Flash));
     cases.push(case(
         Standard,
@@ -350,6 +370,8 @@ pub fn conformance_cases() -> Vec<Case> {
         (Kernel::Flash, 30.0),
         (Kernel::Decode, 1e3),
         (Kernel::Flash, 1e3),
+        (Kernel::DecodeSerial, 30.0),
+        (Kernel::DecodeSerial, 1e3),
     ] {
         let mut c = case(Diff, (4, 2, 64), (3, 1024), true, F32, kernel);
         c.q_scale = q_scale;
@@ -370,8 +392,8 @@ pub struct ProductCase {
     pub n: u32,
     /// Add the product to y (which starts random) rather than overwrite it (poisoned).
     pub accumulate: bool,
-    /// The kernel: "gemm_coop" (f16 weights only), or matmul.wgsl's "matvec", "gemm" or
-    /// "gemm_direct".
+    /// The kernel: "gemm_coop" (f16 weights only), or matmul.wgsl's "matvec", "matvec_serial",
+    /// "gemm" or "gemm_direct".
     pub kernel: &'static str,
     /// Storage type of W: F16, or a ggml block type (random blocks with finite scales).
     pub weights: WeightDtype,
@@ -449,7 +471,7 @@ pub fn quantized_product_cases(seed: u64) -> Vec<ProductCase> {
             (19, k_odd, 101, false),
             (9, 512, 64, true),
         ];
-        for kernel in ["matvec", "gemm", "gemm_direct"] {
+        for kernel in ["matvec", "matvec_serial", "gemm", "gemm_direct"] {
             for (i, &(rows, k, n, accumulate)) in shapes.iter().enumerate() {
                 cases.push(ProductCase {
                     rows,
@@ -538,6 +560,8 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         "gemm_coop" => [case.n.div_ceil(64), case.rows.div_ceil(64), 1],
         "gemm" => [case.n.div_ceil(4), 1, case.rows.div_ceil(8)],
         "matvec" => [case.n.div_ceil(4), 1, 1],
+        // 64 invocations of 4 rows (SERIAL_ROWS's default) per workgroup.
+        "matvec_serial" => [case.n.div_ceil(256), 1, 1],
         _ => [
             (case.rows.div_ceil(4) * case.n.div_ceil(4)).div_ceil(64),
             1,

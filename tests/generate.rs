@@ -399,6 +399,52 @@ fn gpu_picked_generation_equals_the_cpu_sampler() {
     assert_eq!(counts[0], counts[1]);
 }
 
+/// Greedy decoding with a repetition penalty runs on the GPU (the greedy kernel marks the
+/// penalty window) and hands out the CPU sampler's ids, over windows shorter and longer than the
+/// text, penalties above and below 1, with a generation before it (marks left behind would show).
+#[test]
+fn gpu_greedy_with_a_penalty_equals_the_cpu_sampler() {
+    let seed = common::fresh_seed("gpu-greedy-penalty");
+    let mut m = model(seed, 256);
+    let plain: Vec<u32> = m
+        .generate("abab", greedy(48))
+        .unwrap()
+        .map(|p| p.unwrap().id)
+        .collect();
+    let mut changed = false;
+    for (penalty, last_n) in [(1.3, 8), (2.0, 64), (0.7, 3), (1.1, 256)] {
+        let sampling = SamplingParams {
+            repeat_penalty: penalty,
+            repeat_last_n: last_n,
+            ..SamplingParams::greedy()
+        };
+        assert!(sampling.runs_on_gpu());
+        let run = |m: &mut TextModel, on_gpu: bool| -> (Vec<u32>, usize) {
+            let opts = GenerateOptions {
+                pick_on_gpu: on_gpu,
+                sampling: sampling.clone(),
+                ..greedy(48)
+            };
+            let mut g = m.generate("abab", opts).unwrap();
+            let ids: Vec<u32> = g.by_ref().map(|p| p.unwrap().id).collect();
+            let submits = g.stats().decode_submits;
+            (ids, submits)
+        };
+        let (gpu_ids, gpu_submits) = run(&mut m, true);
+        let (cpu_ids, _) = run(&mut m, false);
+        assert_eq!(gpu_ids, cpu_ids, "penalty {penalty} over {last_n}");
+        assert!(
+            gpu_submits < 12,
+            "{gpu_submits} submissions: not on the GPU"
+        );
+        changed |= gpu_ids != plain;
+    }
+    assert!(
+        changed,
+        "no penalty changed the greedy text: the test shows nothing"
+    );
+}
+
 /// The CLI keeps compiled pipelines under $XDG_CACHE_HOME/diffattn (Vulkan adapters), reads them
 /// back on the next start, and `--no-pipeline-cache` writes nothing.
 #[test]

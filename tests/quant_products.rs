@@ -35,7 +35,7 @@ fn quantized_products_match_float64() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // Every type, every portable kernel.
     for t in WeightDtype::QUANTIZED {
-        for k in ["matvec", "gemm", "gemm_direct"] {
+        for k in ["matvec", "matvec_serial", "gemm", "gemm_direct"] {
             assert!(cases.iter().any(|c| c.weights == t && c.kernel == k));
         }
     }

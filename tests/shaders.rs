@@ -170,7 +170,7 @@ fn every_compiled_in_shader_is_a_file_in_shaders() {
 
 #[test]
 fn attention_specialisations_translate() {
-    for name in ["flash_attn", "decode_split"] {
+    for name in ["flash_attn", "decode_split", "decode_serial"] {
         let (_, src) = diffattn::gpu::shader::SOURCES
             .iter()
             .find(|(n, _)| *n == name)

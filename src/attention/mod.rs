@@ -3,8 +3,9 @@
 //!
 //! Two passes per call. The first runs plain softmax attention over all query heads (2h in DIFF V2,
 //! h in standard mode) and writes per-row partials: `flash_attn.wgsl` for many query rows (prefill),
-//! `decode_split.wgsl` for one or a few query rows over a long cache. The second,
-//! `diff_combine.wgsl`, merges the partials and applies `c_i = o_2i - sigmoid(lam_i) * o_2i+1`.
+//! `decode_split.wgsl` for one or a few query rows over a long cache (`decode_serial.wgsl` on CPU
+//! adapters). The second, `diff_combine.wgsl` (or its barrier-free twin `combine_serial.wgsl`),
+//! merges the partials and applies `c_i = o_2i - sigmoid(lam_i) * o_2i+1`.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Const, Gpu, ShaderSpec};
@@ -31,6 +32,10 @@ pub fn fastest_kv_dtype(gpu: &Gpu) -> KvDtype {
 pub const DECODE_MAX_QUERIES: u32 = 4;
 /// KV positions per workgroup in the decode kernel (fixed by `decode_split.wgsl`).
 pub const DECODE_CHUNK: u32 = 128;
+/// Keys per invocation of the serial decode kernel (decode_serial.wgsl's CHUNK).
+const SERIAL_CHUNK: u32 = 64;
+/// Invocations per workgroup of the serial decode kernel (its WG).
+const SERIAL_WG: u32 = 8;
 const DECODE_MAX_HEADS_PER_WG: u32 = 8;
 /// Query heads per workgroup in the cooperative-matrix decode kernel: the rows of one 16x16 tile.
 const COOP_ROWS: u32 = 16;
@@ -127,6 +132,9 @@ pub struct DecodeTuning {
     pub direct_max_keys: u32,
     /// 16-key tiles a subgroup takes per step of its online softmax: 1 or 2.
     pub blocks: u32,
+    /// Whether `Auto` decodes with the serial kernel (decode_serial.wgsl) where there is no
+    /// cooperative one: on CPU adapters, which pay a context switch per barrier.
+    pub serial: bool,
     /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
     #[doc(hidden)]
     pub profile: u32,
@@ -147,6 +155,7 @@ impl DecodeTuning {
             workgroup_size: 0,
             direct_max_keys: 0,
             blocks: 0,
+            serial: info.device_type == wgpu::DeviceType::Cpu,
             profile: 0,
         }
         .with_shape(coop_workgroup_size(head_dim), COOP_BLOCKS)
@@ -201,6 +210,23 @@ fn plan_resolved(
                 chunk_len: DECODE_CHUNK,
                 direct: false,
                 groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
+            }
+        }
+        Kernel::DecodeSerial => {
+            let n_chunks = call.seq_len.div_ceil(SERIAL_CHUNK).max(1);
+            Plan {
+                kernel,
+                n_chunks,
+                heads_per_wg: 1,
+                head_splits: group,
+                rows_per_wg: 1,
+                chunk_len: SERIAL_CHUNK,
+                direct: false,
+                groups: [
+                    (cfg.q_heads() * n_chunks).div_ceil(SERIAL_WG),
+                    1,
+                    call.n_queries,
+                ],
             }
         }
         Kernel::DecodeCoop => {
@@ -281,11 +307,14 @@ pub struct AttentionOp {
     cfg: AttentionConfig,
     flash: Arc<wgpu::ComputePipeline>,
     decode: Arc<wgpu::ComputePipeline>,
+    decode_serial: Arc<wgpu::ComputePipeline>,
     /// The cooperative-matrix decode kernel, where the adapter and the layer allow it.
     decode_coop: Option<Arc<wgpu::ComputePipeline>>,
     /// The cooperative-matrix prefill kernel, where the adapter and the layer allow it.
     flash_coop: Option<Arc<wgpu::ComputePipeline>>,
     combine: Arc<wgpu::ComputePipeline>,
+    /// The barrier-free second pass (combine_serial.wgsl), for CPU adapters.
+    combine_serial: Arc<wgpu::ComputePipeline>,
     tuning: DecodeTuning,
     scratch: Option<(wgpu::Buffer, wgpu::Buffer)>,
     no_lam: wgpu::Buffer,
@@ -435,15 +464,29 @@ impl AttentionOp {
                     Const::U32(cfg.group().min(DECODE_MAX_HEADS_PER_WG).next_power_of_two()),
                 ),
         )?;
+        let decode_serial = gpu.pipeline(
+            &ShaderSpec::new("decode_serial")
+                .with("HEAD_DIM", d)
+                .with("KV_F16", f16)
+                .with("CHUNK", Const::U32(SERIAL_CHUNK))
+                .with("WG", Const::U32(SERIAL_WG)),
+        )?;
         let combine = gpu.pipeline(&ShaderSpec::new("diff_combine").with("HEAD_DIM", d))?;
+        let combine_serial = gpu.pipeline(
+            &ShaderSpec::new("combine_serial")
+                .with("HEAD_DIM", d)
+                .with("WG", Const::U32(SERIAL_WG)),
+        )?;
         let no_lam = gpu.storage("lam (unused)", 16)?;
         let mut op = Self {
             cfg,
             flash,
             decode,
+            decode_serial,
             decode_coop: None,
             flash_coop: None,
             combine,
+            combine_serial,
             tuning: DecodeTuning::for_layer(&gpu.info, cfg.head_dim),
             scratch: None,
             no_lam,
@@ -505,7 +548,12 @@ impl AttentionOp {
         if self.decode_coop.is_some() {
             paths.push(Kernel::DecodeCoop);
         }
-        paths.push(Kernel::Decode);
+        // Fastest first: the serial kernel on CPU adapters, the barrier kernel elsewhere.
+        if self.tuning.serial {
+            paths.extend([Kernel::DecodeSerial, Kernel::Decode]);
+        } else {
+            paths.extend([Kernel::Decode, Kernel::DecodeSerial]);
+        }
         if self.flash_coop.is_some() {
             paths.push(Kernel::FlashCoop);
         }
@@ -520,6 +568,8 @@ impl AttentionOp {
             Kernel::Auto if call.n_queries <= DECODE_MAX_QUERIES => {
                 if self.decode_coop.is_some() {
                     Kernel::DecodeCoop
+                } else if self.tuning.serial {
+                    Kernel::DecodeSerial
                 } else {
                     Kernel::Decode
                 }
@@ -646,6 +696,7 @@ impl AttentionOp {
     fn first_pipeline(&self, kernel: Kernel) -> &Arc<wgpu::ComputePipeline> {
         match kernel {
             Kernel::Decode => &self.decode,
+            Kernel::DecodeSerial => &self.decode_serial,
             Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
             Kernel::FlashCoop => self.flash_coop.as_ref().expect("plan checked the path"),
             _ => &self.flash,
@@ -682,9 +733,14 @@ impl AttentionOp {
             })
             .collect();
         let combine = gpu.bind(&self.combine, &[uniform, part_o, part_ml, lam, bufs.out]);
+        let combine_serial = gpu.bind(
+            &self.combine_serial,
+            &[uniform, part_o, part_ml, lam, bufs.out],
+        );
         Ok(AttentionBinding {
             first,
             combine,
+            combine_serial,
             partial_rows: part_ml.size() / 8,
         })
     }
@@ -718,12 +774,27 @@ impl AttentionOp {
         pass.set_bind_group(0, first, &[offset]);
         pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
         if !plan.direct && self.tuning.profile & 32 == 0 {
-            let groups = grid_2d(call.n_queries * self.cfg.heads);
-            pass.set_pipeline(&self.combine);
-            pass.set_bind_group(0, &binding.combine, &[offset]);
+            let rows = call.n_queries * self.cfg.heads;
+            let (pipeline, bind, groups) = if self.serial_combine(plan) {
+                let invocations = rows * (self.cfg.head_dim / 4);
+                let groups = grid_2d(invocations.div_ceil(SERIAL_WG));
+                (&self.combine_serial, &binding.combine_serial, groups)
+            } else {
+                (&self.combine, &binding.combine, grid_2d(rows))
+            };
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind, &[offset]);
             pass.dispatch_workgroups(groups[0], groups[1], 1);
         }
         Ok(())
+    }
+
+    /// Whether the second pass of `plan` is the barrier-free one: after the serial decode kernel,
+    /// and after the portable prefill kernel on CPU adapters (where diff_combine.wgsl's barriers
+    /// cost more than the merge; the barrier decode kernel keeps diff_combine.wgsl everywhere, so
+    /// both merges stay under test on every adapter).
+    fn serial_combine(&self, plan: &Plan) -> bool {
+        plan.kernel == Kernel::DecodeSerial || (self.tuning.serial && plan.kernel == Kernel::Flash)
     }
 
     /// Records both passes of one call into `encoder`, in one compute pass (with the given
@@ -756,6 +827,7 @@ impl AttentionOp {
 pub struct AttentionBinding {
     first: Vec<(Kernel, wgpu::BindGroup)>,
     combine: wgpu::BindGroup,
+    combine_serial: wgpu::BindGroup,
     partial_rows: u64,
 }
 
@@ -846,6 +918,7 @@ mod tests {
             workgroup_size: 256,
             direct_max_keys: 256,
             blocks: 1,
+            serial: false,
             profile: 0,
         }
     }

@@ -61,6 +61,9 @@ pub enum Kernel {
     Flash,
     /// Split-KV decoding, portable WGSL (`decode_split.wgsl`).
     Decode,
+    /// Split-KV decoding without workgroup memory or barriers, one invocation per query head and
+    /// chunk (`decode_serial.wgsl`): what CPU adapters run fastest; portable.
+    DecodeSerial,
     /// Split-KV decoding on cooperative matrices, f16 K/V (`decode_coop.wgsl`; native adapters
     /// with 16x16 f16 tiles).
     DecodeCoop,
@@ -71,9 +74,10 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel choice, in the order the CLI lists them.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Auto,
         Kernel::Decode,
+        Kernel::DecodeSerial,
         Kernel::DecodeCoop,
         Kernel::Flash,
         Kernel::FlashCoop,
@@ -99,6 +103,7 @@ impl Kernel {
             Kernel::Auto => "auto",
             Kernel::Flash => "flash",
             Kernel::Decode => "decode",
+            Kernel::DecodeSerial => "decode-serial",
             Kernel::DecodeCoop => "decode-coop",
             Kernel::FlashCoop => "flash-coop",
         }

@@ -20,8 +20,16 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/decode_split.wgsl"),
     ),
     (
+        "decode_serial",
+        include_str!("../../shaders/decode_serial.wgsl"),
+    ),
+    (
         "decode_coop",
         include_str!("../../shaders/decode_coop.wgsl"),
+    ),
+    (
+        "combine_serial",
+        include_str!("../../shaders/combine_serial.wgsl"),
     ),
     (
         "diff_combine",

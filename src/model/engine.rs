@@ -38,6 +38,10 @@ pub struct EngineOptions {
     /// Lanes per output row in the decode matrix-vector kernel (1 to 64, a power of two);
     /// `None` picks by adapter: 16 on GPUs, 1 on CPU adapters.
     pub matvec_lanes: Option<u32>,
+    /// With one lane per row (CPU adapters): output rows per invocation of the barrier-free
+    /// decode product (`matvec_serial`, 1 to 8), so that each load of the activations serves
+    /// several rows; `None` picks 4.
+    pub matvec_rows: Option<u32>,
     /// Prefill with the token-blocked kernel (`gemm`: matvec's layout, each weight load serving
     /// 8 tokens) rather than the barrier-free `gemm_direct`; `None` picks by adapter: blocked on
     /// GPUs, direct on CPU adapters.
@@ -56,6 +60,7 @@ impl Default for EngineOptions {
             context: None,
             prefill_chunk: 512,
             matvec_lanes: None,
+            matvec_rows: None,
             tiled_gemm: None,
             coop_gemm: None,
         }
@@ -78,6 +83,15 @@ impl EngineOptions {
             None if cpu => 1,
             None => 16,
         };
+        let serial_rows = match self.matvec_rows {
+            Some(r) if (1..=8).contains(&r) => r,
+            Some(r) => {
+                return Err(Error::config(format!(
+                    "matvec_rows = {r} (expected 1 to 8)"
+                )));
+            }
+            None => 4,
+        };
         let coop_missing = super::plan::coop_gemm_unavailable(gpu);
         let coop_gemm = match (self.coop_gemm, coop_missing) {
             (Some(true), Some(why)) => {
@@ -93,6 +107,10 @@ impl EngineOptions {
         };
         Ok(Tuning {
             lanes,
+            serial_rows,
+            // A tree of 16 needs 4 barrier rounds where 256 need 8, each a context switch per
+            // lane group on a CPU adapter.
+            sample_wg: if cpu { 16 } else { 256 },
             tiled: self.tiled_gemm.unwrap_or(!cpu),
             coop_gemm,
         })
@@ -237,6 +255,7 @@ impl Engine {
     /// (see [`SamplingParams::runs_on_gpu`]) are refused.
     pub fn set_gpu_sampling(&mut self, params: Option<&SamplingParams>) -> Result<()> {
         let Some(p) = params.filter(|p| !p.is_plain_greedy()) else {
+            self.set_greedy_penalty(0, 1.0);
             self.pick = Pick::Greedy;
             return Ok(());
         };
@@ -248,6 +267,12 @@ impl Engine {
             )));
         }
         let penalise = p.repeat_penalty != 1.0;
+        if p.is_greedy() {
+            // Argmax of the penalised logits: the greedy kernel, with its penalty window.
+            self.set_greedy_penalty(p.repeat_last_n as u32, p.repeat_penalty);
+            self.pick = Pick::Greedy;
+            return Ok(());
+        }
         let block = SampleParams {
             vocab: self.cfg.vocab_size,
             top_k: p.top_k.min(self.cfg.vocab_size as usize) as u32,
@@ -263,6 +288,15 @@ impl Engine {
             .write_buffer(&self.plan.sample_params, 0, bytemuck::bytes_of(&block));
         self.pick = Pick::Sample;
         Ok(())
+    }
+
+    /// The greedy kernel's repetition penalty: `penalty` over the last `last_n` tokens (0 or a
+    /// penalty of 1: none).
+    fn set_greedy_penalty(&mut self, last_n: u32, penalty: f32) {
+        let block = [self.cfg.vocab_size, last_n, penalty.to_bits(), 0];
+        self.gpu
+            .queue
+            .write_buffer(&self.plan.greedy_params, 0, bytemuck::cast_slice(&block));
     }
 
     /// Decode steps started with [`Engine::decode_pick_start`] and not yet finished.
@@ -395,6 +429,63 @@ impl Engine {
             .ok_or_else(|| Error::config("decode: no started submission to finish"))?;
         self.read_sampled(f.readback, 0..f.steps, Some(f.submission))
             .await
+    }
+
+    /// Times each stage of one decode step feeding `id` at the cache's position (the embedding,
+    /// each layer's ops and attention, the head, the current picking kernel), each in its own
+    /// compute pass between two GPU timestamps; returns (label, seconds) in order. The position
+    /// does not advance: the step's cache entry is overwritten by the next real step. Needs an
+    /// adapter with timestamps. The sum exceeds a real step's GPU time by the passes' own cost.
+    pub async fn profile_step(&mut self, id: u32) -> Result<Vec<(&'static str, f64)>> {
+        self.check_idle()?;
+        self.check_tokens(&[id], 0)?;
+        let gpu = self.gpu.clone();
+        let stages = self.plan.profiled_stages(Some(self.pick)) as u32;
+        let queries = gpu
+            .timestamp_queries("profile timestamps", 2 * stages)
+            .ok_or_else(|| {
+                Error::Unsupported("profiling needs an adapter with timestamp queries".into())
+            })?;
+        let bytes = 16 * stages as u64;
+        let resolve = gpu.buffer(
+            "profile resolve",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let readback = gpu.readback_buffer("profile read-back", bytes);
+        gpu.queue
+            .write_buffer(&self.bufs.ids, 0, bytemuck::bytes_of(&id));
+        let call = causal_call(self.past_len, 1);
+        self.plan.set_slot(&mut self.bufs.arena, 0, &call, 0)?;
+        self.bufs.arena.upload(&gpu, 2);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let labels = self.plan.record_profiled(
+            &gpu,
+            &mut enc,
+            &queries,
+            &self.bufs.arena,
+            0,
+            &call,
+            Some(self.pick),
+        )?;
+        enc.resolve_query_set(&queries, 0..2 * stages, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        let index = gpu.queue.submit([enc.finish()]);
+        gpu.take_error("profiled step")?;
+        let words = map_read(&gpu, &readback, bytes, Some(index)).await?;
+        let ticks: &[u64] = bytemuck::cast_slice(&words);
+        let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        Ok(labels
+            .into_iter()
+            .zip(ticks.chunks(2))
+            .map(|(l, t)| (l, t[1].saturating_sub(t[0]) as f64 * period))
+            .collect())
+    }
+
+    /// Blocking [`Engine::profile_step`] for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_step_blocking(&mut self, id: u32) -> Result<Vec<(&'static str, f64)>> {
+        pollster::block_on(self.profile_step(id))
     }
 
     /// Records the prompt in submissions of up to [`MAX_STEPS`] chunks; the last ends with `tail`.

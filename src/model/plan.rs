@@ -75,8 +75,13 @@ pub enum Pick {
 /// How the plan's kernels are chosen (from [`super::EngineOptions`] and the adapter).
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Lanes per output row in the decode matrix-vector kernel.
+    /// Lanes per output row in the decode matrix-vector kernel; with 1, `matvec_serial` runs
+    /// instead, `serial_rows` rows per invocation.
     pub lanes: u32,
+    /// Output rows per invocation of `matvec_serial`.
+    pub serial_rows: u32,
+    /// Invocations of the greedy token-picking kernel.
+    pub sample_wg: u32,
     /// Prefill with the token-blocked GPU kernel (`gemm`) rather than `gemm_direct`.
     pub tiled: bool,
     /// Prefill products of f16 weights on cooperative matrices (gemm_coop.wgsl); the adapter
@@ -141,6 +146,8 @@ enum Grid {
         n: u32,
         last_only: bool,
         rows_per_group: u32,
+        /// Output rows per workgroup of the one-row kernel (matvec or matvec_serial).
+        matvec_rows_per_group: u32,
         /// The kernel of the many-row case.
         many: ManyRows,
     },
@@ -178,6 +185,7 @@ impl Op {
                 n,
                 last_only,
                 rows_per_group,
+                matvec_rows_per_group,
                 many,
             } => {
                 let rows = if last_only { 1 } else { n_tokens };
@@ -206,7 +214,7 @@ impl Op {
                         (p, b, [g[0], g[1], rows.div_ceil(GEMM_TOKENS)])
                     }
                     _ => {
-                        let g = grid_2d(n.div_ceil(rows_per_group));
+                        let g = grid_2d(n.div_ceil(matvec_rows_per_group));
                         (&self.pipeline, &self.bind, [g[0], g[1], 1])
                     }
                 }
@@ -469,12 +477,31 @@ struct LayerOps {
     post: Vec<Op>,
 }
 
+/// One entry of the forward pass: a prepared op, or a layer's attention (split and merge).
+#[derive(Clone, Copy)]
+enum Stage<'a> {
+    Op(&'a Op),
+    Attention(&'a AttentionBinding),
+}
+
+impl Stage<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            Stage::Op(op) => op.label,
+            Stage::Attention(_) => "attention",
+        }
+    }
+}
+
 /// The whole forward pass, prepared: ops for the embedding, each layer, the head and the sampler.
 pub struct Plan {
     embed: Op,
     layers: Vec<LayerOps>,
     head: Vec<Op>,
     greedy: Op,
+    /// The greedy kernel's parameter block (vocab, penalty window, penalty as f32 bits, 0),
+    /// rewritten when the sampling settings change.
+    pub greedy_params: wgpu::Buffer,
     sample: Op,
     /// The sampling kernel's parameter block, rewritten when the sampling settings change.
     pub sample_params: wgpu::Buffer,
@@ -565,7 +592,18 @@ impl Builder<'_> {
             .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
             .with("LANES", Const::U32(self.tuning.lanes))
             .with("TB", Const::U32(GEMM_TOKENS));
-        let mv = self.gpu.pipeline(&spec.clone().entry("matvec"))?;
+        // One lane per row: the barrier-free kernel, several rows per invocation.
+        let (mv_entry, matvec_rows_per_group) = if self.tuning.lanes == 1 {
+            ("matvec_serial", 64 * self.tuning.serial_rows)
+        } else {
+            ("matvec", 64 / self.tuning.lanes)
+        };
+        let mv = self.gpu.pipeline(
+            &spec
+                .clone()
+                .with("SERIAL_ROWS", Const::U32(self.tuning.serial_rows))
+                .entry(mv_entry),
+        )?;
         let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
         // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
         // type, the ggml block types included, takes the SIMT kernels, which dequantize in
@@ -608,6 +646,7 @@ impl Builder<'_> {
                 n,
                 last_only,
                 rows_per_group: 64 / self.tuning.lanes,
+                matvec_rows_per_group,
                 many,
             },
         })
@@ -773,11 +812,20 @@ impl Plan {
                 true,
             )?,
         ];
-        let greedy = b.op(
+        let greedy_params = gpu.uniform("greedy parameters", &[cfg.vocab_size, 0, 0, 0]);
+        let greedy = b.op_with(
             "greedy sample",
-            ShaderSpec::new("sample").entry("greedy"),
-            [cfg.vocab_size, 0, 0, 0],
-            &[&act.logits, &bufs.ids, &bufs.sampled, &bufs.history],
+            ShaderSpec::new("sample")
+                .entry("greedy")
+                .with("WG", Const::U32(tuning.sample_wg)),
+            &greedy_params,
+            &[
+                &act.logits,
+                &bufs.ids,
+                &bufs.sampled,
+                &bufs.history,
+                &bufs.sample_work,
+            ],
             Grid::Single,
         )?;
         let sample_params = gpu.uniform(
@@ -808,6 +856,7 @@ impl Plan {
             layers,
             head,
             greedy,
+            greedy_params,
             sample,
             sample_params,
             attention,
@@ -831,32 +880,86 @@ impl Plan {
         logits: bool,
         pick: Option<Pick>,
     ) -> Result<()> {
-        let n = call.n_queries;
         let step = arena.offset(2 * slot);
         let att = arena.offset(2 * slot + 1);
         let plan = self.attention.plan(call, Kernel::Auto)?;
-        self.embed.record(gpu, pass, n, step)?;
-        for layer in &self.layers {
-            for op in &layer.pre {
-                op.record(gpu, pass, n, step)?;
-            }
-            self.attention
-                .record(gpu, pass, &layer.attention, call, &plan, att)?;
-            for op in &layer.post {
-                op.record(gpu, pass, n, step)?;
-            }
-        }
-        if logits || pick.is_some() {
-            for op in &self.head {
-                op.record(gpu, pass, n, step)?;
-            }
-        }
-        match pick {
-            Some(Pick::Greedy) => self.greedy.record(gpu, pass, n, step)?,
-            Some(Pick::Sample) => self.sample.record(gpu, pass, n, step)?,
-            None => {}
+        for stage in self.stages(logits, pick) {
+            self.record_stage(gpu, pass, stage, call, &plan, (step, att))?;
         }
         Ok(())
+    }
+
+    /// The forward pass in order: embedding, each layer's ops around its attention, then (with
+    /// `logits` or `pick`) the head and the picking kernel. Recording and profiling both walk it.
+    fn stages(&self, logits: bool, pick: Option<Pick>) -> Vec<Stage<'_>> {
+        let mut out = vec![Stage::Op(&self.embed)];
+        for layer in &self.layers {
+            out.extend(layer.pre.iter().map(Stage::Op));
+            out.push(Stage::Attention(&layer.attention));
+            out.extend(layer.post.iter().map(Stage::Op));
+        }
+        if logits || pick.is_some() {
+            out.extend(self.head.iter().map(Stage::Op));
+        }
+        match pick {
+            Some(Pick::Greedy) => out.push(Stage::Op(&self.greedy)),
+            Some(Pick::Sample) => out.push(Stage::Op(&self.sample)),
+            None => {}
+        }
+        out
+    }
+
+    fn record_stage(
+        &self,
+        gpu: &Gpu,
+        pass: &mut wgpu::ComputePass,
+        stage: Stage<'_>,
+        call: &AttentionCall,
+        plan: &crate::attention::Plan,
+        (step, att): (u32, u32),
+    ) -> Result<()> {
+        match stage {
+            Stage::Op(op) => op.record(gpu, pass, call.n_queries, step),
+            Stage::Attention(binding) => self.attention.record(gpu, pass, binding, call, plan, att),
+        }
+    }
+
+    /// How many stages [`Plan::record_profiled`] records (two timestamps each).
+    pub fn profiled_stages(&self, pick: Option<Pick>) -> usize {
+        self.stages(true, pick).len()
+    }
+
+    /// Records slot `slot`'s forward chunk with one compute pass per stage, each between two
+    /// timestamps of `queries` (2 per stage, from 0); returns the stages' labels in order. For
+    /// profiling: the passes cost more than one pass does, but each stage's time is its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_profiled(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        queries: &wgpu::QuerySet,
+        arena: &UniformArena,
+        slot: u32,
+        call: &AttentionCall,
+        pick: Option<Pick>,
+    ) -> Result<Vec<&'static str>> {
+        let offsets = (arena.offset(2 * slot), arena.offset(2 * slot + 1));
+        let plan = self.attention.plan(call, Kernel::Auto)?;
+        let stages = self.stages(true, pick);
+        let mut labels = Vec::with_capacity(stages.len());
+        for (i, stage) in stages.into_iter().enumerate() {
+            labels.push(stage.label());
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(stage.label()),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            self.record_stage(gpu, &mut pass, stage, call, &plan, offsets)?;
+        }
+        Ok(labels)
     }
 
     /// Sets slot `slot` of the arena for a forward chunk: its step block and attention parameters.

@@ -49,10 +49,18 @@ pub struct GenerateBench {
     /// Many-row products: token-blocked (true) or direct (false); default by adapter (engine option).
     #[arg(long)]
     tiled_gemm: Option<bool>,
+    /// Output rows per invocation of the CPU adapters' decode product, 1 to 8 (engine option).
+    #[arg(long)]
+    matvec_rows: Option<u32>,
     /// Prompt products of f16 weights on cooperative matrices (default off: slower on the H200;
     /// engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
+    /// After the timed runs, time each stage of a decode step at the end of the context reached
+    /// (one compute pass per stage between GPU timestamps, this many steps, medians) and print
+    /// the time per kind of stage: what a token's GPU time is spent on. Needs timestamps.
+    #[arg(long, default_value_t = 0)]
+    profile: usize,
     #[arg(long)]
     json: bool,
 }
@@ -175,6 +183,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             prefill_chunk: b.prefill_chunk,
             tiled_gemm: b.tiled_gemm,
             coop_gemm: b.coop_gemm,
+            matvec_rows: b.matvec_rows,
             ..Default::default()
         },
         &mut |_, _| {},
@@ -248,9 +257,25 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         "repeats": b.repeats,
         "adapter": adapter,
     });
+    let profile = if b.profile > 0 {
+        Some(profile_stages(&mut engine, &prompt, b.tokens, b.profile)?)
+    } else {
+        None
+    };
+    let mut row = row;
+    if let Some(p) = &profile {
+        row["profile_us"] = serde_json::json!(
+            p.iter()
+                .map(|(l, n, us)| serde_json::json!({"stage": l, "count": n, "us": us}))
+                .collect::<Vec<_>>()
+        );
+    }
     if b.json {
         println!("{row}");
     } else {
+        if let Some(p) = &profile {
+            print_profile(p);
+        }
         println!(
             "{model} ({weights} weights, {} KV, {}) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill; GPU {})\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
             kv,
@@ -277,4 +302,51 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         );
     }
     Ok(())
+}
+
+/// Per kind of stage (label): how many a step has and their summed GPU time in microseconds, the
+/// median over `n` profiled steps, largest first. The steps run at the position a run of
+/// `tokens` reaches.
+fn profile_stages(
+    engine: &mut Engine,
+    prompt: &[u32],
+    tokens: usize,
+    n: usize,
+) -> Result<Vec<(&'static str, usize, f64)>> {
+    run_once(engine, prompt, tokens)?;
+    let mut samples: Vec<Vec<(&'static str, f64)>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        samples.push(engine.profile_step_blocking(prompt[0])?);
+    }
+    let mut labels: Vec<&'static str> = Vec::new();
+    for (l, _) in &samples[0] {
+        if !labels.contains(l) {
+            labels.push(l);
+        }
+    }
+    let mut out: Vec<(&'static str, usize, f64)> = labels
+        .into_iter()
+        .map(|label| {
+            let count = samples[0].iter().filter(|(l, _)| *l == label).count();
+            let mut sums: Vec<f64> = samples
+                .iter()
+                .map(|s| s.iter().filter(|(l, _)| *l == label).map(|(_, t)| t).sum())
+                .collect();
+            sums.sort_by(f64::total_cmp);
+            (label, count, sums[sums.len() / 2] * 1e6)
+        })
+        .collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(out)
+}
+
+fn print_profile(p: &[(&'static str, usize, f64)]) {
+    let total: f64 = p.iter().map(|(_, _, us)| us).sum();
+    println!("  decode step by stage (one pass each, GPU timestamps; sum {total:.1} us):");
+    for (label, count, us) in p {
+        println!(
+            "    {label:<24} x{count:<3} {us:>10.1} us  {:>5.1}%",
+            100.0 * us / total.max(f64::MIN_POSITIVE)
+        );
+    }
 }
