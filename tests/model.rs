@@ -61,6 +61,7 @@ fn prefill_and_decode_with(
         tiled_gemm: gpu_kernels,
         context: None,
         coop_gemm: None,
+        matvec_rows: None,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)
