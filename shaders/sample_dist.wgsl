@@ -4,10 +4,16 @@
 //
 // Order, as on the CPU: repetition penalty over the last `last_n` tokens (each distinct id once),
 // temperature, top-k (ties to the lower id), softmax, top-p (the smallest most-likely prefix whose
-// probability reaches p; ties to the lower id), a draw from what is kept. Thresholds are found by
-// bisection over the values' bit patterns instead of a sort. The chosen id goes where the greedy
-// sampler puts it (ids[ids_offset + n_tokens], ids[0], history[position]), and out[sample_slot] gets
-// (id, log-probability under the model's own softmax as f32 bits, flags, 0).
+// probability reaches p; ties to the lower id), a draw from what is kept. The chosen id goes where
+// the greedy sampler puts it (ids[ids_offset + n_tokens], ids[0], history[position]), and
+// out[sample_slot] gets (id, log-probability under the model's own softmax as f32 bits, flags, 0).
+//
+// Two paths, chosen by the uniform top_k. With 1 <= top_k <= WG (the usual settings), the k-th
+// largest value is found by a radix select (four rounds of 8-bit histograms), the k survivors are
+// gathered into workgroup memory in id order, and top-p and the draw work there: each survivor
+// finds its rank by comparing against the others, so the nucleus is exact without a sort. Without
+// top-k (or a larger k), the thresholds are found by bisection over the values' bit patterns
+// (32 rounds each for top-k and top-p), which needs no bound on how many values survive.
 
 const WG: u32 = 256u;
 const NON_FINITE: u32 = 1u;
@@ -42,6 +48,16 @@ struct Params {
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
 var<workgroup> bad: atomic<u32>;
+// The radix select's histogram, and the digit each round picks (with the count above it).
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> picked: vec2<u32>;
+// The top-k survivors in id order, their masses in rank order, and which ranks top-p keeps.
+var<workgroup> cand_id: array<u32, WG>;
+var<workgroup> cand_v: array<f32, WG>;
+var<workgroup> by_rank: array<f32, WG>;
+var<workgroup> rank_kept: array<u32, WG>;
+var<workgroup> chosen_at: atomic<u32>;
+var<workgroup> last_at: atomic<u32>;
 
 fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -161,52 +177,191 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let hi = min(lo + per, p.vocab);
     let position = step.past_len + step.n_tokens;
 
-    // The model's own log-softmax normaliser (for the log-probability), and the non-finite check.
-    var raw_max = -3.0e38;
+    // One pass over the logits: the model's own log-softmax normaliser (an online max and sum,
+    // for the log-probability), the non-finite check, and the temperature-scaled copy. Scaling
+    // before the penalty is the same as after it: dividing by T > 0 keeps each logit's sign.
+    var m = -3.0e38;
+    var sum = 0.0;
     for (var i = lo; i < hi; i++) {
         let x = logits[i];
         if !is_finite(x) {
             atomicOr(&bad, NON_FINITE);
+        } else if x > m {
+            sum = sum * exp(m - x) + 1.0;
+            m = x;
         } else {
-            raw_max = max(raw_max, x);
+            sum += exp(x - m);
         }
-        work[i] = x;
+        work[i] = x / p.temperature;
     }
-    let rmax = max_f(lid, raw_max);
-    var raw_sum = 0.0;
-    for (var i = lo; i < hi; i++) {
-        let x = logits[i];
-        if is_finite(x) {
-            raw_sum += exp(x - rmax);
-        }
-    }
-    let rsum = sum_f(lid, raw_sum);
+    let rmax = max_f(lid, m);
+    let rsum = sum_f(lid, sum * exp(m - rmax));
     storageBarrier();
+    penalise(lid, position);
+    storageBarrier();
+    workgroupBarrier();
 
-    // Repetition penalty: window positions [position - last_n, position), each distinct id once
-    // (the first occurrence in the window applies it).
+    var chosen: u32;
+    if p.top_k > 0u && p.top_k <= WG {
+        chosen = pick_narrow(lid, lo, hi, position);
+    } else {
+        chosen = pick_wide(lid, lo, hi, position);
+    }
+    if lid == 0u {
+        let flags = atomicLoad(&bad);
+        let logprob = logits[chosen] - rmax - log(rsum);
+        ids[step.ids_offset + step.n_tokens] = chosen;
+        ids[0] = chosen;
+        history[position] = chosen;
+        out[step.sample_slot] = vec4<u32>(chosen, bitcast<u32>(logprob), flags, 0u);
+    }
+}
+
+// Repetition penalty: window positions [position - last_n, position), each distinct id once
+// (the first occurrence in the window applies it).
+fn penalise(lid: u32, position: u32) {
+    if p.penalty == 1.0 || p.last_n == 0u {
+        return;
+    }
     let start = select(0u, position - p.last_n, position > p.last_n);
-    if p.penalty != 1.0 && p.last_n > 0u {
-        for (var j = start + lid; j < position; j += WG) {
-            let t = history[j];
-            var first = t < p.vocab;
-            for (var e = start; e < j && first; e++) {
-                first = history[e] != t;
-            }
-            if first {
-                let l = work[t];
-                work[t] = select(l * p.penalty, l / p.penalty, l > 0.0);
-            }
+    for (var j = start + lid; j < position; j += WG) {
+        let t = history[j];
+        var first = t < p.vocab;
+        for (var e = start; e < j && first; e++) {
+            first = history[e] != t;
+        }
+        if first {
+            let l = work[t];
+            work[t] = select(l * p.penalty, l / p.penalty, l > 0.0);
         }
     }
-    storageBarrier();
-    workgroupBarrier();
-    for (var i = lo; i < hi; i++) {
-        work[i] = work[i] / p.temperature;
+}
+
+// The k-th largest key, one byte at a time from the top: each round counts, per digit, the values
+// that match the bytes chosen so far, and picks the digit where the count from the top reaches
+// what is still needed. Returns (threshold key, how many values equal to it to keep).
+fn radix_select(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
+    var prefix = 0u;
+    var need = p.top_k;
+    for (var round = 0u; round < 4u; round++) {
+        let shift = 24u - 8u * round;
+        let high = ~(0xffffffffu >> (8u * round));
+        // WG is 256: one digit per thread.
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var i = lo; i < hi; i++) {
+            let k = key(work[i]);
+            if (k & high) == prefix {
+                atomicAdd(&hist[(k >> shift) & 255u], 1u);
+            }
+        }
+        workgroupBarrier();
+        // Thread lid holds digit 255 - lid, so an inclusive scan counts the values at or above it.
+        let digit = 255u - lid;
+        let c = atomicLoad(&hist[digit]);
+        let above = scan_u(lid, c);
+        if above < need && above + c >= need {
+            picked = vec2<u32>(digit, above);
+        }
+        workgroupBarrier();
+        let pk = picked;
+        prefix |= pk.x << shift;
+        need -= pk.y;
+        workgroupBarrier();
     }
-    storageBarrier();
+    return vec2<u32>(prefix, need);
+}
+
+// top_k in 1..=WG: the survivors gathered in workgroup memory, top-p by exact ranks, the draw.
+fn pick_narrow(lid: u32, lo: u32, hi: u32, position: u32) -> u32 {
+    let sel = radix_select(lid, lo, hi);
+    let thr = sel.x;
+    var ties = 0u;
+    for (var i = lo; i < hi; i++) {
+        ties += u32(key(work[i]) == thr);
+    }
+    // Ties at the threshold are kept in id order: each thread's first tie has this rank.
+    let first_tie = scan_u(lid, ties);
+    var kept = 0u;
+    var r = first_tie;
+    for (var i = lo; i < hi; i++) {
+        let k = key(work[i]);
+        if k > thr {
+            kept += 1u;
+        } else if k == thr {
+            kept += u32(r < sel.y);
+            r += 1u;
+        }
+    }
+    var slot = scan_u(lid, kept);
+    r = first_tie;
+    for (var i = lo; i < hi; i++) {
+        let k = key(work[i]);
+        var keep = k > thr;
+        if k == thr {
+            keep = r < sel.y;
+            r += 1u;
+        }
+        if keep {
+            cand_id[slot] = i;
+            cand_v[slot] = work[i];
+            slot += 1u;
+        }
+    }
     workgroupBarrier();
 
+    // Thread t < n holds survivor t (ids ascending with t).
+    let n = p.top_k;
+    let mine = lid < n;
+    let v = select(-3.0e38, cand_v[lid], mine);
+    let vmax = max_f(lid, v);
+    let e = select(0.0, exp(v - vmax), mine);
+    var mass = e;
+    if p.top_p < 1.0 {
+        let z = sum_f(lid, e);
+        // Rank: survivors more likely than this one, or as likely with a lower id.
+        var rank = 0u;
+        for (var j = 0u; j < n; j++) {
+            let w = cand_v[j];
+            rank += u32(w > v || (w == v && j < lid));
+        }
+        if mine {
+            by_rank[rank] = e;
+        }
+        workgroupBarrier();
+        let r = select(0.0, by_rank[lid], mine);
+        // Keep ranks whose more likely mass has not yet reached p.
+        let before = scan_f(lid, r);
+        rank_kept[lid] = u32(mine && before < p.top_p * z);
+        workgroupBarrier();
+        mass = select(0.0, e, mine && rank_kept[rank] == 1u);
+    }
+
+    // The draw, in id order.
+    if lid == 0u {
+        atomicStore(&chosen_at, 0xffffffffu);
+        atomicStore(&last_at, 0u);
+    }
+    let before = scan_f(lid, mass);
+    let total = sum_f(lid, mass);
+    let goal = uniform01(position) * total;
+    if mass > 0.0 {
+        atomicMax(&last_at, lid + 1u);
+        if goal >= before && goal < before + mass {
+            atomicMin(&chosen_at, lid);
+        }
+    }
+    workgroupBarrier();
+    var at = atomicLoad(&chosen_at);
+    if at == 0xffffffffu {
+        // Rounding left the goal past the total: the last survivor with mass.
+        at = max(atomicLoad(&last_at), 1u) - 1u;
+    }
+    return cand_id[at];
+}
+
+// Any top_k (0 keeps all): thresholds by bisection over the values' bit patterns.
+fn pick_wide(lid: u32, lo: u32, hi: u32, position: u32) -> u32 {
     // Top-k: the largest key threshold with at least k values at or above it, by bisection.
     var thr = 0u;
     var take_ties = 0xffffffffu;
@@ -336,23 +491,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         red_u[0] = select(chosen, last, chosen == 0xffffffffu);
     }
     workgroupBarrier();
-    if lid == 0u {
-        var chosen = red_u[0];
-        if chosen == 0xffffffffu {
-            // Rounding left the goal past the total: the last id with mass.
-            chosen = 0u;
-            for (var i = p.vocab; i > 0u; i--) {
-                if work[i - 1u] > 0.0 {
-                    chosen = i - 1u;
-                    break;
-                }
+    workgroupBarrier();
+    var chosen = red_u[0];
+    if chosen == 0xffffffffu {
+        // Rounding left the goal past the total: the last id with mass.
+        chosen = 0u;
+        for (var i = p.vocab; i > 0u; i--) {
+            if work[i - 1u] > 0.0 {
+                chosen = i - 1u;
+                break;
             }
         }
-        let flags = atomicLoad(&bad);
-        let logprob = logits[chosen] - rmax - log(rsum);
-        ids[step.ids_offset + step.n_tokens] = chosen;
-        ids[0] = chosen;
-        history[position] = chosen;
-        out[step.sample_slot] = vec4<u32>(chosen, bitcast<u32>(logprob), flags, 0u);
     }
+    return chosen;
 }

@@ -325,6 +325,10 @@ fn gpu_sampling_draws_from_the_cpu_distribution() {
         (0.7, 20, 0.9, 1.0, 0),
         // The window holds 3 and 9 twice: each is penalised once.
         (1.3, 0, 0.95, 1.5, 7),
+        // top-k up to 256 takes the radix-select kernel path, larger k the bisection path.
+        (0.9, 40, 0.6, 1.2, 5),
+        (1.1, 256, 0.9, 1.0, 0),
+        (1.0, 257, 0.8, 1.0, 0),
     ];
     for (temperature, top_k, top_p, repeat_penalty, repeat_last_n) in cases {
         let base = SamplingParams {
@@ -462,4 +466,67 @@ fn random_gguf_refuses_diff_v2_and_partial_blocks() {
     let std = RandomModel::tiny("standard", 1);
     let err = std.gguf_bytes(diffattn::gguf::GgmlType::Q4_1).unwrap_err();
     assert!(err.to_string().contains("blocks"), "{err}");
+}
+
+/// The CPU model in f32 (what the demo's attention maps run) against the float64 oracle: the
+/// whole forward pass, and one layer's attention probabilities fed with the float64 activations of
+/// the layers before it. The probabilities are causal rows that sum to one.
+#[test]
+fn the_f32_cpu_model_and_its_attention_maps_match_float64() {
+    use diffattn::reference::model::{Layer, Model, embed};
+    let seed = common::fresh_seed("f32 reference");
+    let m = RandomModel::tiny("diff_v2", seed);
+    let (cfg, weights, _) = m.source().parse().unwrap();
+    let ids: Vec<u32> = (0..9)
+        .map(|i| (i * 31 + seed as u32) % m.vocab_size)
+        .collect();
+    let want = RefModel::new(&cfg, &weights).unwrap().forward(&ids);
+    let got = Model::<f32>::new(&cfg, &weights).unwrap().forward(&ids);
+    for (g, w) in got.iter().zip(&want) {
+        let (_, rel) = compare(g, w);
+        assert!(rel <= 1e-4, "f32 logits: rel L2 {rel:.3e}");
+    }
+
+    let layer = cfg.num_hidden_layers - 1;
+    let mut x64 = embed::<f64>(&cfg, &weights, &ids).unwrap();
+    for l in 0..layer {
+        Layer::<f64>::load(&cfg, &weights, l)
+            .unwrap()
+            .forward(&cfg, &mut x64);
+    }
+    let x32: Vec<Vec<f32>> = x64
+        .iter()
+        .map(|r| r.iter().map(|&v| v as f32).collect())
+        .collect();
+    let p64 = Layer::<f64>::load(&cfg, &weights, layer)
+        .unwrap()
+        .attention_probs(&cfg, &x64);
+    let p32 = Layer::<f32>::load(&cfg, &weights, layer)
+        .unwrap()
+        .attention_probs(&cfg, &x32);
+    let t = ids.len();
+    assert_eq!(p64.probs.len(), cfg.q_heads() as usize * t * t);
+    for (row, probs) in p64.probs.chunks(t).enumerate() {
+        let q = row % t;
+        let sum: f64 = probs.iter().sum();
+        assert!((sum - 1.0).abs() <= 1e-12, "row {row} sums to {sum}");
+        assert!(
+            probs[q + 1..].iter().all(|&p| p == 0.0),
+            "row {row} sees the future"
+        );
+    }
+    let worst = p32
+        .probs
+        .iter()
+        .zip(&p64.probs)
+        .map(|(&a, &b)| (a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= 1e-5,
+        "f32 probabilities differ by up to {worst:.3e}"
+    );
+    let (l32, l64) = (p32.lambda.unwrap(), p64.lambda.unwrap());
+    assert_eq!(l64.len(), t * cfg.num_attention_heads as usize);
+    let (_, rel) = compare(&l32, &l64);
+    assert!(rel <= 1e-5, "lambda: rel L2 {rel:.3e}");
 }
