@@ -38,11 +38,16 @@ struct Step {
     sample_slot: u32,
 }
 
+// matmul.wgsl's block; the folded norm (norm, eps) is for its one-token kernels only.
 struct Params {
     k: u32,
     n: u32,
     accumulate: u32,
     last_only: u32,
+    norm: u32,
+    eps: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;

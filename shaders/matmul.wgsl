@@ -11,6 +11,11 @@
 // Four entry points: `matvec` for one token on GPUs (decode: memory-bound, 16 lanes per output
 // row), `matvec_serial` for one token on CPU adapters, `gemm` for many on GPUs (blocks of TB
 // tokens per weight load) and `gemm_direct` for many on CPU adapters.
+//
+// The one-token kernels can fold in the RMSNorm before them (`norm`): x is then the raw residual
+// row and `g` the norm's weights, and y = (x * g) W^T / sqrt(mean(x^2) + eps). The sum of squares
+// is gathered in the same loop as the products (each row's lanes read all of x), so the norm costs
+// no dispatch and no pass over memory of its own.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
@@ -33,8 +38,13 @@ struct Params {
     k: u32,
     n: u32,
     accumulate: u32,
-    // Only one row (the last token's, already selected by the final norm).
+    // Only one row: the last token's (already selected by the final norm unless `norm`).
     last_only: u32,
+    // 1: fold the RMSNorm of x with weights `g` and this epsilon into the product.
+    norm: u32,
+    eps: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -42,6 +52,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// The folded norm's weights (K values; a stand-in where `norm` is 0). Only the one-token kernels
+// read it.
+@group(0) @binding(5) var<storage, read> g: array<vec4<f32>>;
 
 // dequant.wgsl's word reader: word i of the weights.
 fn weight_word(i: u32) -> u32 {
@@ -78,6 +91,40 @@ fn rows() -> u32 {
     return step.n_tokens;
 }
 
+// The first vec4 of x's row for output row t of a one-token kernel: with a folded norm and
+// `last_only`, x is the whole residual and the row is the last token's.
+fn x_row(t: u32) -> u32 {
+    var src = t;
+    if p.norm != 0u && p.last_only != 0u {
+        src = step.n_tokens - 1u;
+    }
+    return src * p.k / 4u;
+}
+
+// x's 8 values a, b at k8, times the norm's weights when it is folded.
+fn x8(a: vec4<f32>, b: vec4<f32>, k8: u32) -> W8 {
+    if p.norm != 0u {
+        return W8(a * g[2u * k8], b * g[2u * k8 + 1u]);
+    }
+    return W8(a, b);
+}
+
+// The sum of squares of a and b where the norm is folded (else nothing to gather).
+fn squares(a: vec4<f32>, b: vec4<f32>) -> f32 {
+    if p.norm != 0u {
+        return dot(a, a) + dot(b, b);
+    }
+    return 0.0;
+}
+
+// The folded norm's scale from the row's sum of squares (1 without a norm).
+fn norm_scale(ss: f32) -> f32 {
+    if p.norm != 0u {
+        return inverseSqrt(ss / f32(p.k) + p.eps);
+    }
+    return 1.0;
+}
+
 fn store(t: u32, o: u32, v: f32) {
     let i = t * p.n + o;
     if p.accumulate != 0u {
@@ -88,6 +135,7 @@ fn store(t: u32, o: u32, v: f32) {
 }
 
 var<workgroup> red: array<f32, 64>;
+var<workgroup> red_ss: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn matvec(
@@ -102,28 +150,35 @@ fn matvec(
     let n_rows = rows();
     for (var t = 0u; t < n_rows; t++) {
         var acc = 0.0;
+        var ss = 0.0;
         if valid {
-            let xrow = t * p.k / 4u;
+            let xrow = x_row(t);
             for (var k8 = lane; k8 < k8s; k8 += LANES) {
                 let wv = load8(o, k8);
-                acc += dot(wv.a, x[xrow + 2u * k8]) + dot(wv.b, x[xrow + 2u * k8 + 1u]);
+                let xa = x[xrow + 2u * k8];
+                let xb = x[xrow + 2u * k8 + 1u];
+                ss += squares(xa, xb);
+                let xv = x8(xa, xb, k8);
+                acc += dot(wv.a, xv.a) + dot(wv.b, xv.b);
             }
         }
         if LANES == 1u {
             if valid {
-                store(t, o, acc);
+                store(t, o, acc * norm_scale(ss));
             }
         } else {
             red[lid] = acc;
+            red_ss[lid] = ss;
             workgroupBarrier();
             for (var s = LANES / 2u; s > 0u; s >>= 1u) {
                 if lane < s {
                     red[lid] += red[lid + s];
+                    red_ss[lid] += red_ss[lid + s];
                 }
                 workgroupBarrier();
             }
             if valid && lane == 0u {
-                store(t, o, red[lid]);
+                store(t, o, red[lid] * norm_scale(red_ss[lid]));
             }
             workgroupBarrier();
         }
@@ -153,19 +208,23 @@ fn matvec_serial(
         for (var j = 0u; j < SERIAL_ROWS; j++) {
             acc[j] = 0.0;
         }
-        let xrow = t * p.k / 4u;
+        var ss = 0.0;
+        let xrow = x_row(t);
         for (var k8 = 0u; k8 < k8s; k8++) {
             let xa = x[xrow + 2u * k8];
             let xb = x[xrow + 2u * k8 + 1u];
+            ss += squares(xa, xb);
+            let xv = x8(xa, xb, k8);
             for (var j = 0u; j < SERIAL_ROWS; j++) {
                 // Rows past the end repeat the last row; their results are not stored.
                 let wv = load8(min(o0 + j, p.n - 1u), k8);
-                acc[j] += dot(wv.a, xa) + dot(wv.b, xb);
+                acc[j] += dot(wv.a, xv.a) + dot(wv.b, xv.b);
             }
         }
+        let scale = norm_scale(ss);
         for (var j = 0u; j < SERIAL_ROWS; j++) {
             if o0 + j < p.n {
-                store(t, o0 + j, acc[j]);
+                store(t, o0 + j, acc[j] * scale);
             }
         }
     }

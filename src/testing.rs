@@ -397,6 +397,9 @@ pub struct ProductCase {
     pub kernel: &'static str,
     /// Storage type of W: F16, or a ggml block type (random blocks with finite scales).
     pub weights: WeightDtype,
+    /// Fold an RMSNorm of x (random weights, eps 1e-5) into the product: the one-token kernels
+    /// ("matvec", "matvec_serial") only.
+    pub norm: bool,
     pub seed: u64,
 }
 
@@ -404,8 +407,9 @@ impl ProductCase {
     /// The case's name in `diffattn verify`'s table.
     pub fn name(&self) -> String {
         let acc = if self.accumulate { " +y" } else { "" };
+        let norm = if self.norm { " norm" } else { "" };
         format!(
-            "product rows={} k={} n={} {:?} W{acc}",
+            "product rows={} k={} n={} {:?} W{acc}{norm}",
             self.rows, self.k, self.n, self.weights
         )
     }
@@ -448,11 +452,41 @@ pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
                 accumulate,
                 kernel,
                 weights: WeightDtype::F16,
+                norm: false,
                 seed: 0x6E33_0000 + i as u64,
             });
         }
     }
     cases.extend(quantized_product_cases(0x9B10_0000));
+    cases.extend(norm_product_cases(0x4E0F_0000));
+    cases
+}
+
+/// The one-token kernels with an RMSNorm folded in (what a decode step runs): f16 and block
+/// weights, several token rows (each normalised on its own), accumulation, the shipped and
+/// SmolLM2 widths.
+pub fn norm_product_cases(seed: u64) -> Vec<ProductCase> {
+    let mut cases = vec![];
+    let shapes = [
+        (1, 512, 1543, false, WeightDtype::F16),
+        (3, 576, 100, true, WeightDtype::F16),
+        (1, 576, 3072, false, WeightDtype::Q4_1),
+        (2, 768, 37, false, WeightDtype::Q4_K),
+    ];
+    for kernel in ["matvec", "matvec_serial"] {
+        for (i, &(rows, k, n, accumulate, weights)) in shapes.iter().enumerate() {
+            cases.push(ProductCase {
+                rows,
+                k,
+                n,
+                accumulate,
+                kernel,
+                weights,
+                norm: true,
+                seed: seed ^ (i as u64 * 16 + kernel.len() as u64),
+            });
+        }
+    }
     cases
 }
 
@@ -480,6 +514,7 @@ pub fn quantized_product_cases(seed: u64) -> Vec<ProductCase> {
                     accumulate,
                     kernel,
                     weights,
+                    norm: false,
                     seed: seed ^ (t as u64 * 64 + i as u64 * 4 + kernel.len() as u64),
                 });
             }
@@ -540,9 +575,19 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
     let mut arena = UniformArena::new(gpu, "product step", 1);
     arena.set(0, &[case.rows, 0u32, 0, 0]);
     arena.upload(gpu, 1);
+    let eps = 1e-5f32;
+    let g = rng.normals(k, 1.0);
+    let gb = gpu.storage_init("product norm weights", bytemuck::cast_slice(&g))?;
     let params = gpu.uniform(
         "product params",
-        &[case.k, case.n, case.accumulate as u32, 0],
+        &crate::model::plan::MatmulParams {
+            k: case.k,
+            n: case.n,
+            accumulate: case.accumulate as u32,
+            norm: case.norm as u32,
+            eps,
+            ..Default::default()
+        },
     );
     let spec = match case.kernel {
         "gemm_coop" => ShaderSpec::new("gemm_coop"),
@@ -552,7 +597,11 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
             .entry(entry),
     };
     let pipeline = gpu.pipeline(&spec)?;
-    let bind = gpu.bind(&pipeline, &[arena.buffer(), &params, &xb, &wb, &yb]);
+    let mut buffers = vec![arena.buffer(), &params, &xb, &wb, &yb];
+    if case.kernel != "gemm_coop" {
+        buffers.push(&gb);
+    }
+    let bind = gpu.bind(&pipeline, &buffers);
     // matmul.wgsl's `matvec` and `gemm` run 4 output rows per workgroup (16 lanes each), `gemm`
     // 8 tokens per layer of the grid; `gemm_direct` one 4x4 block per invocation; gemm_coop
     // 64 x 64 blocks.
@@ -580,8 +629,19 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
     gpu.take_error("product case")?;
     let mut want = vec![0f64; rows * n];
     for t in 0..rows {
+        let row: Vec<f64> = x[t * k..][..k].iter().map(|&v| v as f64).collect();
+        let row = if case.norm {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / k as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            row.iter()
+                .zip(&g)
+                .map(|(v, &gi)| v * inv * gi as f64)
+                .collect()
+        } else {
+            row
+        };
         for o in 0..n {
-            let mut s: f64 = (0..k).map(|i| x[t * k + i] as f64 * w[o * k + i]).sum();
+            let mut s: f64 = (0..k).map(|i| row[i] * w[o * k + i]).sum();
             if case.accumulate {
                 s += y0[t * n + o] as f64;
             }

@@ -38,9 +38,16 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Prefill (in several chunks) and 20 decode steps match the reference; greedy ids agree.
 fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
-    // Both kernel families: the adapter's default and the other one.
-    for gpu_kernels in [None, Some(true), Some(false)] {
-        prefill_and_decode_with(attention, kv_dtype, tol, gpu_kernels);
+    // Both kernel families: the adapter's default and the other one; the decode products with
+    // their norms folded in (the default) and the norms as dispatches of their own.
+    for (gpu_kernels, fold_norm) in [
+        (None, None),
+        (Some(true), Some(true)),
+        (Some(false), Some(true)),
+        (Some(true), Some(false)),
+        (Some(false), Some(false)),
+    ] {
+        prefill_and_decode_with(attention, kv_dtype, tol, gpu_kernels, fold_norm);
     }
 }
 
@@ -49,6 +56,7 @@ fn prefill_and_decode_with(
     kv_dtype: KvDtype,
     tol: f64,
     gpu_kernels: Option<bool>,
+    fold_norm: Option<bool>,
 ) {
     let gpu = Arc::new(common::gpu());
     let seed = common::fresh_seed(attention);
@@ -62,6 +70,7 @@ fn prefill_and_decode_with(
         context: None,
         coop_gemm: None,
         matvec_rows: None,
+        fold_norm,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)
@@ -71,7 +80,9 @@ fn prefill_and_decode_with(
     let mut logits = engine.prefill_blocking(&prompt).unwrap();
     let want = reference.forward(&seq);
     let (_, rel) = compare(&logits, want.last().unwrap());
-    eprintln!("{attention} {kv_dtype:?} gpu kernels {gpu_kernels:?}: prefill rel L2 {rel:.3e}");
+    eprintln!(
+        "{attention} {kv_dtype:?} gpu kernels {gpu_kernels:?} fold {fold_norm:?}: prefill rel L2 {rel:.3e}"
+    );
     assert!(rel <= tol, "{attention} prefill: rel L2 {rel:.3e}");
     let mut gpu_ids = Vec::new();
     for step in 0..20 {

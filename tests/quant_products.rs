@@ -9,7 +9,9 @@ mod common;
 use diffattn::gpu::{Const, ShaderSpec, UniformArena};
 use diffattn::model::WeightDtype;
 use diffattn::reference::dequant;
-use diffattn::testing::{Rng, quantized_product_cases, random_blocks, run_product_case};
+use diffattn::testing::{
+    Rng, norm_product_cases, quantized_product_cases, random_blocks, run_product_case,
+};
 
 #[test]
 fn quantized_products_match_float64() {
@@ -38,6 +40,23 @@ fn quantized_products_match_float64() {
         for k in ["matvec", "matvec_serial", "gemm", "gemm_direct"] {
             assert!(cases.iter().any(|c| c.weights == t && c.kernel == k));
         }
+    }
+}
+
+/// The one-token kernels with the RMSNorm before them folded in (the decode step's q/k/v/lambda
+/// and gate/up products and the LM head) against float64 of norm-then-product.
+#[test]
+fn products_with_a_folded_norm_match_float64() {
+    let gpu = common::gpu();
+    let seed = common::fresh_seed("products_with_a_folded_norm_match_float64");
+    for case in norm_product_cases(seed) {
+        let r = pollster::block_on(run_product_case(&gpu, &case)).unwrap();
+        println!("{} on {}: rel L2 {:.2e}", r.case, r.path, r.rel_l2);
+        assert!(
+            r.pass,
+            "{} on {}: rel L2 {:.2e} (tolerance {:.0e})",
+            r.case, r.path, r.rel_l2, r.tolerance
+        );
     }
 }
 

@@ -376,3 +376,17 @@ fn sampling_params_match_the_rust_definition() {
         std::mem::size_of::<diffattn::model::plan::SampleParams>()
     );
 }
+
+/// The products' `Params` (matmul.wgsl, gemm_coop.wgsl) are `model::plan::MatmulParams`: names
+/// and order, size.
+#[test]
+fn matmul_params_match_the_rust_definition() {
+    use diffattn::model::plan::MatmulParams;
+    for name in ["matmul", "gemm_coop"] {
+        let source = diffattn::gpu::shader::composed(name).unwrap();
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let (fields, span) = wgsl_struct(&module, "Params").unwrap();
+        assert_eq!(fields, rust_fields(MatmulParams::FIELDS), "{name}");
+        assert_eq!(span, std::mem::size_of::<MatmulParams>(), "{name}");
+    }
+}

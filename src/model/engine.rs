@@ -51,6 +51,10 @@ pub struct EngineOptions {
     /// with the default prompt chunk; see docs/BENCHMARKS.md); `Some(true)` on an adapter
     /// without them is an error.
     pub coop_gemm: Option<bool>,
+    /// Fold each RMSNorm into the one-token product that reads it (the decode step's q/k/v/lambda
+    /// and gate/up products, and the LM head): one dispatch fewer per norm, the sum of squares
+    /// gathered beside the products. `None` folds on every adapter (see docs/BENCHMARKS.md).
+    pub fold_norm: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -63,6 +67,7 @@ impl Default for EngineOptions {
             matvec_rows: None,
             tiled_gemm: None,
             coop_gemm: None,
+            fold_norm: None,
         }
     }
 }
@@ -113,6 +118,7 @@ impl EngineOptions {
             sample_wg: if cpu { 16 } else { 256 },
             tiled: self.tiled_gemm.unwrap_or(!cpu),
             coop_gemm,
+            fold_norm: self.fold_norm.unwrap_or(true),
         })
     }
 }

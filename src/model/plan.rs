@@ -59,6 +59,27 @@ crate::gpu::shader_struct! {
     }
 }
 
+crate::gpu::shader_struct! {
+    /// The products' parameters (`Params` in matmul.wgsl and gemm_coop.wgsl; checked by the
+    /// shader tests).
+    pub struct MatmulParams {
+        /// Inputs per row.
+        k: u32,
+        /// Outputs per row.
+        n: u32,
+        /// 1: add the product to y (the residual connections).
+        accumulate: u32,
+        /// 1: only the last token's row.
+        last_only: u32,
+        /// 1: the one-token kernels fold in the RMSNorm of x (weights at binding 5).
+        norm: u32,
+        /// The folded norm's epsilon.
+        eps: f32,
+        pad0: u32,
+        pad1: u32,
+    }
+}
+
 /// The longest repetition-penalty window the sampling kernel takes (it deduplicates the window
 /// pairwise); longer windows sample on the CPU.
 pub const MAX_PENALTY_WINDOW: u32 = 256;
@@ -87,6 +108,9 @@ pub struct Tuning {
     /// Prefill products of f16 weights on cooperative matrices (gemm_coop.wgsl); the adapter
     /// must have them (see [`coop_gemm_unavailable`]).
     pub coop_gemm: bool,
+    /// Fold each RMSNorm into the one-token product that reads it (decode and the LM head),
+    /// which then runs one dispatch fewer per norm.
+    pub fold_norm: bool,
 }
 
 /// Which kernel takes a matmul's many-row (prompt) case.
@@ -164,6 +188,20 @@ struct Op {
     /// [`COOP_GEMM_MIN_ROWS`] rows.
     gemm_few: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
     grid: Grid,
+    /// A norm folded into the product after it, for the token counts where that product runs
+    /// its one-token kernel: it then records nothing.
+    folded: Folded,
+}
+
+/// When a norm's work is done by the product that reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Folded {
+    /// Never: the op always runs.
+    No,
+    /// For a single token (the decode step).
+    SingleToken,
+    /// Always (the final norm: the LM head reads one row whatever the chunk).
+    Always,
 }
 
 impl Op {
@@ -174,6 +212,11 @@ impl Op {
         n_tokens: u32,
         step_offset: u32,
     ) -> Result<()> {
+        match self.folded {
+            Folded::Always => return Ok(()),
+            Folded::SingleToken if n_tokens == 1 => return Ok(()),
+            _ => {}
+        }
         let (pipeline, bind, groups) = match self.grid {
             Grid::Elements { per_token } => {
                 let g = grid_2d((n_tokens * per_token).div_ceil(64));
@@ -518,6 +561,8 @@ struct Builder<'a> {
     tuning: Tuning,
     step: &'a wgpu::Buffer,
     params: Vec<wgpu::Buffer>,
+    /// Bound as the norm weights of products without a folded norm.
+    no_norm: wgpu::Buffer,
 }
 
 impl Builder<'_> {
@@ -559,6 +604,7 @@ impl Builder<'_> {
             gemm: None,
             gemm_few: None,
             grid,
+            folded: Folded::No,
         })
     }
 
@@ -575,7 +621,9 @@ impl Builder<'_> {
         self.op(name, spec, params, bufs, Grid::Elements { per_token })
     }
 
-    /// y = x W^T (+ y with `accumulate`), W (n, k).
+    /// y = x W^T (+ y with `accumulate`), W (n, k). With `norm` = (residual, weights), x is
+    /// that RMSNorm's output: the many-row kernels read x, and where [`Tuning::fold_norm`] is set
+    /// the one-token kernel reads the residual and applies the norm itself.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &mut self,
@@ -586,8 +634,20 @@ impl Builder<'_> {
         y: &wgpu::Buffer,
         accumulate: bool,
         last_only: bool,
+        norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
     ) -> Result<Op> {
-        let params = self.params(label, [k, n, accumulate as u32, last_only as u32]);
+        let fold = norm.filter(|_| self.tuning.fold_norm);
+        let block = MatmulParams {
+            k,
+            n,
+            accumulate: accumulate as u32,
+            last_only: last_only as u32,
+            norm: fold.is_some() as u32,
+            eps: self.cfg.rms_norm_eps as f32,
+            ..Default::default()
+        };
+        let params = self.gpu.uniform(label, &block);
+        self.params.push(params.clone());
         let spec = ShaderSpec::new("matmul")
             .with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()))
             .with("LANES", Const::U32(self.tuning.lanes))
@@ -604,7 +664,8 @@ impl Builder<'_> {
                 .with("SERIAL_ROWS", Const::U32(self.tuning.serial_rows))
                 .entry(mv_entry),
         )?;
-        let bind = self.gpu.bind(&mv, &[self.step, &params, x, w, y]);
+        let (mv_x, g) = fold.unwrap_or((x, &self.no_norm));
+        let bind = self.gpu.bind(&mv, &[self.step, &params, mv_x, w, y, g]);
         // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
         // type, the ggml block types included, takes the SIMT kernels, which dequantize in
         // `load8` (dequantizing into the staged tiles would also work, but the only adapters
@@ -619,7 +680,9 @@ impl Builder<'_> {
         };
         let gemm_few = if many == ManyRows::Coop && !last_only {
             let p = self.gpu.pipeline(&spec.clone().entry("gemm"))?;
-            let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
+            let b = self
+                .gpu
+                .bind(&p, &[self.step, &params, x, w, y, &self.no_norm]);
             Some((p, b))
         } else {
             None
@@ -633,7 +696,9 @@ impl Builder<'_> {
                 ManyRows::Direct => spec.entry("gemm_direct"),
             };
             let p = self.gpu.pipeline(&spec)?;
-            let b = self.gpu.bind(&p, &[self.step, &params, x, w, y]);
+            let b = self
+                .gpu
+                .bind(&p, &[self.step, &params, x, w, y, &self.no_norm]);
             Some((p, b))
         };
         Ok(Op {
@@ -649,6 +714,7 @@ impl Builder<'_> {
                 matvec_rows_per_group,
                 many,
             },
+            folded: Folded::No,
         })
     }
 
@@ -662,13 +728,19 @@ impl Builder<'_> {
         let eps = (self.cfg.rms_norm_eps as f32).to_bits();
         let params = [self.cfg.hidden_size, eps, last_only as u32, 0];
         let grid = if last_only { Grid::Single } else { Grid::Rows };
-        self.op(
+        let mut op = self.op(
             "rmsnorm",
             ShaderSpec::new("rmsnorm"),
             params,
             &[x, w, out],
             grid,
-        )
+        )?;
+        op.folded = match (self.tuning.fold_norm, last_only) {
+            (false, _) => Folded::No,
+            (true, false) => Folded::SingleToken,
+            (true, true) => Folded::Always,
+        };
+        Ok(op)
     }
 }
 
@@ -696,6 +768,7 @@ impl Plan {
             tuning,
             step: bufs.arena.buffer(),
             params: Vec::new(),
+            no_norm: gpu.storage("norm weights (unused)", 16)?,
         };
 
         let (embed_w, embed_t) = (&weights.embed.0, weights.embed.1);
@@ -734,6 +807,7 @@ impl Plan {
                     qkvl,
                     false,
                     false,
+                    Some((&act.x, &w.ln_in)),
                 )?,
                 b.elementwise(
                     "rope_append",
@@ -763,6 +837,7 @@ impl Plan {
                     &act.x,
                     true,
                     false,
+                    None,
                 )?,
                 b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?,
                 b.matmul(
@@ -773,6 +848,7 @@ impl Plan {
                     gate_up,
                     false,
                     false,
+                    Some((&act.x, &w.ln_post)),
                 )?,
                 b.elementwise(
                     "swiglu",
@@ -789,6 +865,7 @@ impl Plan {
                     &act.x,
                     true,
                     false,
+                    None,
                 )?,
             ];
             layers.push(LayerOps {
@@ -798,6 +875,7 @@ impl Plan {
             });
         }
         b.params.push(no_lam);
+        b.params.push(b.no_norm.clone());
 
         let head_w = weights.lm_head.as_ref().unwrap_or(&weights.embed);
         let head = vec![
@@ -810,6 +888,7 @@ impl Plan {
                 &act.logits,
                 false,
                 true,
+                Some((&act.x, &weights.norm)),
             )?,
         ];
         let greedy_params = gpu.uniform("greedy parameters", &[cfg.vocab_size, 0, 0, 0]);

@@ -52,10 +52,13 @@ pub struct GenerateBench {
     /// Output rows per invocation of the CPU adapters' decode product, 1 to 8 (engine option).
     #[arg(long)]
     matvec_rows: Option<u32>,
-    /// Prompt products of f16 weights on cooperative matrices (default off: slower on the H200;
-    /// engine option).
+    /// Prompt products of f16 weights on cooperative matrices (default: on where the adapter has
+    /// them; engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
+    /// Fold each RMSNorm into the one-token product after it (default on; engine option).
+    #[arg(long)]
+    fold_norm: Option<bool>,
     /// After the timed runs, time each stage of a decode step at the end of the context reached
     /// (one compute pass per stage between GPU timestamps, this many steps, medians) and print
     /// the time per kind of stage: what a token's GPU time is spent on. Needs timestamps.
@@ -184,6 +187,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             tiled_gemm: b.tiled_gemm,
             coop_gemm: b.coop_gemm,
             matvec_rows: b.matvec_rows,
+            fold_norm: b.fold_norm,
             ..Default::default()
         },
         &mut |_, _| {},
