@@ -56,7 +56,8 @@ pub struct GenerateBench {
     /// them; engine option).
     #[arg(long)]
     coop_gemm: Option<bool>,
-    /// Fold each RMSNorm into the one-token product after it (default on; engine option).
+    /// Fold each RMSNorm into the one-token product after it (default: on GPUs, off on CPU
+    /// adapters; engine option).
     #[arg(long)]
     fold_norm: Option<bool>,
     /// After the timed runs, time each stage of a decode step at the end of the context reached
