@@ -696,9 +696,13 @@ impl Builder<'_> {
                 ManyRows::Direct => spec.entry("gemm_direct"),
             };
             let p = self.gpu.pipeline(&spec)?;
-            let b = self
-                .gpu
-                .bind(&p, &[self.step, &params, x, w, y, &self.no_norm]);
+            // gemm_coop.wgsl has no norm-weights binding; matmul.wgsl's kernels all declare it.
+            let b = if many == ManyRows::Coop {
+                self.gpu.bind(&p, &[self.step, &params, x, w, y])
+            } else {
+                self.gpu
+                    .bind(&p, &[self.step, &params, x, w, y, &self.no_norm])
+            };
             Some((p, b))
         };
         Ok(Op {
