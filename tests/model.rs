@@ -541,3 +541,47 @@ fn the_f32_cpu_model_and_its_attention_maps_match_float64() {
     let (_, rel) = compare(&l32, &l64);
     assert!(rel <= 1e-5, "lambda: rel L2 {rel:.3e}");
 }
+
+/// A profiled decode step times each stage it dispatches: with the norms folded there is no
+/// rmsnorm stage, without it one per norm (two per layer and the final one); every other stage
+/// appears once per layer, and every time is finite and non-negative.
+#[test]
+fn a_profiled_step_lists_the_stages_it_dispatches() {
+    let gpu = Arc::new(common::gpu());
+    if !gpu.has_timestamps() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the CI adapter (lavapipe) has timestamp queries"
+        );
+        eprintln!("skipped: no timestamp queries on this adapter");
+        return;
+    }
+    let m = RandomModel::tiny("diff_v2", 47);
+    let layers = m.config().num_hidden_layers as usize;
+    for fold_norm in [true, false] {
+        let opts = EngineOptions {
+            fold_norm: Some(fold_norm),
+            ..Default::default()
+        };
+        let (mut e, _) = engine(&gpu, &m, opts);
+        let t = e.prefill_pick_blocking(&[1, 2, 3]).unwrap();
+        let stages = e.profile_step_blocking(t.id).unwrap();
+        let count = |label: &str| stages.iter().filter(|s| s.0 == label).count();
+        let norms = if fold_norm { 0 } else { 2 * layers + 1 };
+        assert_eq!(count("rmsnorm"), norms, "fold {fold_norm}: {stages:?}");
+        for label in [
+            "attention",
+            "q/k/v/lambda",
+            "gate/up",
+            "down_proj",
+            "o_proj",
+        ] {
+            assert_eq!(count(label), layers, "{label}: {stages:?}");
+        }
+        assert_eq!(count("lm_head"), 1);
+        assert!(
+            stages.iter().all(|s| s.1.is_finite() && s.1 >= 0.0),
+            "{stages:?}"
+        );
+    }
+}

@@ -1009,10 +1009,17 @@ impl Plan {
 
     /// How many stages [`Plan::record_profiled`] records (two timestamps each).
     pub fn profiled_stages(&self, pick: Option<Pick>) -> usize {
-        self.stages(true, pick).len()
+        self.decode_stages(pick).len()
     }
 
-    /// Records slot `slot`'s forward chunk with one compute pass per stage, each between two
+    /// The stages a one-token step dispatches (folded norms record nothing).
+    fn decode_stages(&self, pick: Option<Pick>) -> Vec<Stage<'_>> {
+        let mut stages = self.stages(true, pick);
+        stages.retain(|s| !matches!(s, Stage::Op(op) if op.folded != Folded::No));
+        stages
+    }
+
+    /// Records slot `slot`'s one-token step with one compute pass per stage, each between two
     /// timestamps of `queries` (2 per stage, from 0); returns the stages' labels in order. For
     /// profiling: the passes cost more than one pass does, but each stage's time is its own.
     #[allow(clippy::too_many_arguments)]
@@ -1028,7 +1035,7 @@ impl Plan {
     ) -> Result<Vec<&'static str>> {
         let offsets = (arena.offset(2 * slot), arena.offset(2 * slot + 1));
         let plan = self.attention.plan(call, Kernel::Auto)?;
-        let stages = self.stages(true, pick);
+        let stages = self.decode_stages(pick);
         let mut labels = Vec::with_capacity(stages.len());
         for (i, stage) in stages.into_iter().enumerate() {
             labels.push(stage.label());
