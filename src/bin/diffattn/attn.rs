@@ -49,10 +49,12 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
     attention::check_host(&cfg, &call, &x).map_err(|e| bad_input(path, e))?;
 
     let gpu = super::open_gpu(opts)?;
-    let out = attention::attention_blocking(&gpu, &cfg, &call, &x, Kernel::Auto)?;
-    // Non-finite inputs (or values whose products overflow) give a non-finite output: an error,
-    // not a file of NaN.
-    diffattn::Error::check_finite("the attention output", &out).map_err(|e| bad_input(path, e))?;
+    // Non-finite inputs (or values whose products overflow) give a non-finite output, which the
+    // library refuses: that is the input's fault (exit code 2), and no file of NaN is written.
+    let out = match attention::attention_blocking(&gpu, &cfg, &call, &x, Kernel::Auto) {
+        Err(e @ diffattn::Error::NonFinite { .. }) => return Err(bad_input(path, e)),
+        r => r?,
+    };
     let out_bytes: &[u8] = bytemuck::cast_slice(&out);
     let (n, heads, d) = (inputs.n_queries, inputs.heads, inputs.head_dim);
     let shape = vec![n as usize, heads as usize, d as usize];
