@@ -700,3 +700,37 @@ fn non_finite_logits_are_an_error() {
         );
     }
 }
+
+/// Ids beyond the model's vocabulary (from a caller, or a tokenizer that slipped through) are
+/// refused by the engine before they index the embedding, and the engine stays usable.
+#[test]
+fn token_ids_beyond_the_vocabulary_are_refused_by_the_engine() {
+    let (cfg, weights, _) = tiny().source().parse().unwrap();
+    let gpu = Arc::new(common::gpu());
+    let mut e = Engine::new(
+        gpu,
+        &cfg,
+        &weights,
+        EngineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for ids in [vec![264u32], vec![1, 2, u32::MAX]] {
+        let err = e.prefill_blocking(&ids).unwrap_err();
+        assert!(matches!(err, Error::Model(_)), "{err:?}");
+        let bad = ids.last().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("model: token id {bad} is outside the vocabulary (264)")
+        );
+        assert!(e.prefill_pick_blocking(&ids).is_err());
+    }
+    assert_eq!(e.position(), 0, "a refused call must not touch the cache");
+    e.prefill_blocking(&[1, 2]).unwrap();
+    let err = e.step_blocking(300).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "model: token id 300 is outside the vocabulary (264)"
+    );
+    assert_eq!(e.position(), 2);
+}
