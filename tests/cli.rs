@@ -328,6 +328,37 @@ fn attn_matches_the_reference_through_files() {
     .unwrap();
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
+
+    // --reference writes the float64 reference itself (what the browser kernel test compares
+    // with): F64, bit for bit what the library's reference gives, and no adapter needed.
+    let ref_out = tmp("attn-ref.safetensors");
+    let out = diffattn(&[
+        "attn",
+        "--reference",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        ref_out.to_str().unwrap(),
+        "--causal",
+        "--past-len",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&ref_out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("out").unwrap();
+    assert_eq!(t.shape(), &[5, 4, 32]);
+    assert_eq!(t.dtype(), Dtype::F64);
+    let got: Vec<f64> = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, want);
 }
 
 fn attn_error(tensors: &[(&str, Vec<usize>, &[f32])], extra: &[&str]) -> String {

@@ -5,7 +5,7 @@
 //! beyond the math itself.
 
 use crate::attention::Mode;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Config, HostWeights};
 
 struct Linear {
@@ -36,6 +36,15 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+/// Attention maps of one output head (see [`RefModel::attention_maps`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RefMaps {
+    pub p1: Vec<f64>,
+    pub p2: Vec<f64>,
+    pub lambda: Vec<f64>,
+    pub diff: Vec<f64>,
 }
 
 /// The float64 model.
@@ -112,85 +121,166 @@ impl RefModel {
 
     /// Logits (vocab) at every position of `ids`.
     pub fn forward(&self, ids: &[u32]) -> Vec<Vec<f64>> {
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed(ids);
+        for layer in &self.layers {
+            self.layer(layer, &mut x, None);
+        }
+        x.iter()
+            .map(|r| self.head.apply(&rmsnorm(r, &self.norm, eps)))
+            .collect()
+    }
+
+    /// The attention maps of output head `head` in layer `layer` over `ids` (DIFF V2 models):
+    /// the two softmax maps of query heads 2*head and 2*head + 1, sigmoid(lambda) per query
+    /// token, and p1 - lambda p2; each (T, T) row-major, future positions 0. The float64 oracle
+    /// of the browser's `attentionMaps`.
+    pub fn attention_maps(&self, ids: &[u32], layer: u32, head: u32) -> Result<RefMaps> {
         let cfg = &self.cfg;
-        let dm = cfg.hidden_size as usize;
+        if cfg.mode() != Mode::Diff {
+            return Err(Error::Unsupported(
+                "attention maps of DIFF V2 need a diff_v2 model".into(),
+            ));
+        }
+        if layer >= cfg.num_hidden_layers || head >= cfg.num_attention_heads {
+            return Err(Error::config(format!(
+                "layer {layer}, head {head}: the model has {} layers and {} heads",
+                cfg.num_hidden_layers, cfg.num_attention_heads
+            )));
+        }
+        if ids.is_empty() {
+            return Err(Error::config("attention maps need a non-empty prompt"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id >= cfg.vocab_size) {
+            return Err(Error::Model(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let mut x = self.embed(ids);
+        for l in &self.layers[..layer as usize] {
+            self.layer(l, &mut x, None);
+        }
+        let mut maps = RefMaps {
+            p1: Vec::new(),
+            p2: Vec::new(),
+            lambda: Vec::new(),
+            diff: Vec::new(),
+        };
+        self.layer(
+            &self.layers[layer as usize],
+            &mut x,
+            Some((head as usize, &mut maps)),
+        );
+        Ok(maps)
+    }
+
+    fn embed(&self, ids: &[u32]) -> Vec<Vec<f64>> {
+        let dm = self.cfg.hidden_size as usize;
+        ids.iter()
+            .map(|&id| self.embed[id as usize * dm..][..dm].to_vec())
+            .collect()
+    }
+
+    /// One decoder layer over the whole sequence `x`, in place. With `maps`, the probabilities
+    /// of that output head are recorded as they are computed.
+    fn layer(&self, layer: &Layer, x: &mut [Vec<f64>], mut maps: Option<(usize, &mut RefMaps)>) {
+        let cfg = &self.cfg;
         let d = cfg.head_dim as usize;
         let hq = cfg.q_heads() as usize;
         let hkv = cfg.num_key_value_heads as usize;
         let h = cfg.num_attention_heads as usize;
         let eps = cfg.rms_norm_eps;
-        let t_len = ids.len();
-        let mut x: Vec<Vec<f64>> = ids
-            .iter()
-            .map(|&id| self.embed[id as usize * dm..][..dm].to_vec())
-            .collect();
-        for layer in &self.layers {
-            let a: Vec<Vec<f64>> = x.iter().map(|r| rmsnorm(r, &layer.ln_in, eps)).collect();
-            let mut q: Vec<Vec<f64>> = a.iter().map(|r| layer.q.apply(r)).collect();
-            let mut k: Vec<Vec<f64>> = a.iter().map(|r| layer.k.apply(r)).collect();
-            let v: Vec<Vec<f64>> = a.iter().map(|r| layer.v.apply(r)).collect();
-            for pos in 0..t_len {
-                for head in q[pos].chunks_mut(d) {
-                    rope(head, pos, cfg.rope_theta);
-                }
-                for head in k[pos].chunks_mut(d) {
-                    rope(head, pos, cfg.rope_theta);
-                }
+        let t_len = x.len();
+        if let Some((_, m)) = maps.as_mut() {
+            m.p1 = vec![0.0; t_len * t_len];
+            m.p2 = vec![0.0; t_len * t_len];
+            m.lambda = vec![0.0; t_len];
+        }
+        let a: Vec<Vec<f64>> = x.iter().map(|r| rmsnorm(r, &layer.ln_in, eps)).collect();
+        let mut q: Vec<Vec<f64>> = a.iter().map(|r| layer.q.apply(r)).collect();
+        let mut k: Vec<Vec<f64>> = a.iter().map(|r| layer.k.apply(r)).collect();
+        let v: Vec<Vec<f64>> = a.iter().map(|r| layer.v.apply(r)).collect();
+        for pos in 0..t_len {
+            for head in q[pos].chunks_mut(d) {
+                rope(head, pos, cfg.rope_theta);
             }
-            let scale = 1.0 / (d as f64).sqrt();
-            let group = hq / hkv;
-            for t in 0..t_len {
-                // o: every query head's softmax attention over positions 0..=t.
-                let mut o = vec![vec![0.0f64; d]; hq];
-                for (j, oj) in o.iter_mut().enumerate() {
-                    let kv = j / group;
-                    let qj = &q[t][j * d..][..d];
-                    let scores: Vec<f64> = (0..=t)
-                        .map(|s| {
-                            let ks = &k[s][kv * d..][..d];
-                            qj.iter().zip(ks).map(|(a, b)| a * b).sum::<f64>() * scale
-                        })
-                        .collect();
-                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for (s, w) in e.iter().enumerate() {
-                        for (acc, vv) in oj.iter_mut().zip(&v[s][kv * d..][..d]) {
-                            *acc += w / z * vv;
-                        }
-                    }
-                }
-                // c: output head i = o[2i] - sigmoid(lam_i) o[2i+1] (DIFF V2), or o (standard).
-                let mut c = Vec::with_capacity(h * d);
-                match &layer.lam {
-                    Some(lam) => {
-                        let l = lam.apply(&a[t]);
-                        for i in 0..h {
-                            let s = 1.0 / (1.0 + (-l[i]).exp());
-                            c.extend(o[2 * i].iter().zip(&o[2 * i + 1]).map(|(p, q)| p - s * q));
-                        }
-                    }
-                    None => o.iter().for_each(|oi| c.extend_from_slice(oi)),
-                }
-                for (xv, y) in x[t].iter_mut().zip(layer.o.apply(&c)) {
-                    *xv += y;
-                }
-                let b = rmsnorm(&x[t], &layer.ln_post, eps);
-                let g = layer.gate.apply(&b);
-                let u = layer.up.apply(&b);
-                let m: Vec<f64> = g
-                    .iter()
-                    .zip(&u)
-                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                    .collect();
-                for (xv, y) in x[t].iter_mut().zip(layer.down.apply(&m)) {
-                    *xv += y;
-                }
+            for head in k[pos].chunks_mut(d) {
+                rope(head, pos, cfg.rope_theta);
             }
         }
-        x.iter()
-            .map(|r| self.head.apply(&rmsnorm(r, &self.norm, eps)))
-            .collect()
+        let scale = 1.0 / (d as f64).sqrt();
+        let group = hq / hkv;
+        for t in 0..t_len {
+            // o: every query head's softmax attention over positions 0..=t.
+            let mut o = vec![vec![0.0f64; d]; hq];
+            for (j, oj) in o.iter_mut().enumerate() {
+                let kv = j / group;
+                let qj = &q[t][j * d..][..d];
+                let scores: Vec<f64> = (0..=t)
+                    .map(|s| {
+                        let ks = &k[s][kv * d..][..d];
+                        qj.iter().zip(ks).map(|(a, b)| a * b).sum::<f64>() * scale
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (s, w) in e.iter().enumerate() {
+                    for (acc, vv) in oj.iter_mut().zip(&v[s][kv * d..][..d]) {
+                        *acc += w / z * vv;
+                    }
+                }
+                if let Some((i, m)) = maps.as_mut() {
+                    let row = if j == 2 * *i {
+                        &mut m.p1
+                    } else if j == 2 * *i + 1 {
+                        &mut m.p2
+                    } else {
+                        continue;
+                    };
+                    for (s, w) in e.iter().enumerate() {
+                        row[t * t_len + s] = w / z;
+                    }
+                }
+            }
+            // c: output head i = o[2i] - sigmoid(lam_i) o[2i+1] (DIFF V2), or o (standard).
+            let mut c = Vec::with_capacity(h * d);
+            match &layer.lam {
+                Some(lam) => {
+                    let l = lam.apply(&a[t]);
+                    for i in 0..h {
+                        let s = 1.0 / (1.0 + (-l[i]).exp());
+                        if let Some((want, m)) = maps.as_mut()
+                            && *want == i
+                        {
+                            m.lambda[t] = s;
+                        }
+                        c.extend(o[2 * i].iter().zip(&o[2 * i + 1]).map(|(p, q)| p - s * q));
+                    }
+                }
+                None => o.iter().for_each(|oi| c.extend_from_slice(oi)),
+            }
+            for (xv, y) in x[t].iter_mut().zip(layer.o.apply(&c)) {
+                *xv += y;
+            }
+            let b = rmsnorm(&x[t], &layer.ln_post, eps);
+            let g = layer.gate.apply(&b);
+            let u = layer.up.apply(&b);
+            let m: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            for (xv, y) in x[t].iter_mut().zip(layer.down.apply(&m)) {
+                *xv += y;
+            }
+        }
+        if let Some((_, m)) = maps {
+            m.diff = (0..t_len * t_len)
+                .map(|k| m.p1[k] - m.lambda[k / t_len] * m.p2[k])
+                .collect();
+        }
     }
 
     /// Logits at the last position of `ids`.
