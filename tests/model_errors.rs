@@ -545,9 +545,9 @@ fn config_dimensions_that_are_zero_absurd_or_overflow() {
         // Beyond u32 altogether: a type error of the JSON, not a wrap.
         let e = edit(key, (1u64 << 40).into());
         assert!(
-            e.contains(&format!(
+            e.contains(
                 "malformed config.json: invalid value: integer `1099511627776`, expected u32"
-            )),
+            ),
             "{e}"
         );
         let e = edit(key, (-1).into());
