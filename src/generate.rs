@@ -398,10 +398,16 @@ impl<'a> Generation<'a> {
                 "the prompt is empty and the model has no bos_token_id to start from",
             ));
         }
-        let needed = self.engine.position() as usize + self.prompt.len();
-        if needed > self.engine.context() as usize {
-            self.stop = Some(StopReason::ContextFull);
-            return Ok(());
+        // A prompt the context cannot hold is the caller's to shorten (or to run with a longer
+        // context): an error, not an empty answer that looks like a finished one.
+        let (position, context) = (self.engine.position() as usize, self.engine.context());
+        if position + self.prompt.len() > context as usize {
+            return Err(Error::Model(format!(
+                "the prompt ({} tokens) does not fit the context: {} of its {context} positions \
+                 are free (shorten the prompt or raise the context)",
+                self.prompt.len(),
+                context as usize - position
+            )));
         }
         let t = now();
         if self.on_gpu {

@@ -278,3 +278,106 @@ fn standard_mode_ignores_lam_and_matches_plain_attention() {
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
 }
+
+/// Random inputs for `c` and `k`: (q, k, v, lam).
+fn inputs(c: &AttentionConfig, k: &AttentionCall, seed: u64) -> [Vec<f32>; 4] {
+    let sh = attention::shapes(c, k);
+    let mut rng = Rng::new(seed);
+    [
+        rng.normals(sh.q.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.kv.0, 1.0),
+        rng.normals(sh.lam.0, 1.0),
+    ]
+}
+
+fn host(x: &[Vec<f32>; 4]) -> HostInputs<'_> {
+    HostInputs {
+        q: &x[0],
+        k: &x[1],
+        v: &x[2],
+        lam: &x[3],
+    }
+}
+
+/// Causal positions near u32::MAX: refused where past_len + N + 1 would wrap in the kernels, and
+/// right below that they run and see every key (so they equal the unmasked call).
+#[test]
+fn past_len_near_u32_max() {
+    let gpu = common::gpu();
+    let c = cfg(Mode::Diff, 2, 1, 32, KvDtype::F32);
+    for (n, past) in [(1, u32::MAX - 1), (2, u32::MAX - 2), (1, u32::MAX)] {
+        let k = call(n, 4, true, past);
+        let x = inputs(&c, &k, 7);
+        let e = attention::attention_blocking(&gpu, &c, &k, &host(&x), Kernel::Auto).unwrap_err();
+        assert!(matches!(e, diffattn::Error::Config(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid configuration: past_len {past} with {n} query rows puts positions beyond 4294967294"
+            )
+        );
+    }
+    for kernel in [Kernel::Flash, Kernel::Decode] {
+        let k = call(2, 4, true, u32::MAX - 3);
+        let x = inputs(&c, &k, 8);
+        let got = attention::attention_blocking(&gpu, &c, &k, &host(&x), kernel).unwrap();
+        let want = reference::attention(&c, &call(2, 4, false, 0), &host(&x)).unwrap();
+        let (rel_l2, _) = reference::compare(&got, &want);
+        assert!(rel_l2 < 1e-5, "{kernel:?}: rel L2 {rel_l2:.3e}");
+    }
+}
+
+/// Head counts whose query-head count (2h) or sizes would overflow u32: a typed error, no panic.
+#[test]
+fn absurd_head_counts_are_refused() {
+    let gpu = common::gpu();
+    let k = call(1, 1, false, 0);
+    let x = [vec![0.0f32; 64], vec![0.0; 32], vec![0.0; 32], vec![0.0; 2]];
+    for (heads, kv_heads) in [(1u32 << 31, 1), (u32::MAX, u32::MAX), (1 << 17, 1 << 17)] {
+        let c = cfg(Mode::Diff, heads, kv_heads, 32, KvDtype::F32);
+        let e = attention::attention_blocking(&gpu, &c, &k, &host(&x), Kernel::Auto).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid configuration: heads ({heads}) and kv_heads ({kv_heads}) must be at most 65536"
+            )
+        );
+    }
+    // Within the bounds, N x 2h x d beyond usize on 32-bit targets: still only a shape error.
+    let c = cfg(Mode::Diff, 1 << 16, 1, 256, KvDtype::F32);
+    let big = call(u32::MAX / 2, 1, false, 0);
+    let e = attention::attention_blocking(&gpu, &c, &big, &host(&x), Kernel::Auto).unwrap_err();
+    assert!(matches!(e, diffattn::Error::Shape { .. }), "{e:?}");
+}
+
+/// An output that is not finite (an infinite input, or finite inputs whose products overflow f32)
+/// is an error from the library op itself, on every kernel, never data.
+#[test]
+fn non_finite_outputs_are_errors() {
+    let gpu = common::gpu();
+    let c = cfg(Mode::Diff, 2, 1, 32, KvDtype::F32);
+    let k = call(3, 10, true, 7);
+    for kernel in [Kernel::Flash, Kernel::Decode] {
+        let mut x = inputs(&c, &k, 9);
+        x[2][5] = f32::INFINITY;
+        let e = attention::attention_blocking(&gpu, &c, &k, &host(&x), kernel).unwrap_err();
+        assert!(
+            matches!(e, diffattn::Error::NonFinite { .. }),
+            "{kernel:?}: {e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("the attention output holds a non-finite value"),
+            "{e}"
+        );
+        // Finite but huge values: v x probability sums overflow.
+        let mut x = inputs(&c, &k, 10);
+        x[2].iter_mut().for_each(|v| *v = 3e38);
+        let e = attention::attention_blocking(&gpu, &c, &k, &host(&x), kernel).unwrap_err();
+        assert!(
+            matches!(e, diffattn::Error::NonFinite { .. }),
+            "{kernel:?}: {e:?}"
+        );
+    }
+}

@@ -328,6 +328,37 @@ fn attn_matches_the_reference_through_files() {
     .unwrap();
     let (_, rel) = reference::compare(&got, &want);
     assert!(rel < 1e-5, "rel {rel}");
+
+    // --reference writes the float64 reference itself (what the browser kernel test compares
+    // with): F64, bit for bit what the library's reference gives, and no adapter needed.
+    let ref_out = tmp("attn-ref.safetensors");
+    let out = diffattn(&[
+        "attn",
+        "--reference",
+        "--in",
+        input.to_str().unwrap(),
+        "--out",
+        ref_out.to_str().unwrap(),
+        "--causal",
+        "--past-len",
+        "7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&ref_out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("out").unwrap();
+    assert_eq!(t.shape(), &[5, 4, 32]);
+    assert_eq!(t.dtype(), Dtype::F64);
+    let got: Vec<f64> = t
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, want);
 }
 
 fn attn_error(tensors: &[(&str, Vec<usize>, &[f32])], extra: &[&str]) -> String {
@@ -598,5 +629,72 @@ fn the_shipped_model_manifest_is_current() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `diffattn maps`: float64 maps whose rows are distributions over the visible positions, for
+/// ids or a prompt; a standard model, a head out of range and ids beyond the vocabulary are
+/// one-line errors.
+#[test]
+fn maps_prints_the_float64_maps_and_refuses_what_has_none() {
+    use diffattn::model::random::RandomModel;
+    let dir = tmp("maps-model");
+    std::fs::remove_dir_all(&dir).ok();
+    RandomModel::tiny("diff_v2", 3).write_dir(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let out = diffattn(&[
+        "maps", "--model", d, "--ids", "5,6,7", "--layer", "1", "--head", "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ids"], serde_json::json!([5, 6, 7]));
+    let p1: Vec<f64> = serde_json::from_value(v["p1"].clone()).unwrap();
+    assert_eq!(p1.len(), 9);
+    for (i, row) in p1.chunks(3).enumerate() {
+        assert!(
+            (row.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+            "row {i}: {row:?}"
+        );
+        assert!(
+            row[i + 1..].iter().all(|&p| p == 0.0),
+            "row {i} sees the future"
+        );
+    }
+    let by_prompt = diffattn(&["maps", "--model", d, "--prompt", "ab"]);
+    assert!(by_prompt.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&by_prompt.stdout).unwrap();
+    // The byte-level tokenizer: id = byte + 1.
+    assert_eq!(v["ids"], serde_json::json!([98, 99]));
+
+    for (args, want) in [
+        (
+            vec!["--ids", "5", "--head", "2"],
+            "layer 0, head 2: the model has 2 layers and 2 heads",
+        ),
+        (
+            vec!["--ids", "264"],
+            "token id 264 is outside the vocabulary (264)",
+        ),
+    ] {
+        let mut all = vec!["maps", "--model", d];
+        all.extend(args);
+        let out = diffattn(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{err}");
+    }
+    let std_dir = tmp("maps-standard");
+    std::fs::remove_dir_all(&std_dir).ok();
+    RandomModel::tiny("standard", 3)
+        .write_dir(&std_dir)
+        .unwrap();
+    let out = diffattn(&["maps", "--model", std_dir.to_str().unwrap(), "--ids", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("attention maps of DIFF V2 need a diff_v2 model"),
+        "{err}"
     );
 }

@@ -79,11 +79,11 @@ fn stops_on_max_tokens_eos_stop_string_and_context() {
     assert_eq!(g.stop_reason(), Some(StopReason::ContextFull));
     assert_eq!(n, 21);
     drop(g);
-    // A prompt longer than the context is a clean stop, not an error.
+    // A prompt longer than the context is an error (tests/model_errors.rs has the message).
     let long = "x".repeat(30);
     let mut g = m.generate(&long, greedy(5)).unwrap();
-    assert!(g.next().is_none());
-    assert_eq!(g.stop_reason(), Some(StopReason::ContextFull));
+    assert!(matches!(g.next(), Some(Err(diffattn::Error::Model(_)))));
+    assert_eq!(g.stop_reason(), Some(StopReason::Error));
     drop(g);
     // A stop string taken from what greedy produces: generation ends before it, text cut.
     let full: String = m

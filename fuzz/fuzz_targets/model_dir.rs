@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .expect("a parsed shape's size fits usize");
-            assert_eq!(Some(raw.len()), elements.checked_mul(info.dtype.bytes()));
+            assert_eq!(Some(raw.len()), info.dtype.bytes_for(elements));
             assert_eq!(w.to_f32(&name).expect("widens").len(), elements);
         }
         assert!(w.total_bytes() <= input_bytes as u64);

@@ -838,7 +838,8 @@ pub(crate) fn grid_2d(groups: u32) -> [u32; 2] {
 }
 
 /// Runs one attention call on host data: uploads, runs both passes (output poisoned with NaN first,
-/// so an unwritten element cannot pass a check), reads back `out` (N, h, d).
+/// so an unwritten element cannot pass a check), reads back `out` (N, h, d). A non-finite output
+/// element (inputs that overflow f32) is [`Error::NonFinite`], not data.
 pub async fn attention(
     gpu: &Gpu,
     cfg: &AttentionConfig,
@@ -892,7 +893,10 @@ pub async fn attention_with(
     }
     gpu.queue.submit([enc.finish()]);
     gpu.take_error("attention")?;
-    gpu.read_f32(&out, out_len).await
+    let out = gpu.read_f32(&out, out_len).await?;
+    // Inputs whose products overflow f32 give inf or NaN: an error, never data.
+    Error::check_finite("the attention output", &out)?;
+    Ok(out)
 }
 
 /// Blocking form of [`attention`] for native programs.

@@ -110,6 +110,9 @@ impl Kernel {
     }
 }
 
+/// The most output (and KV) heads [`AttentionConfig::validate`] accepts.
+pub const MAX_HEADS: u32 = 1 << 16;
+
 /// The layer's fixed shape: what a pipeline is specialised for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionConfig {
@@ -139,7 +142,8 @@ impl AttentionConfig {
     /// Query heads: 2h in DIFF V2, h in standard mode.
     pub fn q_heads(&self) -> u32 {
         match self.mode {
-            Mode::Diff => 2 * self.heads,
+            // Saturating: a config not yet validated must not overflow here.
+            Mode::Diff => self.heads.saturating_mul(2),
             Mode::Standard => self.heads,
         }
     }
@@ -156,6 +160,14 @@ impl AttentionConfig {
     pub fn validate(&self) -> Result<()> {
         if self.heads == 0 || self.kv_heads == 0 {
             return Err(Error::config("heads and kv_heads must be at least 1"));
+        }
+        // 2h query heads and every head index the kernels form must fit u32 with room to spare;
+        // no real layer comes near this.
+        if self.heads > MAX_HEADS || self.kv_heads > MAX_HEADS {
+            return Err(Error::config(format!(
+                "heads ({}) and kv_heads ({}) must be at most {MAX_HEADS}",
+                self.heads, self.kv_heads
+            )));
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::config(format!(
@@ -221,7 +233,12 @@ pub struct Shapes {
 
 pub fn shapes(cfg: &AttentionConfig, call: &AttentionCall) -> Shapes {
     let (n, s, d) = (call.n_queries, call.seq_len, cfg.head_dim);
-    let count = |dims: &[u32]| dims.iter().map(|&x| x as usize).product::<usize>();
+    // In u64 and saturated: on a 32-bit target (wasm) the product of valid u32 sizes can exceed
+    // usize, and a saturated count still fails the length check instead of wrapping to a match.
+    let count = |dims: &[u32]| {
+        let n = dims.iter().fold(1u64, |a, &x| a.saturating_mul(x as u64));
+        usize::try_from(n).unwrap_or(usize::MAX)
+    };
     let q = [n, cfg.q_heads(), d];
     let kv = [s, cfg.kv_heads, d];
     let lam = [n, cfg.heads];

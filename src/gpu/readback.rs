@@ -79,7 +79,11 @@ pub(crate) async fn map_read(
     }
     // A map fails when the device is gone: say that, not just that the map failed.
     let failed = |e: String| gpu.lost_error().unwrap_or(Error::Readback(e));
-    recv.await.map_err(|e| failed(e.to_string()))?;
+    if let Err(e) = recv.await {
+        #[cfg(target_arch = "wasm32")]
+        await_lost(gpu).await;
+        return Err(failed(e.to_string()));
+    }
     let data = {
         let view = buffer
             .slice(..)
@@ -90,4 +94,32 @@ pub(crate) async fn map_read(
     buffer.unmap();
     gpu.take_error("read-back")?;
     Ok(data)
+}
+
+/// In the browser a destroyed device fails the pending maps before its `lost` promise settles
+/// (which is what sets [`Gpu::lost_error`]): give that promise a few turns of the event loop, at
+/// most 200 ms and only on this failure path, so that the error names the lost device.
+#[cfg(target_arch = "wasm32")]
+async fn await_lost(gpu: &Gpu) {
+    for _ in 0..20 {
+        if gpu.lost_error().is_some() {
+            return;
+        }
+        let timer = js_sys::Promise::new(&mut |resolve, _| {
+            let global = js_sys::global();
+            let set_timeout = js_sys::Reflect::get(&global, &"setTimeout".into())
+                .ok()
+                .and_then(|f| wasm_bindgen::JsCast::dyn_into::<js_sys::Function>(f).ok());
+            match set_timeout {
+                Some(f) => {
+                    let _ = f.call2(&global, &resolve, &10.into());
+                }
+                // No timer (not a browser global): resolve at once rather than never.
+                None => {
+                    let _ = resolve.call0(&global);
+                }
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(timer).await;
+    }
 }

@@ -165,6 +165,27 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::config(format!("{name} must be at least 1")));
         }
+        // Every tensor and index the kernels compute must fit u32: bound the dimensions so that
+        // the largest products (q heads x head_dim x context, intermediate x hidden) cannot wrap.
+        let limits = [
+            ("num_attention_heads", self.num_attention_heads, 1u32 << 16),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 19),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ];
+        if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
+            return Err(Error::config(format!(
+                "{name} = {v} is beyond what the engine supports ({max})"
+            )));
+        }
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -197,27 +218,6 @@ impl Config {
             return Err(Error::config(format!(
                 "rms_norm_eps = {} must be a positive number below 1",
                 self.rms_norm_eps
-            )));
-        }
-        // Every tensor and index the kernels compute must fit u32: bound the dimensions so that
-        // the largest products (q heads x head_dim x context, intermediate x hidden) cannot wrap.
-        let limits = [
-            ("num_attention_heads", self.num_attention_heads, 1u32 << 16),
-            ("num_key_value_heads", self.num_key_value_heads, 1 << 16),
-            ("head_dim", self.head_dim, 1 << 12),
-            ("hidden_size", self.hidden_size, 1 << 17),
-            ("intermediate_size", self.intermediate_size, 1 << 19),
-            ("vocab_size", self.vocab_size, 1 << 22),
-            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
-            (
-                "max_position_embeddings",
-                self.max_position_embeddings,
-                1 << 24,
-            ),
-        ];
-        if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
-            return Err(Error::config(format!(
-                "{name} = {v} is beyond what the engine supports ({max})"
             )));
         }
         for (name, id) in [

@@ -12,7 +12,7 @@ use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 use crate::attention::Mode;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Config, HostWeights};
 
 /// The float types the CPU model runs in (f64 for the oracle, f32 for the attention maps).
@@ -289,6 +289,82 @@ impl<F: Real> Layer<F> {
     }
 }
 
+/// Attention maps of one output head i (DIFF V2): the softmax maps of query heads 2i and 2i + 1,
+/// sigmoid(lambda) per query token, and p1 - lambda p2; each (T, T) row-major, future positions 0.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Maps<F> {
+    pub p1: Vec<F>,
+    pub p2: Vec<F>,
+    pub lambda: Vec<F>,
+    pub diff: Vec<F>,
+}
+
+/// The float64 maps: the oracle of the browser's `attentionMaps`.
+pub type RefMaps = Maps<f64>;
+
+fn check_maps_request(cfg: &Config, ids: &[u32], layer: u32, head: u32) -> Result<()> {
+    if cfg.mode() != Mode::Diff {
+        return Err(Error::Unsupported(
+            "attention maps of DIFF V2 need a diff_v2 model".into(),
+        ));
+    }
+    if layer >= cfg.num_hidden_layers || head >= cfg.num_attention_heads {
+        return Err(Error::config(format!(
+            "layer {layer}, head {head}: the model has {} layers and {} heads",
+            cfg.num_hidden_layers, cfg.num_attention_heads
+        )));
+    }
+    if ids.is_empty() {
+        return Err(Error::config("attention maps need a non-empty prompt"));
+    }
+    if let Some(&bad) = ids.iter().find(|&&id| id >= cfg.vocab_size) {
+        return Err(Error::Model(format!(
+            "token id {bad} is outside the vocabulary ({})",
+            cfg.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+fn maps_of<F: Real>(att: AttentionProbs<F>, cfg: &Config, t: usize, head: u32) -> Maps<F> {
+    let h = cfg.num_attention_heads as usize;
+    let i = head as usize;
+    let map = |qh: usize| att.probs[qh * t * t..][..t * t].to_vec();
+    let (p1, p2) = (map(2 * i), map(2 * i + 1));
+    let all = att.lambda.unwrap_or_default();
+    let lambda: Vec<F> = (0..t).map(|q| all[q * h + i]).collect();
+    let diff = p1
+        .iter()
+        .zip(&p2)
+        .enumerate()
+        .map(|(k, (&a, &b))| a - lambda[k / t] * b)
+        .collect();
+    Maps {
+        p1,
+        p2,
+        lambda,
+        diff,
+    }
+}
+
+/// The attention maps of output head `head` in layer `layer` over `ids`, computed in F with one
+/// layer's weights in memory at a time (the browser's maps run this in f32).
+pub fn attention_maps<F: Real>(
+    cfg: &Config,
+    weights: &HostWeights,
+    ids: &[u32],
+    layer: u32,
+    head: u32,
+) -> Result<Maps<F>> {
+    check_maps_request(cfg, ids, layer, head)?;
+    let mut x = embed::<F>(cfg, weights, ids)?;
+    for l in 0..layer {
+        Layer::<F>::load(cfg, weights, l)?.forward(cfg, &mut x);
+    }
+    let att = Layer::<F>::load(cfg, weights, layer)?.attention_probs(cfg, &x);
+    Ok(maps_of(att, cfg, ids.len(), head))
+}
+
 /// The embedding rows of `ids` in F (T, hidden).
 pub fn embed<F: Real>(cfg: &Config, weights: &HostWeights, ids: &[u32]) -> Result<Vec<Vec<F>>> {
     let table = F::tensor(weights, "model.embed_tokens.weight")?;
@@ -346,6 +422,18 @@ impl<F: Real> Model<F> {
                     .apply(&rmsnorm(r, &self.norm, self.cfg.rms_norm_eps))
             })
             .collect()
+    }
+
+    /// The attention maps of output head `head` in layer `layer` over `ids` (DIFF V2 models), from
+    /// the layers already loaded.
+    pub fn attention_maps(&self, ids: &[u32], layer: u32, head: u32) -> Result<Maps<F>> {
+        check_maps_request(&self.cfg, ids, layer, head)?;
+        let mut x = rows(&self.embed, self.cfg.hidden_size as usize, ids);
+        for l in &self.layers[..layer as usize] {
+            l.forward(&self.cfg, &mut x);
+        }
+        let att = self.layers[layer as usize].attention_probs(&self.cfg, &x);
+        Ok(maps_of(att, &self.cfg, ids.len(), head))
     }
 
     /// Logits at the last position of `ids`.

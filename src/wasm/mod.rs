@@ -43,17 +43,34 @@ thread_local! {
     static GPU: RefCell<Option<Arc<Gpu>>> = const { RefCell::new(None) };
 }
 
-/// The shared device, opened on first use.
+/// The shared device, opened on first use, and opened again once it has been lost (destroyed,
+/// a driver reset): models on the lost device fail with `DeviceLost`, and a model loaded again
+/// gets the new device.
 pub(crate) async fn gpu() -> Result<Arc<Gpu>, JsValue> {
     if let Some(g) = GPU.with(|g| g.borrow().clone()) {
-        return Ok(g);
+        if g.lost_error().is_none() {
+            return Ok(g);
+        }
+        GPU.with(|slot| {
+            // Another caller may have replaced it already.
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &g)) {
+                *slot = None;
+            }
+        });
     }
     // The model API takes Arc<Gpu>; on wasm (one thread) it is never shared across threads.
     #[allow(clippy::arc_with_non_send_sync)]
     let opened = Arc::new(Gpu::new(&GpuOptions::default()).await.map_err(js_error)?);
     // Two callers may have raced through the await: keep the first device so that buffers and
     // pipelines are never shared across devices.
-    Ok(GPU.with(|g| g.borrow_mut().get_or_insert(opened).clone()))
+    Ok(GPU.with(|g| {
+        let mut slot = g.borrow_mut();
+        match slot.as_ref() {
+            Some(cur) if cur.lost_error().is_none() => cur.clone(),
+            _ => slot.insert(opened).clone(),
+        }
+    }))
 }
 
 /// What the page shows about the device: adapter, the path in use and the limits that matter.

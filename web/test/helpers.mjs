@@ -32,9 +32,13 @@ export async function browser({ webgpu = true } = {}) {
   return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args });
 }
 
-/** A page with console errors collected (and echoed when DEBUG is set). */
-export async function open(b, url) {
+/**
+ * A page with console errors collected (and echoed when DEBUG is set); `initScript` (a function)
+ * runs in the page before any of its own scripts.
+ */
+export async function open(b, url, initScript) {
   const page = await b.newPage();
+  if (initScript) await page.addInitScript(initScript);
   const log = [];
   page.on('console', (m) => {
     log.push(`${m.type()}: ${m.text()}`);
@@ -105,7 +109,11 @@ export function readSafetensors(path) {
     if (name === '__metadata__') continue;
     const [a, b] = t.data_offsets;
     const bytes = buf.subarray(8 + n + a, 8 + n + b);
-    out[name] = { shape: t.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)) };
+    const copy = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+    // F32, or F64 (what `diffattn attn --reference` writes).
+    const Type = { F32: Float32Array, F64: Float64Array }[t.dtype];
+    if (!Type) throw new Error(`${path}: tensor ${name} is ${t.dtype}; expected F32 or F64`);
+    out[name] = { shape: t.shape, dtype: t.dtype, data: new Type(copy) };
   }
   return out;
 }
@@ -137,15 +145,15 @@ export function relL2(got, want) {
 
 // Hooks that start the demo server and a browser and open the page with no model loaded, for a
 // test file's tests to share: `fixture.page` is set once the page is ready. With `enabled` false
-// (a test file whose input is missing) nothing starts.
-export function demoPage({ enabled = true } = {}) {
+// (a test file whose input is missing) nothing starts; `initScript` as for open().
+export function demoPage({ enabled = true, initScript } = {}) {
   const fixture = { page: null };
   let srv, b;
   before(async () => {
     if (!enabled) return;
     srv = await server();
     b = await browser();
-    fixture.page = await open(b, `${srv.url}?model=none`);
+    fixture.page = await open(b, `${srv.url}?model=none`, initScript);
     await waitState(fixture.page, ['ready']);
   });
   after(async () => {

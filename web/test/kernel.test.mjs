@@ -1,4 +1,6 @@
-// diffAttention in the browser (SwiftShader) against the native CLI (lavapipe) on the same inputs.
+// diffAttention in the browser (SwiftShader, on whichever kernel path the browser build selects)
+// against the float64 CPU reference (`diffattn attn --reference`) on the same inputs, with the
+// native conformance tests' bound for f32 K/V: relative L2 error at most 1e-5.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -15,7 +17,7 @@ const CASES = [
 ];
 
 for (const [i, c] of CASES.entries()) {
-  test(`diffAttention matches native: ${c.name}`, async () => {
+  test(`diffAttention matches the float64 reference: ${c.name}`, async (ctx) => {
     const qh = c.mode === 'diff' ? 2 * c.heads : c.heads;
     const t = {
       q: { shape: [c.n, qh, c.headDim], data: random(10 * i + 1, c.n * qh * c.headDim) },
@@ -27,10 +29,11 @@ for (const [i, c] of CASES.entries()) {
     t.q.data = t.q.data.map((x) => 4 * x);
     const dir = tmp();
     writeSafetensors(join(dir, 'in.safetensors'), t);
-    const args = ['attn', '--in', join(dir, 'in.safetensors'), '--out', join(dir, 'out.safetensors'), '--mode', c.mode, '--past-len', String(c.pastLen)];
+    const args = ['attn', '--reference', '--in', join(dir, 'in.safetensors'), '--out', join(dir, 'ref.safetensors'), '--mode', c.mode, '--past-len', String(c.pastLen)];
     if (c.causal) args.push('--causal');
     native(args);
-    const want = readSafetensors(join(dir, 'out.safetensors')).out;
+    const want = readSafetensors(join(dir, 'ref.safetensors')).out;
+    assert.equal(want.dtype, 'F64');
     assert.deepEqual(want.shape, [c.n, c.heads, c.headDim]);
 
     const got = await fixture.page.evaluate(
@@ -47,6 +50,7 @@ for (const [i, c] of CASES.entries()) {
     assert.equal(got.length, want.data.length);
     assert.ok(got.every(Number.isFinite), 'non-finite output');
     const err = relL2(got, want.data);
+    ctx.diagnostic(`relative L2 against float64: ${err.toExponential(2)}`);
     assert.ok(err <= 1e-5, `relative L2 ${err.toExponential(2)} > 1e-5`);
   });
 }

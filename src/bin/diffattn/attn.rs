@@ -30,6 +30,10 @@ pub struct AttnArgs {
     /// Softmax scale (default 1/sqrt(d)).
     #[arg(long)]
     scale: Option<f32>,
+    /// Write the float64 CPU reference instead of running the GPU kernels: `out` (N,h,d) as F64,
+    /// what tests compare another kernel's output with (no adapter is opened).
+    #[arg(long)]
+    reference: bool,
 }
 
 /// Bad input: exit code 2 with a one-line message.
@@ -48,14 +52,39 @@ pub fn run(args: &AttnArgs, opts: &GpuOptions) -> Result<()> {
     let x = inputs.host();
     attention::check_host(&cfg, &call, &x).map_err(|e| bad_input(path, e))?;
 
-    let gpu = super::open_gpu(opts)?;
-    let out = attention::attention_blocking(&gpu, &cfg, &call, &x, Kernel::Auto)?;
-    // Non-finite inputs (or values whose products overflow) give a non-finite output: an error,
-    // not a file of NaN.
-    diffattn::Error::check_finite("the attention output", &out).map_err(|e| bad_input(path, e))?;
-    let out_bytes: &[u8] = bytemuck::cast_slice(&out);
     let (n, heads, d) = (inputs.n_queries, inputs.heads, inputs.head_dim);
     let shape = vec![n as usize, heads as usize, d as usize];
+    if args.reference {
+        let want =
+            diffattn::reference::attention(&cfg, &call, &x).map_err(|e| bad_input(path, e))?;
+        if let Some(i) = want.iter().position(|v| !v.is_finite()) {
+            return Err(bad_input(
+                path,
+                format!(
+                    "the reference output holds a non-finite value ({} at index {i})",
+                    want[i]
+                ),
+            ));
+        }
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::F64, shape, bytemuck::cast_slice(&want))?;
+        safetensors::serialize_to_file([("out", view)], None, &args.out)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!(
+            "wrote the float64 reference out ({n}, {heads}, {d}) to {}",
+            args.out.display()
+        );
+        return Ok(());
+    }
+
+    let gpu = super::open_gpu(opts)?;
+    // Non-finite inputs (or values whose products overflow) give a non-finite output, which the
+    // library refuses: that is the input's fault (exit code 2), and no file of NaN is written.
+    let out = match attention::attention_blocking(&gpu, &cfg, &call, &x, Kernel::Auto) {
+        Err(e @ diffattn::Error::NonFinite { .. }) => return Err(bad_input(path, e)),
+        r => r?,
+    };
+    let out_bytes: &[u8] = bytemuck::cast_slice(&out);
     let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, out_bytes)?;
     safetensors::serialize_to_file([("out", view)], None, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;

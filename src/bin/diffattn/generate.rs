@@ -184,11 +184,10 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     };
     let (mut model, adapter) = load(args, gpu_opts)?;
     let (gen_opts, seed) = options(args);
-    let context = model.engine.context();
     if args.chat {
         let mut conv = Conversation::new(&model, args.system.as_deref())?;
         let generation = conv.reply(&mut model, &prompt, gen_opts)?;
-        return finish(generation, context, args.json, &adapter, seed);
+        return finish(generation, args.json, &adapter, seed);
     }
     let generation = model.generate(&prompt, gen_opts)?;
     if !args.json {
@@ -196,7 +195,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         write!(out, "{prompt}")?;
         out.flush()?;
     }
-    finish(generation, context, args.json, &adapter, seed)
+    finish(generation, args.json, &adapter, seed)
 }
 
 /// `diffattn chat`: an interactive conversation on stdin/stdout; the KV cache keeps the history,
@@ -229,16 +228,10 @@ pub fn chat(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
 }
 
 /// Streams `generation` to stdout, then its summary (stderr, or a JSON line with `json`).
-fn finish(
-    mut generation: Generation<'_>,
-    context: u32,
-    json: bool,
-    adapter: &str,
-    seed: u64,
-) -> Result<()> {
+fn finish(mut generation: Generation<'_>, json: bool, adapter: &str, seed: u64) -> Result<()> {
     let (_, stats, reason) = stream(&mut generation, json)?;
     drop(generation);
-    summary(&stats, reason, context, json, adapter, seed)
+    summary(&stats, reason, json, adapter, seed)
 }
 
 /// Writes each piece to stdout as it comes; returns the text, the stats and the stop reason.
@@ -264,21 +257,8 @@ fn stream(generation: &mut Generation<'_>, json: bool) -> Result<(String, Stats,
     Ok((text, generation.stats().clone(), reason))
 }
 
-fn summary(
-    stats: &Stats,
-    reason: StopReason,
-    context: u32,
-    json: bool,
-    adapter: &str,
-    seed: u64,
-) -> Result<()> {
+fn summary(stats: &Stats, reason: StopReason, json: bool, adapter: &str, seed: u64) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if reason == StopReason::ContextFull && stats.generated == 0 {
-        eprintln!(
-            "note: the prompt ({} tokens) leaves no room in the context of {} positions (see --context)",
-            stats.prompt_tokens, context
-        );
-    }
     if json {
         let summary = serde_json::json!({
             "prompt_tokens": stats.prompt_tokens,

@@ -5,6 +5,7 @@ mod bench;
 mod bench_generate;
 mod generate;
 mod manifest;
+mod maps;
 mod verify;
 
 use anyhow::Result;
@@ -52,6 +53,8 @@ enum Command {
     /// Chat with a model that has a chat template (a GGUF chat model), interactively: one message
     /// per line on stdin, the reply streamed to stdout; the KV cache keeps the conversation.
     Chat(generate::GenerateArgs),
+    /// Print the float64 reference's attention maps of one DIFF V2 layer and head as JSON.
+    Maps(maps::MapsArgs),
     /// Write a model's manifest.json (each file's size and SHA-256), which the browser package
     /// checks its cached copies against; --check compares instead.
     Manifest(manifest::ManifestArgs),
@@ -164,6 +167,7 @@ fn run(cli: Cli, start: std::time::Instant) -> Result<()> {
         Command::Generate(args) => generate::run(&args, &opts),
         Command::Chat(args) => generate::chat(&args, &opts),
         Command::Manifest(args) => manifest::run(&args),
+        Command::Maps(args) => maps::run(&args),
     }
 }
 
