@@ -11,7 +11,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { rootDir, demoPage, open, waitState, nativeGreedyMargins } from './helpers.mjs';
+import { rootDir, artefacts, demoPage, open, waitState, nativeGreedyMargins } from './helpers.mjs';
 
 const FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const path = join(rootDir, 'target', 'models', FILE);
@@ -173,6 +173,7 @@ test('the demo page chats with SmolLM2 in a Web Worker: replies stream, the seco
       ['msg assistant', two.reply],
     ]);
     console.log(`# demo chat: ${JSON.stringify(one.reply)} / ${JSON.stringify(two.reply)} (${two.chatStats.promptTokens} new prompt tokens)`);
+    await page.screenshot({ path: join(artefacts, 'demo-chat.png'), fullPage: true });
 
     // The file input takes a local .gguf (its bytes go to the worker); these are not GGUF.
     await page.setInputFiles('#ggufFile', { name: 'bad.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from([1, 2, 3, 4, 5]) });
