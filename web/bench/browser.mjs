@@ -5,13 +5,14 @@
 // after one warm-up run, as JSON lines on stdout.
 //
 //   cd web && npm run -s build && node bench/browser.mjs [--prompt-tokens 64] [--tokens 64]
-//       [--repeats 3] [--threads 1,2] [--wllama-webgpu]
+//       [--repeats 3] [--threads 1,2] [--wllama-webgpu] [--log]
 //
 // The model comes from target/models/, where `cargo test --test gguf` (or bench/cpu.sh) puts it.
 // The page is served cross-origin isolated (COOP/COEP), without which wllama cannot run threads.
 // diffattn's prefill rate is the prompt's tokens over the time to the first token (the prefill
 // and the first pick); wllama's are llama.cpp's own timings (prompt and predicted per second).
-// `--wllama-webgpu` adds a row of wllama on its WebGPU backend (the same SwiftShader adapter).
+// `--wllama-webgpu` adds a row of wllama on its WebGPU backend (the same SwiftShader adapter);
+// `--log` echoes llama.cpp's lines on backends and offloaded layers to stderr.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { rootDir, webDir, browser, open, waitState } from '../test/helpers.mjs';
@@ -31,8 +32,10 @@ function arg(name, dflt) {
 const P = Number(arg('prompt-tokens', 64));
 const N = Number(arg('tokens', 64));
 const R = Number(arg('repeats', 3));
-const THREADS = String(arg('threads', '1,2')).split(',').map(Number);
+const THREADS = String(arg('threads', '1,2')).split(',').filter(Boolean).map(Number);
 const WEBGPU = process.argv.includes('--wllama-webgpu');
+// llama.cpp's own log lines about backends and offloading, to stderr (where its layers ran).
+const LOG = process.argv.includes('--log');
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -48,6 +51,7 @@ const url = `/target-models/${FILE}`;
 const rows = [];
 try {
   const page = await open(b, `${srv.url}?model=none`);
+  if (LOG) page.on('console', (m) => /offload|webgpu|backend|CPU_REPACK|buffer size/i.test(m.text()) && console.error(`[wllama] ${m.text()}`));
   await waitState(page, ['ready']);
   const isolated = await page.evaluate(() => globalThis.crossOriginIsolated);
   const chromium = b.version();
@@ -94,9 +98,9 @@ try {
   if (WEBGPU) configs.push({ threads: 1, webgpu: true });
   for (const { threads, webgpu } of configs) {
     const w = await page.evaluate(
-      async ({ url, prompt, N, R, threads, webgpu }) => {
+      async ({ url, prompt, N, R, threads, webgpu, log }) => {
         const { Wllama } = await import('/wllama/index.js');
-        const wllama = new Wllama({ default: '/wllama/wasm/wllama.wasm' }, { suppressNativeLog: true });
+        const wllama = new Wllama({ default: '/wllama/wasm/wllama.wasm' }, { suppressNativeLog: !log });
         const blob = await (await fetch(url)).blob();
         await wllama.loadModel([blob], { n_ctx: 512, n_threads: threads, ...(webgpu ? {} : { n_gpu_layers: 0 }) });
         const run = async (n) =>
@@ -109,7 +113,7 @@ try {
         await wllama.exit();
         return { runs, multi, used };
       },
-      { url, prompt: d.prompt, N, R, threads, webgpu },
+      { url, prompt: d.prompt, N, R, threads, webgpu, log: LOG },
     );
     rows.push({
       engine: `wllama ${wllamaVersion}`,
