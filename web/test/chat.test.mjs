@@ -130,7 +130,7 @@ test('GGUF bytes that are not GGUF are refused with a Format error', { skip: Boo
   assert.match(e.message, /GGUF/);
 });
 
-test('the demo page chats with SmolLM2 in a Web Worker: replies stream, the second turn reuses the cache, and the picker switches models', { skip: Boolean(missing) }, async () => {
+test('the demo page chats with SmolLM2 in a Web Worker: replies stream, the second turn reuses the cache, Stop and New chat work, and the picker switches models', { skip: Boolean(missing) }, async () => {
   assert.ok(mainThread, 'the main-thread chat test ran first');
   // One model on the software GPU at a time.
   await fixture.page.evaluate(() => window.__smol.dispose());
@@ -174,6 +174,22 @@ test('the demo page chats with SmolLM2 in a Web Worker: replies stream, the seco
     ]);
     console.log(`# demo chat: ${JSON.stringify(one.reply)} / ${JSON.stringify(two.reply)} (${two.chatStats.promptTokens} new prompt tokens)`);
     await page.screenshot({ path: join(artefacts, 'demo-chat.png'), fullPage: true });
+
+    // Stop mid-reply: the partial reply stays in the history, and New chat clears it.
+    await page.fill('#chatMaxTokens', '200');
+    await page.fill('#chatInput', 'Tell me a long story about a dragon.');
+    await page.click('#send');
+    await page.waitForFunction(() => window.__diffattn.partials.length >= 2 || window.__diffattn.state !== 'generating', null, { timeout: 240_000, polling: 50 });
+    await page.click('#chatStop');
+    const three = await waitState(page, ['stopped', 'done']);
+    assert.equal(three.state, 'stopped', 'the reply ended before Stop was clicked');
+    assert.ok(three.replyIds.length < 200, `${three.replyIds.length} tokens`);
+    assert.equal(three.messages.length, 6);
+    assert.deepEqual(three.messages.at(-1), { role: 'assistant', content: three.reply });
+    assert.match(await page.textContent('#chatStats'), /\(stopped\)/);
+    await page.click('#newChat');
+    assert.equal(await page.$$eval('#transcript .msg', (xs) => xs.length), 0);
+    assert.deepEqual(await page.evaluate(() => window.__diffattn.messages), []);
 
     // The file input takes a local .gguf (its bytes go to the worker); these are not GGUF.
     await page.setInputFiles('#ggufFile', { name: 'bad.gguf', mimeType: 'application/octet-stream', buffer: Buffer.from([1, 2, 3, 4, 5]) });
