@@ -279,6 +279,17 @@ impl<'a> Generation<'a> {
         &self.history
     }
 
+    /// The logits the last handed-out token was picked from (raw, before any repetition penalty
+    /// or temperature), where the CPU picked it: with [`GenerateOptions::pick_on_gpu`] off or
+    /// sampling settings the GPU does not run. `None` before the first token and while the GPU
+    /// picks, since then no logits are read back.
+    pub fn last_logits(&self) -> Option<&[f32]> {
+        if self.on_gpu || self.stats.generated == 0 {
+            return None;
+        }
+        self.logits.as_deref()
+    }
+
     fn finish(&mut self, reason: StopReason) -> Result<String> {
         self.stop = Some(reason);
         let mut rest = std::mem::take(&mut self.held);
@@ -481,6 +492,25 @@ impl Drop for Generation<'_> {
         let keep = self.cache_position();
         self.engine.truncate(keep);
     }
+}
+
+/// The gap between the largest and the second-largest logit: how near greedy decoding came to
+/// picking another token (0 for a tie). `None` for fewer than two logits or a NaN among them,
+/// where no gap is meaningful.
+pub fn top2_margin(logits: &[f32]) -> Option<f32> {
+    if logits.len() < 2 || logits.iter().any(|x| x.is_nan()) {
+        return None;
+    }
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in logits {
+        if x > first {
+            second = first;
+            first = x;
+        } else if x > second {
+            second = x;
+        }
+    }
+    Some(first - second)
 }
 
 /// Length in bytes of the longest suffix of `text` that is a proper prefix of a stop string.

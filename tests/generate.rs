@@ -4,7 +4,7 @@ mod common;
 
 use common::greedy;
 
-use diffattn::generate::{GenerateOptions, Generation, StopReason, TextModel};
+use diffattn::generate::{GenerateOptions, Generation, StopReason, TextModel, top2_margin};
 use diffattn::model::EngineOptions;
 use diffattn::model::random::{RandomModel, byte_tokenizer_json};
 use diffattn::sample::SamplingParams;
@@ -331,6 +331,94 @@ fn cli_temperature_zero_is_plain_greedy_unless_a_penalty_is_given() {
         .collect();
     assert_eq!(cli_ids(&[]), lib);
     assert_ne!(cli_ids(&["--repeat-penalty", "3"]), lib);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `generate --json --margins`: each token's line carries the gap between its step's two largest
+/// logits, equal to what the library's last logits give, whose argmax is the token; the ids are
+/// those of the GPU's pick without `--margins`.
+#[test]
+fn cli_margins_are_each_tokens_top2_logit_gap() {
+    assert_eq!(top2_margin(&[1.0, 3.0, 2.5]), Some(0.5));
+    assert_eq!(top2_margin(&[2.0, -1.0, 2.0]), Some(0.0));
+    assert_eq!(top2_margin(&[1.0, f32::NAN]), None);
+    assert_eq!(top2_margin(&[1.0]), None);
+
+    let dir = std::env::temp_dir().join(format!("diffattn-margins-{}", std::process::id()));
+    RandomModel::tiny("diff_v2", 4).write_dir(&dir).unwrap();
+    let cli = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "margins",
+            "--max-tokens",
+            "10",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["id"].is_u64())
+            .collect()
+    };
+    let with = cli(&["--margins"]);
+    let without = cli(&[]);
+    let ids = |v: &[serde_json::Value]| -> Vec<u64> {
+        v.iter().map(|t| t["id"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(with.len(), 10);
+    assert_eq!(ids(&with), ids(&without));
+    assert!(without.iter().all(|t| t.get("margin").is_none()));
+
+    let gpu = Arc::new(common::gpu());
+    let mut m = TextModel::from_source(
+        gpu,
+        RandomModel::tiny("diff_v2", 4).source(),
+        EngineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let opts = GenerateOptions {
+        pick_on_gpu: false,
+        ..greedy(10)
+    };
+    let mut generation = m.generate("margins", opts).unwrap();
+    for (i, line) in with.iter().enumerate() {
+        let piece = generation.next_blocking().unwrap().unwrap();
+        let logits = generation.last_logits().expect("CPU-picked logits");
+        let best = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
+        assert_eq!(piece.id as usize, best, "token {i}");
+        let want = top2_margin(logits).unwrap();
+        let got = line["margin"].as_f64().unwrap();
+        assert!(want >= 0.0, "token {i}: margin {want}");
+        assert!(
+            (got - want as f64).abs() <= 1e-5 * (1.0 + want.abs() as f64),
+            "token {i}: CLI margin {got}, library {want}"
+        );
+    }
+    drop(generation);
+    // While the GPU picks, no logits come back, and none are claimed.
+    let mut generation = m.generate("margins", greedy(2)).unwrap();
+    generation.next_blocking().unwrap().unwrap();
+    assert!(generation.last_logits().is_none());
     std::fs::remove_dir_all(&dir).ok();
 }
 

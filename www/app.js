@@ -1,21 +1,51 @@
 // The demo page. It uses only the package's public API, imported by name.
-//   ?model=URL   model directory (default /models/diffv2-small/; "none": kernel only)
+//   ?model=URL   model to load at start: a directory (default /models/diffv2-small/) or a .gguf
+//                URL; "none": kernel only
+//   ?gguf=URL    the .gguf the picker's SmolLM2 choice loads (loaded at start when ?model is not
+//                given); a file input takes a local .gguf instead
 //   ?worker=0    run the engine on the main thread instead of in a Web Worker
+// A model with a chat template (a GGUF chat model) opens in chat mode; the shipped DIFF V2 model
+// in text mode with its attention maps.
 import { Engine, checkWebGPU, gpuInfo, diffAttention } from 'diffattn';
 import { WorkerEngine } from 'diffattn/worker';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const modelUrl = params.get('model') ?? '/models/diffv2-small/';
+const SHIPPED = '/models/diffv2-small/';
+const ggufParam = params.get('gguf');
+const modelUrl = params.get('model') ?? ggufParam ?? SHIPPED;
 const useWorker = params.get('worker') !== '0';
+// A chat model's KV cache gets 2,048 positions (SmolLM2: 90 MiB in f32) rather than the 8,192 its
+// file allows: plenty for a demo conversation, and a quarter of the memory.
+const CHAT_CONTEXT = 2048;
 
-// What tests (and the curious) can read: the page's state, the last generation and its speed.
-const status = { state: 'starting', error: null, ids: [], text: '', tokensPerSecond: null, maps: null, mapsData: null, hover: null, pieces: 0 };
+// What tests (and the curious) can read: the page's state, the last generation and its speed;
+// in chat mode the conversation, the last reply, its ids, and the reply's length after each
+// piece that added text (one entry per visible update while it streamed).
+const status = {
+  state: 'starting',
+  error: null,
+  mode: null,
+  ids: [],
+  text: '',
+  tokensPerSecond: null,
+  maps: null,
+  mapsData: null,
+  hover: null,
+  pieces: 0,
+  messages: [],
+  reply: '',
+  replyIds: [],
+  partials: [],
+  chatStats: null,
+};
 window.__diffattn = status;
-window.diffattn = { diffAttention, gpuInfo, Engine };
+window.diffattn = { diffAttention, gpuInfo, Engine, WorkerEngine };
 
 let engine = null;
 let controller = null;
+
+const isGguf = (src) => ArrayBuffer.isView(src) || /\.gguf$/i.test(new URL(String(src), location.href).pathname);
 
 function fail(e) {
   status.state = 'error';
@@ -86,7 +116,7 @@ async function generate() {
   } finally {
     $('generate').disabled = false;
     $('stop').disabled = true;
-    $('showMaps').disabled = false;
+    $('showMaps').disabled = !engine.info().attentionMaps;
   }
   const stats = engine.stats;
   status.tokensPerSecond = stats?.decodeTokensPerSecond ?? null;
@@ -95,7 +125,7 @@ async function generate() {
   $('tps').textContent = `${status.ids.length} tokens, ${tps}${first}${final === 'stopped' ? ' (stopped)' : ''}`;
   // The maps follow the prompt just used; the state changes last, so a test that waits for it
   // sees the finished page.
-  await showMaps();
+  if (engine.info().attentionMaps) await showMaps();
   if (status.state !== 'error') status.state = final;
 }
 
@@ -258,7 +288,142 @@ async function showMaps() {
   }
 }
 
+function chatOptions() {
+  const num = (id) => Number($(id).value);
+  return { maxTokens: num('chatMaxTokens'), temperature: num('chatTemperature'), seed: num('chatSeed') };
+}
+
+function bubble(role, text) {
+  const b = el('div', `msg ${role}`, text);
+  $('transcript').append(b);
+  return b;
+}
+
+function chatBusy(busy) {
+  $('send').disabled = busy;
+  $('newChat').disabled = busy;
+  $('loadModel').disabled = busy;
+  $('chatStop').disabled = !busy;
+}
+
+/** Sends the message box's text and streams the reply; the whole history goes with it, and the
+ * engine prefills only what its KV cache does not hold yet. */
+async function send() {
+  const text = $('chatInput').value.trim();
+  if (!text) return;
+  $('chatInput').value = '';
+  status.messages.push({ role: 'user', content: text });
+  bubble('user', text);
+  const out = bubble('assistant', '');
+  const system = $('system').value.trim();
+  const messages = system ? [{ role: 'system', content: system }, ...status.messages] : [...status.messages];
+  controller = new AbortController();
+  chatBusy(true);
+  Object.assign(status, { state: 'generating', reply: '', replyIds: [], partials: [], error: null });
+  let final = null;
+  try {
+    for await (const piece of engine.chat(messages, { ...chatOptions(), signal: controller.signal })) {
+      status.replyIds.push(piece.id);
+      if (!piece.text) continue;
+      status.reply += piece.text;
+      out.textContent = status.reply;
+      status.partials.push(status.reply.length);
+    }
+    final = 'done';
+  } catch (e) {
+    if (e.name !== 'AbortError') {
+      chatBusy(false);
+      return fail(e);
+    }
+    final = 'stopped';
+  }
+  chatBusy(false);
+  // A stopped reply stays in the history as far as it got: the model said that much.
+  status.messages.push({ role: 'assistant', content: status.reply });
+  const s = engine.stats;
+  status.chatStats = s;
+  const tps = s?.decodeTokensPerSecond ? `, ${s.decodeTokensPerSecond.toFixed(1)} tokens/s` : '';
+  $('chatStats').textContent = `${s?.generated ?? 0} tokens, ${s?.promptTokens ?? 0} prompt tokens prefilled${tps}${final === 'stopped' ? ' (stopped)' : ''}`;
+  status.state = final;
+}
+
+function newChat() {
+  status.messages = [];
+  $('transcript').replaceChildren();
+  $('chatStats').textContent = '';
+}
+
+/** Frees the current engine (one model on the GPU at a time) and loads `source`. */
+async function loadModel(source) {
+  if (engine) {
+    if (useWorker) engine.terminate();
+    else engine.dispose();
+    engine = null;
+  }
+  Object.assign(status, { state: 'loading', error: null, mode: null, maps: null, mapsData: null });
+  newChat();
+  $('error').hidden = true;
+  $('loading').hidden = false;
+  for (const id of ['generate', 'showMaps', 'send', 'newChat', 'loadModel']) $(id).disabled = true;
+  try {
+    const gguf = isGguf(source);
+    const load = useWorker ? WorkerEngine.load.bind(WorkerEngine) : Engine.load.bind(Engine);
+    // Attention maps are DIFF V2's: a GGUF (standard attention) loads without them.
+    engine = await load(source, gguf ? { onProgress, context: CHAT_CONTEXT } : { onProgress, attentionMaps: true });
+    const info = engine.info();
+    const c = info.config;
+    const chat = Boolean(c.chat_template);
+    $('adapter').textContent =
+      `adapter: ${info.gpu.description}; path: ${info.path}; ` +
+      `model: ${c.num_hidden_layers} layers, ${c.num_attention_heads} heads (${c.attention}), ` +
+      `weights ${info.weightDtype}, KV cache ${info.kvDtype}, context ${info.context}; ` +
+      `${chat ? 'chat mode; ' : ''}${useWorker ? 'in a Web Worker' : 'on the main thread'}`;
+    $('modelPick').value = gguf ? 'gguf' : 'diffv2';
+    pickChanged();
+    $('gen-panel').hidden = chat;
+    $('chat-panel').hidden = !chat;
+    $('maps-panel').hidden = chat || !info.attentionMaps;
+    $('loading').hidden = true;
+    $('loadModel').disabled = false;
+    status.mode = chat ? 'chat' : 'text';
+    if (chat) {
+      $('send').disabled = false;
+      $('newChat').disabled = false;
+    } else {
+      $('layer').replaceChildren();
+      $('head').replaceChildren();
+      for (let l = 0; l < c.num_hidden_layers; l++) $('layer').append(new Option(String(l), String(l)));
+      for (let h = 0; h < c.num_attention_heads; h++) $('head').append(new Option(String(h), String(h)));
+      $('generate').disabled = false;
+      $('showMaps').disabled = !info.attentionMaps;
+      if (info.attentionMaps) await showMaps();
+    }
+    if (status.state !== 'error') status.state = 'ready';
+  } catch (e) {
+    $('loadModel').disabled = false;
+    fail(e);
+  }
+}
+
+/** The picker's choice: the shipped model, or the GGUF from the file input or else the URL. */
+async function loadPicked() {
+  if ($('modelPick').value === 'diffv2') return loadModel(SHIPPED);
+  const file = $('ggufFile').files[0];
+  if (file) return loadModel(new Uint8Array(await file.arrayBuffer()));
+  const url = $('ggufUrl').value.trim();
+  if (!url) return fail(new Error('SmolLM2 chat: give the .gguf file\'s URL or choose the file'));
+  return loadModel(url);
+}
+
+function pickChanged() {
+  const gguf = $('modelPick').value === 'gguf';
+  $('gguf-url-label').hidden = !gguf;
+  $('gguf-file-label').hidden = !gguf;
+}
+
 async function main() {
+  if (ggufParam) $('ggufUrl').value = ggufParam;
+  pickChanged();
   try {
     await checkWebGPU();
     if (modelUrl === 'none') {
@@ -268,28 +433,25 @@ async function main() {
       status.state = 'ready';
       return;
     }
-    const load = useWorker ? WorkerEngine.load.bind(WorkerEngine) : Engine.load.bind(Engine);
-    engine = await load(modelUrl, { onProgress, attentionMaps: true });
-    const info = engine.info();
-    const c = info.config;
-    $('adapter').textContent =
-      `adapter: ${info.gpu.description}; path: ${info.path}; ` +
-      `model: ${c.num_hidden_layers} layers, ${c.num_attention_heads} heads (${c.attention}), ` +
-      `weights ${info.weightDtype}, KV cache ${info.kvDtype}; ${useWorker ? 'in a Web Worker' : 'on the main thread'}`;
-    for (let l = 0; l < c.num_hidden_layers; l++) $('layer').append(new Option(String(l), String(l)));
-    for (let h = 0; h < c.num_attention_heads; h++) $('head').append(new Option(String(h), String(h)));
-    $('loading').hidden = true;
-    $('generate').disabled = false;
-    $('showMaps').disabled = false;
-    await showMaps();
-    if (status.state !== 'error') status.state = 'ready';
   } catch (e) {
-    fail(e);
+    return fail(e);
   }
+  await loadModel(modelUrl);
 }
 
 $('generate').onclick = () => generate();
 $('stop').onclick = () => controller?.abort(new DOMException('stopped by the user', 'AbortError'));
 $('showMaps').onclick = () => showMaps();
 $('layer').onchange = $('head').onchange = () => engine && showMaps();
+$('send').onclick = () => send();
+$('chatInput').onkeydown = (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !$('send').disabled) {
+    ev.preventDefault();
+    send();
+  }
+};
+$('chatStop').onclick = () => controller?.abort(new DOMException('stopped by the user', 'AbortError'));
+$('newChat').onclick = () => newChat();
+$('modelPick').onchange = () => pickChanged();
+$('loadModel').onclick = () => loadPicked();
 main();

@@ -31,14 +31,14 @@ const TYPES = {
   '.md': 'text/markdown; charset=utf-8',
 };
 
-function resolvePath(urlPath) {
+function resolvePath(urlPath, mounts) {
   let p;
   try {
     p = decodeURIComponent(urlPath);
   } catch {
     return null;
   }
-  for (const [prefix, dir] of MOUNTS) {
+  for (const [prefix, dir] of mounts) {
     if (!p.startsWith(prefix)) continue;
     const rel = p.slice(prefix.length) || 'index.html';
     const file = normalize(join(dir, rel));
@@ -49,10 +49,16 @@ function resolvePath(urlPath) {
   return null;
 }
 
-export function start({ port = 0, host = '127.0.0.1', quiet = true } = {}) {
+/**
+ * Starts the server. `mounts` (`[[urlPrefix, dir]]`) are served before the standard ones;
+ * `isolated` adds the headers that make pages cross-origin isolated (COOP/COEP), which
+ * SharedArrayBuffer and so multi-threaded WASM (wllama's, in web/bench/browser.mjs) need.
+ */
+export function start({ port = 0, host = '127.0.0.1', quiet = true, mounts = [], isolated = false } = {}) {
+  const all = [...mounts, ...MOUNTS];
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://localhost');
-    const file = resolvePath(url.pathname);
+    const file = resolvePath(url.pathname, all);
     let st;
     try {
       st = file && statSync(file);
@@ -67,10 +73,12 @@ export function start({ port = 0, host = '127.0.0.1', quiet = true } = {}) {
       res.writeHead(st ? 405 : 404, { 'content-type': 'text/plain' });
       return res.end(st ? 'method not allowed\n' : 'not found\n');
     }
+    const isolation = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
     res.writeHead(200, {
       'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
       'content-length': st.size,
       'cache-control': 'no-cache',
+      ...isolation,
     });
     if (!quiet) console.log(`${req.method} ${url.pathname} ${st.size}`);
     if (req.method === 'HEAD') return res.end();

@@ -1,4 +1,4 @@
-import type { ModelSource, LoadOptions, EngineInfo, GenerateOptions, Piece, GenerationStats, AttentionMaps, DiffAttentionArgs, GpuInfo, ModelCache } from './index.js';
+import type { ModelSource, LoadOptions, EngineInfo, GenerateOptions, Piece, GenerationStats, ChatMessage, AttentionMaps, DiffAttentionArgs, GpuInfo, ModelCache } from './index.js';
 
 export interface WorkerLoadOptions extends LoadOptions {
   /** The module worker script, `diffattn/worker-entry` as the app serves it, for bundlers that do
@@ -16,6 +16,8 @@ export class WorkerEngine {
   readonly stats: GenerationStats | null;
   encode(text: string): Promise<number[]>;
   generate(prompt: string, options?: GenerateOptions): AsyncGenerator<Piece, void, undefined>;
+  /** As `Engine.chat`, in the worker; the conversation's KV cache is kept there between turns. */
+  chat(messages: ChatMessage[], options?: GenerateOptions): AsyncGenerator<Piece, void, undefined>;
   attentionMaps(prompt: string, options?: { layer?: number; head?: number }): Promise<AttentionMaps>;
   diffAttention(args: DiffAttentionArgs): Promise<Float32Array>;
   gpuInfo(): Promise<GpuInfo>;

@@ -22,6 +22,8 @@ function absolute(x) {
 
 function absoluteSource(source) {
   if (typeof source === 'string' || source instanceof URL) return absolute(source);
+  // GGUF bytes travel as they are (structured clone copies them into the worker).
+  if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) return source;
   const { config, weights, tokenizer } = source ?? {};
   return { config: absolute(config), weights: absolute(weights), tokenizer: absolute(tokenizer) };
 }
@@ -109,12 +111,24 @@ export class WorkerEngine {
   }
 
   /** As Engine.generate; pieces are posted from the worker as they are produced. */
-  async *generate(prompt, { signal, ...options } = {}) {
+  generate(prompt, { signal, ...options } = {}) {
+    return this.#stream({ op: 'generate', prompt, options }, signal);
+  }
+
+  /**
+   * As Engine.chat: the conversation's KV cache lives in the worker's engine, so a next turn
+   * prefills only its new tokens there too.
+   */
+  chat(messages, { signal, ...options } = {}) {
+    return this.#stream({ op: 'chat', messages, options }, signal);
+  }
+
+  async *#stream(msg, signal) {
     signal?.throwIfAborted();
     const queue = [];
     let wake = null;
     let end = null;
-    const id = this.#send({ op: 'generate', prompt, options }, (m) => {
+    const id = this.#send(msg, (m) => {
       if (m.piece) queue.push(m.piece);
       else end = m;
       wake?.();

@@ -31,12 +31,15 @@ self.onmessage = async ({ data: msg }) => {
         }
         return reply({ result: engine.info() });
       }
-      case 'generate': {
+      case 'generate':
+      case 'chat': {
         if (!engine) throw Object.assign(new Error('no model loaded'), { name: 'DiffAttnError', kind: 'Model' });
         const ac = new AbortController();
         running.set(id, ac);
         try {
-          for await (const piece of engine.generate(msg.prompt, { ...msg.options, signal: ac.signal })) reply({ piece });
+          const options = { ...msg.options, signal: ac.signal };
+          const pieces = op === 'chat' ? engine.chat(msg.messages, options) : engine.generate(msg.prompt, options);
+          for await (const piece of pieces) reply({ piece });
         } finally {
           running.delete(id);
         }

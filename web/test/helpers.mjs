@@ -65,6 +65,15 @@ export function native(args) {
   return execFileSync(cmd, full, { cwd: rootDir, encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
 }
 
+/** The token objects (`{id, text, margin?}`) of the native CLI's `generate --json` output. */
+function nativeTokens(out) {
+  return out
+    .split('\n')
+    .filter((l) => l.trim().startsWith('{'))
+    .map((l) => JSON.parse(l))
+    .filter((o) => Number.isInteger(o.id));
+}
+
 // The native CLI's greedy ids for the shipped model, with the settings the browser tests use
 // (temperature 0 with the explicit penalty of 1.1, seed 1): the ids every browser path must match.
 export function nativeGreedyIds(prompt, n) {
@@ -72,12 +81,20 @@ export function nativeGreedyIds(prompt, n) {
     'generate', '--model', 'models/diffv2-small', '--prompt', prompt, '--max-tokens', String(n), '--json',
     '--temperature', '0', '--repeat-penalty', '1.1', '--seed', '1',
   ]);
-  return out
-    .split('\n')
-    .filter((l) => l.trim().startsWith('{'))
-    .map((l) => JSON.parse(l))
-    .filter((o) => Number.isInteger(o.id))
-    .map((o) => o.id);
+  return nativeTokens(out).map((o) => o.id);
+}
+
+/**
+ * Plain greedy decoding (no penalty, past EOS) of `n` tokens by the native CLI for `model` (a
+ * directory or a .gguf path): `[{id, margin}]`, margin being the gap between the step's two
+ * largest logits (null where there is none), which says where another engine may pick otherwise.
+ */
+export function nativeGreedyMargins(model, prompt, n, { context = 512 } = {}) {
+  const out = native([
+    'generate', '--model', model, '--prompt', prompt, '--max-tokens', String(n), '--json', '--margins',
+    '--temperature', '0', '--repeat-penalty', '1', '--ignore-eos', '--context', String(context),
+  ]);
+  return nativeTokens(out).map(({ id, margin }) => ({ id, margin }));
 }
 
 export function writeSafetensors(path, tensors) {
@@ -146,15 +163,21 @@ export function relL2(got, want) {
 // Hooks that start the demo server and a browser and open the page with no model loaded, for a
 // test file's tests to share: `fixture.page` is set once the page is ready. With `enabled` false
 // (a test file whose input is missing) nothing starts; `initScript` as for open().
+// `fixture.browser` and `fixture.url` (the server's) open further pages; a file's own `before`
+// hook awaits `fixture.ready()` first (the runner does not order root hooks after one another).
 export function demoPage({ enabled = true, initScript } = {}) {
-  const fixture = { page: null };
+  let started = null;
+  const fixture = { page: null, browser: null, url: null, ready: () => (started ??= start()) };
   let srv, b;
-  before(async () => {
-    if (!enabled) return;
+  const start = async () => {
     srv = await server();
     b = await browser();
+    Object.assign(fixture, { browser: b, url: srv.url });
     fixture.page = await open(b, `${srv.url}?model=none`, initScript);
     await waitState(fixture.page, ['ready']);
+  };
+  before(async () => {
+    if (enabled) await fixture.ready();
   });
   after(async () => {
     await b?.close();

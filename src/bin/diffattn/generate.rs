@@ -4,7 +4,7 @@ use super::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use diffattn::chat::Conversation;
-use diffattn::generate::{GenerateOptions, Generation, Stats, StopReason, TextModel};
+use diffattn::generate::{GenerateOptions, Generation, Stats, StopReason, TextModel, top2_margin};
 use diffattn::gpu::GpuOptions;
 use diffattn::model::{EngineOptions, ModelSource};
 use diffattn::sample::SamplingParams;
@@ -63,6 +63,12 @@ pub struct GenerateArgs {
     /// One JSON object per token, then a summary object.
     #[arg(long)]
     pub json: bool,
+    /// With --json, each token's object gains `margin`: the gap between the two largest logits
+    /// of the step that produced it (raw logits, before any penalty), which says how near a tie
+    /// the pick was. Tokens are then picked on the CPU from logits read back every step (for
+    /// greedy decoding the same ids as the GPU's pick, and slower).
+    #[arg(long, requires = "json")]
+    pub margins: bool,
     /// Wrap the prompt as a user message in the model's chat template (GGUF chat models).
     #[arg(long)]
     pub chat: bool,
@@ -169,7 +175,8 @@ fn options(args: &GenerateArgs) -> (GenerateOptions, u64) {
         stop: args.stop.clone(),
         stop_at_eos: !args.ignore_eos,
         keep_cache: false,
-        pick_on_gpu: true,
+        // Margins need every step's logits on the host.
+        pick_on_gpu: !args.margins,
     };
     (gen_opts, seed)
 }
@@ -187,7 +194,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
     if args.chat {
         let mut conv = Conversation::new(&model, args.system.as_deref())?;
         let generation = conv.reply(&mut model, &prompt, gen_opts)?;
-        return finish(generation, args.json, &adapter, seed);
+        return finish(generation, args, &adapter, seed);
     }
     let generation = model.generate(&prompt, gen_opts)?;
     if !args.json {
@@ -195,7 +202,7 @@ pub fn run(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
         write!(out, "{prompt}")?;
         out.flush()?;
     }
-    finish(generation, args.json, &adapter, seed)
+    finish(generation, args, &adapter, seed)
 }
 
 /// `diffattn chat`: an interactive conversation on stdin/stdout; the KV cache keeps the history,
@@ -213,7 +220,7 @@ pub fn chat(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
             return Ok(());
         }
         let mut generation = conv.reply(&mut model, line.trim_end(), gen_opts.clone())?;
-        let (text, stats, reason) = stream(&mut generation, args.json)?;
+        let (text, stats, reason) = stream(&mut generation, args)?;
         let generated = generation.ids()[stats.prompt_tokens..].to_vec();
         drop(generation);
         println!();
@@ -228,25 +235,36 @@ pub fn chat(args: &GenerateArgs, gpu_opts: &GpuOptions) -> Result<()> {
 }
 
 /// Streams `generation` to stdout, then its summary (stderr, or a JSON line with `json`).
-fn finish(mut generation: Generation<'_>, json: bool, adapter: &str, seed: u64) -> Result<()> {
-    let (_, stats, reason) = stream(&mut generation, json)?;
+fn finish(
+    mut generation: Generation<'_>,
+    args: &GenerateArgs,
+    adapter: &str,
+    seed: u64,
+) -> Result<()> {
+    let (_, stats, reason) = stream(&mut generation, args)?;
     drop(generation);
-    summary(&stats, reason, json, adapter, seed)
+    summary(&stats, reason, args.json, adapter, seed)
 }
 
-/// Writes each piece to stdout as it comes; returns the text, the stats and the stop reason.
-fn stream(generation: &mut Generation<'_>, json: bool) -> Result<(String, Stats, StopReason)> {
+/// Writes each piece to stdout as it comes (a JSON object each with `--json`, with its top-2
+/// logit margin with `--margins`); returns the text, the stats and the stop reason.
+fn stream(
+    generation: &mut Generation<'_>,
+    args: &GenerateArgs,
+) -> Result<(String, Stats, StopReason)> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut text = String::new();
     while let Some(piece) = generation.next_blocking() {
         let piece = piece?;
-        if json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"id": piece.id, "text": piece.text})
-            )?;
+        if args.json {
+            let mut line = serde_json::json!({"id": piece.id, "text": piece.text});
+            if args.margins {
+                // A NaN logit has no margin: null, never a number that is not one.
+                let margin = generation.last_logits().and_then(top2_margin);
+                line["margin"] = margin.into();
+            }
+            writeln!(out, "{line}")?;
         } else {
             write!(out, "{}", piece.text)?;
         }

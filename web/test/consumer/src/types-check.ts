@@ -8,7 +8,13 @@ export async function misuse(): Promise<void> {
   await Engine.load('/m/', { wasmUrl: 5 });
   // @ts-expect-error workerUrl belongs to the worker entry only
   await Engine.load('/m/', { workerUrl: '/w.js' });
-  await WorkerEngine.load('/m/', { workerUrl: new URL('/w.js', location.href), wasmUrl: '/x.wasm', cache: false });
+  const w = await WorkerEngine.load('/m.gguf', { workerUrl: new URL('/w.js', location.href), wasmUrl: '/x.wasm', cache: false });
+  await WorkerEngine.load(new Uint8Array(8));
+  for await (const p of w.chat([{ role: 'user', content: 'hi' }], { maxTokens: 4 })) void p.id;
+  // @ts-expect-error chat takes messages, not a prompt string
+  w.chat('hi');
+  // @ts-expect-error a message's content is a string
+  w.chat([{ role: 'user', content: 5 }]);
   const files = await modelCache.list();
   // @ts-expect-error verifiedBy is 'manifest' | 'download'
   const v: 'hash' = files[0].verifiedBy;
