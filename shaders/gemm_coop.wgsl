@@ -38,7 +38,7 @@ struct Step {
     sample_slot: u32,
 }
 
-// matmul.wgsl's block; the folded norm (norm, eps) is for its one-token kernels only.
+// matmul.wgsl's block; the folded norm (norm, eps) and SwiGLU are for its one-token kernels.
 struct Params {
     k: u32,
     n: u32,
@@ -46,8 +46,8 @@ struct Params {
     last_only: u32,
     norm: u32,
     eps: f32,
+    swiglu: u32,
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;

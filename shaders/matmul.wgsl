@@ -16,6 +16,11 @@
 // row and `g` the norm's weights, and y = (x * g) W^T / sqrt(mean(x^2) + eps). The sum of squares
 // is gathered in the same loop as the products (each row's lanes read all of x), so the norm costs
 // no dispatch and no pass over memory of its own.
+//
+// They can also apply SwiGLU to the gate/up product (`swiglu`): its rows come interleaved (gate j
+// at row 2j, up j at 2j + 1), a pair lands in one workgroup (matvec: LANES <= 32) or one
+// invocation (matvec_serial: SERIAL_ROWS even), and y gets silu(gate j) * up j at column j of
+// rows n / 2 wide.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
@@ -43,8 +48,9 @@ struct Params {
     // 1: fold the RMSNorm of x with weights `g` and this epsilon into the product.
     norm: u32,
     eps: f32,
+    // 1: y = SwiGLU of the interleaved gate/up rows (one-token kernels only).
+    swiglu: u32,
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -125,6 +131,16 @@ fn norm_scale(ss: f32) -> f32 {
     return 1.0;
 }
 
+// silu(g) * u; g / (1 + exp(-g)) tends to -0 for very negative g (exp overflows to +inf): no NaN.
+fn swiglu(g: f32, u: f32) -> f32 {
+    return g / (1.0 + exp(-g)) * u;
+}
+
+// The SwiGLU of output rows o (gate, even) and o + 1 (up) of token t.
+fn store_pair(t: u32, o: u32, g: f32, u: f32) {
+    y[t * (p.n / 2u) + o / 2u] = swiglu(g, u);
+}
+
 fn store(t: u32, o: u32, v: f32) {
     let i = t * p.n + o;
     if p.accumulate != 0u {
@@ -178,7 +194,13 @@ fn matvec(
                 workgroupBarrier();
             }
             if valid && lane == 0u {
-                store(t, o, red[lid] * norm_scale(red_ss[lid]));
+                let scale = norm_scale(red_ss[lid]);
+                if p.swiglu == 0u {
+                    store(t, o, red[lid] * scale);
+                } else if (o & 1u) == 0u {
+                    // The up row is the next row of this workgroup, LANES invocations on.
+                    store_pair(t, o, red[lid] * scale, red[lid + LANES] * scale);
+                }
             }
             workgroupBarrier();
         }
@@ -222,9 +244,17 @@ fn matvec_serial(
             }
         }
         let scale = norm_scale(ss);
-        for (var j = 0u; j < SERIAL_ROWS; j++) {
-            if o0 + j < p.n {
-                store(t, o0 + j, acc[j] * scale);
+        if p.swiglu != 0u {
+            for (var j = 0u; j + 1u < SERIAL_ROWS; j += 2u) {
+                if o0 + j + 1u < p.n {
+                    store_pair(t, o0 + j, acc[j] * scale, acc[j + 1u] * scale);
+                }
+            }
+        } else {
+            for (var j = 0u; j < SERIAL_ROWS; j++) {
+                if o0 + j < p.n {
+                    store(t, o0 + j, acc[j] * scale);
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
-// SwiGLU on the fused gate/up product: out[t, j] = silu(gu[t, j]) * gu[t, width + j], where each
-// token row of gu is [gate | up] (width values each).
+// SwiGLU on the fused gate/up product: out[t, j] = silu(gate j) * up j, where each token row of
+// gu holds the two interleaved (gate j at 2j, up j at 2j + 1; the weights' rows are uploaded in
+// that order). Prompt chunks only: a decode step's product applies SwiGLU itself (matmul.wgsl).
 
 struct Step {
     n_tokens: u32,
@@ -26,10 +27,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if idx >= step.n_tokens * p.width {
         return;
     }
-    let t = idx / p.width;
-    let j = idx % p.width;
-    let g = gu[2u * t * p.width + j];
-    let u = gu[(2u * t + 1u) * p.width + j];
+    let g = gu[2u * idx];
+    let u = gu[2u * idx + 1u];
     // g / (1 + exp(-g)) tends to -0 for very negative g (exp overflows to +inf): no NaN.
     out[idx] = g / (1.0 + exp(-g)) * u;
 }

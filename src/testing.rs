@@ -400,6 +400,9 @@ pub struct ProductCase {
     /// Fold an RMSNorm of x (random weights, eps 1e-5) into the product: the one-token kernels
     /// ("matvec", "matvec_serial") only.
     pub norm: bool,
+    /// W's rows are gate/up pairs and the kernel writes their SwiGLU (n / 2 outputs per row; the
+    /// one-token kernels only, n even, no accumulation).
+    pub swiglu: bool,
     pub seed: u64,
 }
 
@@ -408,8 +411,9 @@ impl ProductCase {
     pub fn name(&self) -> String {
         let acc = if self.accumulate { " +y" } else { "" };
         let norm = if self.norm { " norm" } else { "" };
+        let swiglu = if self.swiglu { " swiglu" } else { "" };
         format!(
-            "product rows={} k={} n={} {:?} W{acc}{norm}",
+            "product rows={} k={} n={} {:?} W{acc}{norm}{swiglu}",
             self.rows, self.k, self.n, self.weights
         )
     }
@@ -453,6 +457,7 @@ pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
                 kernel,
                 weights: WeightDtype::F16,
                 norm: false,
+                swiglu: false,
                 seed: 0x6E33_0000 + i as u64,
             });
         }
@@ -462,19 +467,23 @@ pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
     cases
 }
 
-/// The one-token kernels with an RMSNorm folded in (what a decode step runs): f16 and block
-/// weights, several token rows (each normalised on its own), accumulation, the shipped and
-/// SmolLM2 widths.
+/// The one-token kernels with an RMSNorm folded in (what a decode step runs), and with SwiGLU
+/// applied to gate/up row pairs: f16 and block weights, several token rows (each normalised on
+/// its own), accumulation, the shipped and SmolLM2 widths.
 pub fn norm_product_cases(seed: u64) -> Vec<ProductCase> {
     let mut cases = vec![];
+    // (rows, k, n, accumulate, weights, norm, swiglu)
     let shapes = [
-        (1, 512, 1543, false, WeightDtype::F16),
-        (3, 576, 100, true, WeightDtype::F16),
-        (1, 576, 3072, false, WeightDtype::Q4_1),
-        (2, 768, 37, false, WeightDtype::Q4_K),
+        (1, 512, 1543, false, WeightDtype::F16, true, false),
+        (3, 576, 100, true, WeightDtype::F16, true, false),
+        (1, 576, 3072, false, WeightDtype::Q4_1, true, false),
+        (2, 768, 37, false, WeightDtype::Q4_K, true, false),
+        (1, 576, 3072, false, WeightDtype::F16, true, true),
+        (2, 512, 38, false, WeightDtype::Q4_0, true, true),
+        (1, 256, 70, false, WeightDtype::F16, false, true),
     ];
     for kernel in ["matvec", "matvec_serial"] {
-        for (i, &(rows, k, n, accumulate, weights)) in shapes.iter().enumerate() {
+        for (i, &(rows, k, n, accumulate, weights, norm, swiglu)) in shapes.iter().enumerate() {
             cases.push(ProductCase {
                 rows,
                 k,
@@ -482,7 +491,8 @@ pub fn norm_product_cases(seed: u64) -> Vec<ProductCase> {
                 accumulate,
                 kernel,
                 weights,
-                norm: true,
+                norm,
+                swiglu,
                 seed: seed ^ (i as u64 * 16 + kernel.len() as u64),
             });
         }
@@ -515,6 +525,7 @@ pub fn quantized_product_cases(seed: u64) -> Vec<ProductCase> {
                     kernel,
                     weights,
                     norm: false,
+                    swiglu: false,
                     seed: seed ^ (t as u64 * 64 + i as u64 * 4 + kernel.len() as u64),
                 });
             }
@@ -586,6 +597,7 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
             accumulate: case.accumulate as u32,
             norm: case.norm as u32,
             eps,
+            swiglu: case.swiglu as u32,
             ..Default::default()
         },
     );
@@ -625,9 +637,10 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
     gpu.queue.submit([enc.finish()]);
-    let got = gpu.read_f32(&yb, rows * n).await?;
+    let out_n = if case.swiglu { n / 2 } else { n };
+    let got = gpu.read_f32(&yb, rows * out_n).await?;
     gpu.take_error("product case")?;
-    let mut want = vec![0f64; rows * n];
+    let mut want = vec![0f64; rows * out_n];
     for t in 0..rows {
         let row: Vec<f64> = x[t * k..][..k].iter().map(|&v| v as f64).collect();
         let row = if case.norm {
@@ -640,12 +653,18 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         } else {
             row
         };
-        for o in 0..n {
-            let mut s: f64 = (0..k).map(|i| row[i] * w[o * k + i]).sum();
-            if case.accumulate {
-                s += y0[t * n + o] as f64;
-            }
-            want[t * n + o] = s;
+        let prod: Vec<f64> = (0..n)
+            .map(|o| (0..k).map(|i| row[i] * w[o * k + i]).sum())
+            .collect();
+        for o in 0..out_n {
+            want[t * out_n + o] = if case.swiglu {
+                let (g, u) = (prod[2 * o], prod[2 * o + 1]);
+                g / (1.0 + (-g).exp()) * u
+            } else if case.accumulate {
+                prod[o] + y0[t * n + o] as f64
+            } else {
+                prod[o]
+            };
         }
     }
     let (max_abs, rel_l2) = reference::compare(&got, &want);

@@ -39,7 +39,8 @@ fn argmax(v: &[f32]) -> u32 {
 /// Prefill (in several chunks) and 20 decode steps match the reference; greedy ids agree.
 fn prefill_and_decode(attention: &str, kv_dtype: KvDtype, tol: f64) {
     // Both kernel families: the adapter's default and the other one; the decode products with
-    // their norms folded in (the default) and the norms as dispatches of their own.
+    // their norms folded in and SwiGLU applied by the gate/up product, and both as dispatches of
+    // their own.
     for (gpu_kernels, fold_norm) in [
         (None, None),
         (Some(true), Some(true)),
@@ -71,6 +72,7 @@ fn prefill_and_decode_with(
         coop_gemm: None,
         matvec_rows: None,
         fold_norm,
+        fuse_swiglu: fold_norm,
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
     let prompt: Vec<u32> = (0..17)
@@ -542,9 +544,10 @@ fn the_f32_cpu_model_and_its_attention_maps_match_float64() {
     assert!(rel <= 1e-5, "lambda: rel L2 {rel:.3e}");
 }
 
-/// A profiled decode step times each stage it dispatches: with the norms folded there is no
-/// rmsnorm stage, without it one per norm (two per layer and the final one); every other stage
-/// appears once per layer, and every time is finite and non-negative.
+/// A profiled decode step times each stage it dispatches: with the norms folded and SwiGLU fused
+/// there is no rmsnorm or swiglu stage, without them one per norm (two per layer and the final
+/// one) and one swiglu per layer; every other stage appears once per layer, and every time is
+/// finite and non-negative.
 #[test]
 fn a_profiled_step_lists_the_stages_it_dispatches() {
     let gpu = Arc::new(common::gpu());
@@ -561,6 +564,7 @@ fn a_profiled_step_lists_the_stages_it_dispatches() {
     for fold_norm in [true, false] {
         let opts = EngineOptions {
             fold_norm: Some(fold_norm),
+            fuse_swiglu: Some(fold_norm),
             ..Default::default()
         };
         let (mut e, _) = engine(&gpu, &m, opts);
@@ -569,6 +573,8 @@ fn a_profiled_step_lists_the_stages_it_dispatches() {
         let count = |label: &str| stages.iter().filter(|s| s.0 == label).count();
         let norms = if fold_norm { 0 } else { 2 * layers + 1 };
         assert_eq!(count("rmsnorm"), norms, "fold {fold_norm}: {stages:?}");
+        let swiglus = if fold_norm { 0 } else { layers };
+        assert_eq!(count("swiglu"), swiglus, "fold {fold_norm}: {stages:?}");
         for label in [
             "attention",
             "q/k/v/lambda",

@@ -57,6 +57,10 @@ pub struct EngineOptions {
     /// squares is arithmetic the CPU pays for in every invocation (lavapipe, shipped model:
     /// 66-68 tok/s folded against 72-76 separate), while a dispatch costs little.
     pub fold_norm: Option<bool>,
+    /// Apply SwiGLU inside the decode step's gate/up product (its weight rows are uploaded as
+    /// interleaved gate/up pairs): one dispatch fewer per layer. `None` fuses wherever the pairs
+    /// fit the kernel (at most 32 lanes per row, or an even `matvec_rows`).
+    pub fuse_swiglu: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +74,7 @@ impl Default for EngineOptions {
             tiled_gemm: None,
             coop_gemm: None,
             fold_norm: None,
+            fuse_swiglu: None,
         }
     }
 }
@@ -121,6 +126,7 @@ impl EngineOptions {
             tiled: self.tiled_gemm.unwrap_or(!cpu),
             coop_gemm,
             fold_norm: self.fold_norm.unwrap_or(!cpu),
+            fuse_swiglu: self.fuse_swiglu.unwrap_or(true),
         })
     }
 }

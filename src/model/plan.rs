@@ -75,8 +75,9 @@ crate::gpu::shader_struct! {
         norm: u32,
         /// The folded norm's epsilon.
         eps: f32,
+        /// 1: the one-token kernels write the SwiGLU of the interleaved gate/up rows.
+        swiglu: u32,
         pad0: u32,
-        pad1: u32,
     }
 }
 
@@ -111,6 +112,20 @@ pub struct Tuning {
     /// Fold each RMSNorm into the one-token product that reads it (decode and the LM head),
     /// which then runs one dispatch fewer per norm.
     pub fold_norm: bool,
+    /// Apply SwiGLU in the one-token gate/up product (needs its row pairs in one workgroup:
+    /// `lanes` <= 32, or an even `serial_rows`).
+    pub fuse_swiglu: bool,
+}
+
+impl Tuning {
+    /// Whether the one-token gate/up product can write SwiGLU itself.
+    fn swiglu_fits(&self) -> bool {
+        if self.lanes == 1 {
+            self.serial_rows % 2 == 0
+        } else {
+            self.lanes <= 32
+        }
+    }
 }
 
 /// Which kernel takes a matmul's many-row (prompt) case.
@@ -188,12 +203,12 @@ struct Op {
     /// [`COOP_GEMM_MIN_ROWS`] rows.
     gemm_few: Option<(Arc<wgpu::ComputePipeline>, wgpu::BindGroup)>,
     grid: Grid,
-    /// A norm folded into the product after it, for the token counts where that product runs
-    /// its one-token kernel: it then records nothing.
+    /// An op whose work a neighbouring product does for the token counts where that product runs
+    /// its one-token kernel (a norm before it, SwiGLU after it): it then records nothing.
     folded: Folded,
 }
 
-/// When a norm's work is done by the product that reads it.
+/// When an op's work is done by a neighbouring product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Folded {
     /// Never: the op always runs.
@@ -307,21 +322,31 @@ pub fn upload_weights(
     let total = weights.total_bytes();
     let mut done = 0u64;
     progress(0, total);
-    let mut upload = |label: &str, parts: &[&str]| -> Result<(wgpu::Buffer, WeightDtype)> {
-        let (bytes, dtype) = stacked(weights, parts)?;
-        gpu.check_binding(label, bytes.len() as u64)?;
-        let buf = gpu.storage_init(label, &bytes)?;
-        done += parts
-            .iter()
-            .map(|n| weights.raw(n).map_or(0, |(_, r)| r.len() as u64))
-            .sum::<u64>();
-        progress(done.min(total), total);
-        Ok((buf, dtype))
-    };
+    // `pairs`: the parts' rows interleaved (row j of each part in turn) instead of stacked.
+    let mut upload =
+        |label: &str, parts: &[&str], pairs: bool| -> Result<(wgpu::Buffer, WeightDtype)> {
+            let (mut bytes, dtype) = stacked(weights, parts)?;
+            if pairs {
+                let rows = weights.info(parts[0])?.shape[0];
+                bytes = interleave_rows(&bytes, parts.len(), rows);
+            }
+            gpu.check_binding(label, bytes.len() as u64)?;
+            let buf = gpu.storage_init(label, &bytes)?;
+            done += parts
+                .iter()
+                .map(|n| weights.raw(n).map_or(0, |(_, r)| r.len() as u64))
+                .sum::<u64>();
+            progress(done.min(total), total);
+            Ok((buf, dtype))
+        };
     let widened = |name: &str| -> Result<wgpu::Buffer> {
         gpu.storage_init(name, bytemuck::cast_slice(&weights.to_f32(name)?))
     };
-    let embed = upload("model.embed_tokens.weight", &["model.embed_tokens.weight"])?;
+    let embed = upload(
+        "model.embed_tokens.weight",
+        &["model.embed_tokens.weight"],
+        false,
+    )?;
     let mut layers = Vec::new();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -339,17 +364,21 @@ pub fn upload_weights(
         layers.push(LayerWeights {
             ln_in: widened(&name("input_layernorm"))?,
             ln_post: widened(&name("post_attention_layernorm"))?,
-            qkvl: upload(&format!("layer {l} q/k/v/lambda"), &qkvl)?,
-            o: upload(&name("self_attn.o_proj"), &[&name("self_attn.o_proj")])?,
-            gate_up: upload(&format!("layer {l} gate/up"), &[&gate, &up])?,
-            down: upload(&name("mlp.down_proj"), &[&name("mlp.down_proj")])?,
+            qkvl: upload(&format!("layer {l} q/k/v/lambda"), &qkvl, false)?,
+            o: upload(
+                &name("self_attn.o_proj"),
+                &[&name("self_attn.o_proj")],
+                false,
+            )?,
+            gate_up: upload(&format!("layer {l} gate/up"), &[&gate, &up], true)?,
+            down: upload(&name("mlp.down_proj"), &[&name("mlp.down_proj")], false)?,
         });
     }
     let norm = widened("model.norm.weight")?;
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(upload("lm_head.weight", &["lm_head.weight"])?)
+        Some(upload("lm_head.weight", &["lm_head.weight"], false)?)
     };
     Ok(GpuWeights {
         embed,
@@ -357,6 +386,19 @@ pub fn upload_weights(
         norm,
         lm_head,
     })
+}
+
+/// The rows of `parts` matrices of `rows` rows each, stacked in `bytes` (one row width),
+/// interleaved: row j of each part in turn (the fused gate/up product's pairs sit side by side).
+fn interleave_rows(bytes: &[u8], parts: usize, rows: usize) -> Vec<u8> {
+    let width = bytes.len() / (parts * rows);
+    let mut out = Vec::with_capacity(bytes.len());
+    for j in 0..rows {
+        for part in 0..parts {
+            out.extend_from_slice(&bytes[(part * rows + j) * width..][..width]);
+        }
+    }
+    out
 }
 
 /// The rows of several matrices of one input width, stacked into one matrix in the given order:
@@ -621,7 +663,14 @@ impl Builder<'_> {
         self.op(name, spec, params, bufs, Grid::Elements { per_token })
     }
 
-    /// y = x W^T (+ y with `accumulate`), W (n, k). With `norm` = (residual, weights), x is
+    /// Whether the one-token gate/up product writes SwiGLU itself (see [`Tuning::fuse_swiglu`]).
+    fn fuses_swiglu(&self) -> bool {
+        self.tuning.fuse_swiglu && self.tuning.swiglu_fits()
+    }
+
+    /// y = x W^T (+ y with `accumulate`), W (n, k). With `swiglu_out`, W's rows are interleaved
+    /// gate/up pairs and, where the tuning allows, the one-token kernel writes their SwiGLU there
+    /// instead of y. With `norm` = (residual, weights), x is
     /// that RMSNorm's output: the many-row kernels read x, and where [`Tuning::fold_norm`] is set
     /// the one-token kernel reads the residual and applies the norm itself.
     #[allow(clippy::too_many_arguments)]
@@ -635,8 +684,10 @@ impl Builder<'_> {
         accumulate: bool,
         last_only: bool,
         norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+        swiglu_out: Option<&wgpu::Buffer>,
     ) -> Result<Op> {
         let fold = norm.filter(|_| self.tuning.fold_norm);
+        let swiglu_out = swiglu_out.filter(|_| self.fuses_swiglu());
         let block = MatmulParams {
             k,
             n,
@@ -644,6 +695,7 @@ impl Builder<'_> {
             last_only: last_only as u32,
             norm: fold.is_some() as u32,
             eps: self.cfg.rms_norm_eps as f32,
+            swiglu: swiglu_out.is_some() as u32,
             ..Default::default()
         };
         let params = self.gpu.uniform(label, &block);
@@ -665,7 +717,8 @@ impl Builder<'_> {
                 .entry(mv_entry),
         )?;
         let (mv_x, g) = fold.unwrap_or((x, &self.no_norm));
-        let bind = self.gpu.bind(&mv, &[self.step, &params, mv_x, w, y, g]);
+        let mv_y = swiglu_out.unwrap_or(y);
+        let bind = self.gpu.bind(&mv, &[self.step, &params, mv_x, w, mv_y, g]);
         // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
         // type, the ggml block types included, takes the SIMT kernels, which dequantize in
         // `load8` (dequantizing into the staged tiles would also work, but the only adapters
@@ -720,6 +773,17 @@ impl Builder<'_> {
             },
             folded: Folded::No,
         })
+    }
+
+    /// SwiGLU of the prompt chunk's gate/up product; a decode step's product applies it itself
+    /// where [`Builder::fuses_swiglu`].
+    fn swiglu(&mut self, inter: u32, gate_up: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Op> {
+        let mut op =
+            self.elementwise("swiglu", vec![], [inter, 0, 0, 0], &[gate_up, out], inter)?;
+        if self.fuses_swiglu() {
+            op.folded = Folded::SingleToken;
+        }
+        Ok(op)
     }
 
     fn rmsnorm(
@@ -812,6 +876,7 @@ impl Plan {
                     false,
                     false,
                     Some((&act.x, &w.ln_in)),
+                    None,
                 )?,
                 b.elementwise(
                     "rope_append",
@@ -842,6 +907,7 @@ impl Plan {
                     true,
                     false,
                     None,
+                    None,
                 )?,
                 b.rmsnorm(&w.ln_post, &act.x, &act.a, false)?,
                 b.matmul(
@@ -853,14 +919,9 @@ impl Plan {
                     false,
                     false,
                     Some((&act.x, &w.ln_post)),
+                    Some(&act.hidden),
                 )?,
-                b.elementwise(
-                    "swiglu",
-                    vec![],
-                    [inter, 0, 0, 0],
-                    &[gate_up, &act.hidden],
-                    inter,
-                )?,
+                b.swiglu(inter, gate_up, &act.hidden)?,
                 b.matmul(
                     "down_proj",
                     (&w.down.0, w.down.1),
@@ -869,6 +930,7 @@ impl Plan {
                     &act.x,
                     true,
                     false,
+                    None,
                     None,
                 )?,
             ];
@@ -893,6 +955,7 @@ impl Plan {
                 false,
                 true,
                 Some((&act.x, &weights.norm)),
+                None,
             )?,
         ];
         let greedy_params = gpu.uniform("greedy parameters", &[cfg.vocab_size, 0, 0, 0]);
@@ -1012,7 +1075,7 @@ impl Plan {
         self.decode_stages(pick).len()
     }
 
-    /// The stages a one-token step dispatches (folded norms record nothing).
+    /// The stages a one-token step dispatches (folded ops record nothing).
     fn decode_stages(&self, pick: Option<Pick>) -> Vec<Stage<'_>> {
         let mut stages = self.stages(true, pick);
         stages.retain(|s| !matches!(s, Stage::Op(op) if op.folded != Folded::No));

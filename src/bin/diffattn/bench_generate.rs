@@ -60,6 +60,9 @@ pub struct GenerateBench {
     /// adapters; engine option).
     #[arg(long)]
     fold_norm: Option<bool>,
+    /// SwiGLU inside the one-token gate/up product (default on; engine option).
+    #[arg(long)]
+    fuse_swiglu: Option<bool>,
     /// After the timed runs, time each stage of a decode step at the end of the context reached
     /// (one compute pass per stage between GPU timestamps, this many steps, medians) and print
     /// the time per kind of stage: what a token's GPU time is spent on. Needs timestamps.
@@ -189,6 +192,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
             coop_gemm: b.coop_gemm,
             matvec_rows: b.matvec_rows,
             fold_norm: b.fold_norm,
+            fuse_swiglu: b.fuse_swiglu,
             ..Default::default()
         },
         &mut |_, _| {},
