@@ -85,14 +85,17 @@ def _group(mults, seed, clip):
     return [run_name(v, m, seed, clip) for m in mults for v in VARIANTS]
 
 
-# Each slice is 3 (rate, seed, clipping) groups x 3 variants = 9 runs in lock-step; see
-# docs/stability.md "Slices of the sweep" for the time estimate. Slice 1 alone already compares
-# the three variants at 1x, 4x and 16x.
+# Each slice is 2 (rate, seed, clipping) groups x 3 variants = 6 runs in lock-step, about 280 s
+# of training on one H200 (`plan`; docs/stability.md "Slices of the sweep"), so that one slice
+# with its tokenisation fits a device call of 540 s with room for a slower step than estimated.
+# Slice 1 alone already compares the three variants at 1x and 16x.
 SLICES = {
-    "1": _group((1, 4, 16), 0, True),
-    "2": _group((2, 8), 0, True) + _group((16,), 0, False),
-    "3": _group((1, 4, 16), 1, True),
-    "4": _group((2, 8), 1, True) + _group((4,), 0, False),
+    "1": _group((1, 16), 0, True),
+    "2": _group((4,), 0, True) + _group((16,), 0, False),
+    "3": _group((2, 8), 0, True),
+    "4": _group((1, 16), 1, True),
+    "5": _group((4,), 1, True) + _group((4,), 0, False),
+    "6": _group((2, 8), 1, True),
 }
 
 
@@ -488,6 +491,9 @@ def cmd_train(args) -> None:
         parse_run(n)
     if len(set(names)) != len(names):
         sys.exit("train: a run is listed twice")
+    for n in [n for n in (args.save or "").split(",") if n]:
+        if n not in names:
+            sys.exit(f"train: --save {n} is not one of the runs")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -581,7 +587,7 @@ def cmd_train(args) -> None:
             do_eval(step)
             eval_s = time.time() - te
             need = (time.time() - t_loop) + per_step * (total_steps - step) \
-                + eval_s * (n_evals + 2)
+                + eval_s * (n_evals + 6)   # the final docs evaluation is ~4 lit ones
             print(f"time guard: {per_step * 1000:.1f} ms per lock-step of {len(runs)} runs, "
                   f"eval {eval_s:.1f}s; {total_steps} steps need ~{need:.0f}s of "
                   f"{args.time_budget:.0f}s", flush=True)
@@ -624,6 +630,14 @@ def cmd_train(args) -> None:
         print(f"warning: the loop and final evaluation took {el:.0f}s, over --time-budget "
               f"{args.time_budget:.0f}s (all steps were done)", flush=True)
     save("done", True, step)
+    for name in [n for n in (args.save or "").split(",") if n]:
+        # f16 shards with config and index (train/export.py), beside the log: a model directory
+        # candidate for issue 12 point 5 (export.py adds the tokenizer and README).
+        from export import save_sharded
+
+        r = next(r for r in runs if r.name == name)
+        d = os.path.join(os.path.dirname(os.path.abspath(args.out)), name)
+        print(f"[{name}] saved {save_sharded(r.model, d, write_index=True)} to {d}", flush=True)
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes); "
           f"done in {time.time() - t_start:.1f}s", flush=True)
 
@@ -968,6 +982,8 @@ def main(argv=None) -> None:
                    help="the projected time times this must fit the budget")
     t.add_argument("--measure-steps", type=int, default=40)
     t.add_argument("--device", default=None)
+    t.add_argument("--save", default=None,
+                   help="runs whose f16 weights are written beside the log (needs safetensors)")
 
     q = sub.add_parser("plan", help="slices and time estimates")
     q.add_argument("--data", default=".traindata/stab")
