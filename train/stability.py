@@ -774,7 +774,7 @@ def tables(runs: dict, summ: dict) -> str:
     # Per rate and variant over the seeds (clipped runs; the no-clip runs have their own rows).
     lines += ["", "### Per learning rate and variant (mean over the seeds present)", "",
               "| peak lr | clip | variant | seeds | mean val (lit) | loss spike events | "
-              "grad-norm spike events | max grad norm | divergences |",
+              "grad-norm spike events | max grad norm (after step 100) | divergences |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     groups = {}
     for name in runs:
@@ -794,7 +794,8 @@ def tables(runs: dict, summ: dict) -> str:
             f"{_fmt(sum(fin) / len(fin)) if fin else '-'} | "
             f"{sum(len(summ[n]['loss_spike_events']) for n in ns)} | "
             f"{sum(len(summ[n]['grad_spike_events']) for n in ns)} | "
-            f"{_fmt(max(summ[n]['max_grad_norm'] for n in ns), 3)} | {div_txt} |")
+            f"{_fmt(max(summ[n]['max_grad_norm'] for n in ns), 3)} "
+            f"({_fmt(max(summ[n]['max_grad_norm_after_100'] for n in ns), 3)}) | {div_txt} |")
     # Each variant at its best clipped rate, parameters beside (issue 12, point 4).
     lines += ["", "### Each variant at its best rate (clipped runs, by mean val over seeds)", "",
               "| variant | parameters (total) | attention parameters | best peak lr | "
@@ -819,7 +820,36 @@ def tables(runs: dict, summ: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(runs: dict, out_dir: str) -> list[str]:
+PLOT_BIN = 10
+
+
+def _binned(values, fn):
+    """(bin centres, fn of each bin of PLOT_BIN steps), non-finite values left out."""
+    v = np.asarray(values, dtype=np.float64)
+    xs, ys = [], []
+    for i in range(0, len(v), PLOT_BIN):
+        b = v[i:i + PLOT_BIN]
+        b = b[np.isfinite(b)]
+        if b.size:
+            xs.append(i + 1 + (min(PLOT_BIN, len(v) - i) - 1) / 2)
+            ys.append(float(fn(b)))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _save_png(fig, path: str, dpi: int) -> None:
+    """A 64-colour palette PNG: a fraction of the size of matplotlib's RGBA one, so the plots can
+    be committed (PIL comes with matplotlib)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=64).save(path, optimize=True)
+
+
+def plots(runs: dict, summ: dict, out_dir: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -837,9 +867,18 @@ def plots(runs: dict, out_dir: str) -> list[str]:
                 continue
             r = runs[name]
             ls = ":" if not p["clip"] else ("-" if p["seed"] == 0 else "--")
-            x = np.arange(1, len(r["loss"]) + 1)
-            ax_l.plot(x, r["loss"], ls, color=COLORS[p["variant"]], lw=0.6, alpha=0.8, label=name)
-            ax_g.plot(x, r["grad_norm"], ls, color=COLORS[p["variant"]], lw=0.6, alpha=0.8)
+            col = COLORS[p["variant"]]
+            # Bins of PLOT_BIN steps keep the PNGs small: the loss as the bin mean, the gradient
+            # norm as the bin maximum; every spike step of the definitions is marked on top.
+            x, lm = _binned(r["loss"], np.mean)
+            _, gm = _binned(r["grad_norm"], np.max)
+            ax_l.plot(x, lm, ls, color=col, lw=0.8, alpha=0.85, label=name)
+            ax_g.plot(x, gm, ls, color=col, lw=0.8, alpha=0.85)
+            s = summ[name]
+            for ax, key, series in ((ax_l, "loss_spike_steps", r["loss"]),
+                                    (ax_g, "grad_spike_steps", r["grad_norm"])):
+                if s[key]:
+                    ax.plot(s[key], [series[t - 1] for t in s[key]], "v", color=col, ms=4)
             if r.get("diverged_step"):
                 ax_l.axvline(r["diverged_step"], color=COLORS[p["variant"]], lw=0.8)
         ax_l.set_ylim(2.0, 9.5)
@@ -851,11 +890,12 @@ def plots(runs: dict, out_dir: str) -> list[str]:
         ax_g.grid(alpha=0.3)
     axes[-1][0].set_xlabel("step")
     axes[-1][1].set_xlabel("step")
-    fig.suptitle("training loss and gradient norm per step (solid: seed 0, dashed: seed 1, "
-                 "dotted: no clipping)", fontsize=9)
+    fig.suptitle(f"training loss (mean of {PLOT_BIN} steps) and gradient norm before clipping "
+                 f"(max of {PLOT_BIN} steps); triangles: spike steps; solid: seed 0, dashed: "
+                 "seed 1, dotted: no clipping", fontsize=8)
     fig.tight_layout()
     path = os.path.join(out_dir, "stability_loss_gradnorm.png")
-    fig.savefig(path, dpi=72)
+    _save_png(fig, path, 72)
     plt.close(fig)
     written.append(path)
     # 2. context RMS per layer: one row per rate, one column per variant (seed 0, clipped; the
@@ -876,7 +916,9 @@ def plots(runs: dict, out_dir: str) -> list[str]:
                 x = (np.arange(1, len(r["ctx_rms"][0]) + 1) if r["rms_steps"] == "all"
                      else np.asarray(r["rms_steps"]))
                 for layer, ys in enumerate(r["ctx_rms"]):
-                    ax.plot(x, ys, ls, color=cmap(layer / max(1, n_layers - 1)), lw=0.6,
+                    # Every 5th logged value: the RMS moves slowly, the PNG stays small.
+                    ax.plot(x[::5], np.asarray(ys, dtype=np.float64)[::5], ls,
+                            color=cmap(layer / max(1, n_layers - 1)), lw=0.7,
                             label=f"layer {layer}" if clip else None)
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -886,11 +928,35 @@ def plots(runs: dict, out_dir: str) -> list[str]:
                 ax.set_ylabel(f"{mult:g}x\ncontext RMS")
             if row == 0 and col == 0:
                 ax.legend(fontsize=5)
-    fig.suptitle("context RMS (attention output before o_proj) per layer, seed 0 "
-                 "(dotted: no clipping)", fontsize=9)
+    fig.suptitle("context RMS (attention output before o_proj) per layer, seed 0, every 5th "
+                 "step (dotted: no clipping)", fontsize=9)
     fig.tight_layout()
     path = os.path.join(out_dir, "stability_ctx_rms.png")
-    fig.savefig(path, dpi=72)
+    _save_png(fig, path, 72)
+    plt.close(fig)
+    written.append(path)
+    # 3. final validation loss against the peak rate, per variant (diverged runs left out).
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in variants:
+        for clip, marker in ((True, "o"), (False, "x")):
+            pts = sorted((parse_run(n)["lr_mult"], r["final_val_lit"], parse_run(n)["seed"])
+                         for n, r in runs.items() if parse_run(n)["variant"] == variant
+                         and parse_run(n)["clip"] == clip and math.isfinite(r["final_val_lit"]))
+            for seed, ls in ((0, "-"), (1, "--")):
+                xs = [m for m, _, s in pts if s == seed]
+                ys = [v for _, v, s in pts if s == seed]
+                if xs:
+                    ax.plot(xs, ys, ls, marker=marker, color=COLORS[variant], lw=1, ms=4,
+                            label=f"{variant} s{seed}" + ("" if clip else " no clip"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(LR_MULTS), [f"{m}x" for m in LR_MULTS])
+    ax.set_xlabel(f"peak learning rate (1x = {BASE_LR:g})")
+    ax.set_ylabel("final validation loss (literature split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "stability_val_vs_lr.png")
+    _save_png(fig, path, 80)
     plt.close(fig)
     written.append(path)
     return written
@@ -915,7 +981,7 @@ def cmd_plot(args) -> None:
         print(body.strip())
     else:
         summ = summarize(runs)
-        pngs = plots(runs, args.docs)
+        pngs = plots(runs, summ, args.docs)
         missing = [n for n in full_sweep() if n not in runs]
         body = (f"Generated from {len({r['log'] for r in runs.values()})} log(s), "
                 f"{len(runs)} of the {len(full_sweep())} runs of the sweep"

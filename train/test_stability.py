@@ -218,7 +218,8 @@ def test_end_to_end(tmp: str) -> None:
     p = cli("--plot", "--logs", logs, "--docs", docs, check=False)
     assert p.returncode != 0 and "other than ../shared/data" in p.stderr, p.stderr
     p = cli("--plot", "--logs", logs, "--docs", docs, "--allow-other-data")
-    for png in ("stability_loss_gradnorm.png", "stability_ctx_rms.png"):
+    for png in ("stability_loss_gradnorm.png", "stability_ctx_rms.png",
+                "stability_val_vs_lr.png"):
         path = os.path.join(docs, png)
         assert os.path.getsize(path) > 10_000 and open(path, "rb").read(4) == b"\x89PNG"
     text = open(md).read()
