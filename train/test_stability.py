@@ -221,7 +221,12 @@ def test_end_to_end(tmp: str) -> None:
     for png in ("stability_loss_gradnorm.png", "stability_ctx_rms.png",
                 "stability_val_vs_lr.png"):
         path = os.path.join(docs, png)
-        assert os.path.getsize(path) > 10_000 and open(path, "rb").read(4) == b"\x89PNG"
+        from PIL import Image
+
+        assert open(path, "rb").read(4) == b"\x89PNG" and 2_000 < os.path.getsize(path) < 400_000
+        with Image.open(path) as im:
+            assert im.width >= 400 and im.height >= 250, (png, im.size)
+            assert len(im.getcolors(256) or []) > 4, "a blank plot"
     text = open(md).read()
     assert text.startswith("# x\n") and text.endswith("## after\n") and "Not run yet" not in text
     for name in runs:
