@@ -3,6 +3,7 @@
 #
 #   bash train/stability_device.sh SLICE          e.g. 1            (one H200, ~330 s)
 #   bash train/stability_device.sh 1,2,3,4,5,6                      (one slice per GPU, in parallel)
+#   bash train/stability_device.sh 1a             half a slice (3 runs), if a whole one does not fit
 #
 # Needs, in the working tree it runs in: .traindata/src/{corpus_lit.txt.xz,corpus_docs.txt.xz,
 # SHA256SUMS} (copies of ../shared/data, carried: the machine is offline), the committed
@@ -52,7 +53,7 @@ fi
 IFS=',' read -r -a LIST <<< "$SLICES"
 [ "${#LIST[@]}" -le "$NGPU" ] || fail "${#LIST[@]} slices need ${#LIST[@]} GPUs, this machine has $NGPU"
 for s in "${LIST[@]}"; do
-    case "$s" in 1|2|3|4|5|6) ;; *) fail "unknown slice '$s' (1-6)";; esac
+    case "$s" in [1-6]|[1-6][ab]) ;; *) fail "unknown slice '$s' (1-6, or a half: 1a..6b)";; esac
 done
 
 echo "== $(elapsed)s: tokenising both corpora (checksums verified)"

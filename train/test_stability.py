@@ -92,7 +92,8 @@ def test_definitions() -> None:
     for name in sweep:
         p = st.parse_run(name)
         assert st.run_name(p["variant"], p["lr_mult"], p["seed"], p["clip"]) == name
-    assert all(len(s) == 6 for s in st.SLICES.values())
+    assert all(len(s) == (6 if k.isdigit() else 3) for k, s in st.SLICES.items())
+    assert all(st.SLICES[k + "a"] + st.SLICES[k + "b"] == st.SLICES[k] for k in "123456")
     assert {n for n in sweep if n.endswith("-noclip")} == {
         st.run_name(v, m, 0, False) for v in st.VARIANTS for m in st.NOCLIP_MULTS}
     # One pass: the window order is a permutation, the same on every call.
