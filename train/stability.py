@@ -802,7 +802,8 @@ def tables(runs: dict, summ: dict) -> str:
         lines.append(
             f"| {mult:g}x ({BASE_LR * mult:.2g}) | {'1.0' if clip else 'none'} | {variant} | "
             f"{','.join(str(runs[n]['seed']) for n in ns)} | "
-            f"{_fmt(sum(fin) / len(fin)) if fin else '-'} | "
+            f"{_fmt(sum(fin) / len(fin)) if fin else '-'}"
+            f"{f' (of {len(fin)}/{len(vals)} seeds)' if fin and len(fin) < len(vals) else ''} | "
             f"{sum(len(summ[n]['loss_spike_events']) for n in ns)} | "
             f"{sum(len(summ[n]['grad_spike_events']) for n in ns)} | "
             f"{_fmt(max(summ[n]['max_grad_norm'] for n in ns), 3)} "
