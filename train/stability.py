@@ -216,7 +216,10 @@ def cmd_prepare(args) -> None:
     if eos is None or tok.get_vocab_size() > 65536:
         sys.exit(f"prepare: {args.tokenizer} has no {EOT} or too many entries for uint16")
     os.makedirs(args.out, exist_ok=True)
-    meta = {"tokenizer": os.path.relpath(args.tokenizer, ROOT), "tokenizer_sha256":
+    import tokenizers
+
+    meta = {"tokenizers_version": tokenizers.__version__,
+            "tokenizer": os.path.relpath(args.tokenizer, ROOT), "tokenizer_sha256":
             sha256_file(args.tokenizer), "eos_token_id": eos, "vocab_size": tok.get_vocab_size(),
             "split_seed": args.seed, "val_fraction": args.val_fraction, "corpora": {}}
     for name in CORPORA:
@@ -697,8 +700,13 @@ def load_runs(logs_dir: str, allow_incomplete: bool, allow_other_data: bool):
     """All runs of all logs in logs_dir, by name. A run present in two logs is an error."""
     runs, sources, notes = {}, {}, []
     paths = sorted(glob.glob(os.path.join(logs_dir, "*.json.xz")))
+    data_keys = {}
     for path in paths:
         log = read_log(path)
+        # Runs of different calls share batches only if their token files were the same.
+        data_keys.setdefault((log.get("train_tokens"), log.get("total_steps"),
+                              log["data"].get("tokenizer_sha256")), []).append(
+            os.path.basename(path))
         if log.get("format") != LOG_FORMAT:
             raise SystemExit(f"{path}: not a {LOG_FORMAT} log")
         if not log.get("complete"):
@@ -725,6 +733,10 @@ def load_runs(logs_dir: str, allow_incomplete: bool, allow_other_data: bool):
             r["log"] = os.path.basename(path)
             runs[name] = r
             sources[name] = path
+    if len(data_keys) > 1:
+        notes.append("the logs disagree on the token files (training tokens, steps, tokenizer): "
+                     + "; ".join(f"{k}: {', '.join(v)}" for k, v in data_keys.items())
+                     + " -- runs of different groups did not see the same batches")
     return runs, notes
 
 
