@@ -65,14 +65,18 @@ BUDGET=$(( WALL - $(elapsed) - 20 ))
 echo "== $(elapsed)s: training, --time-budget ${BUDGET}s per slice"
 LOGDIR=$(mktemp -d)
 PIDS=()
+# GPU i of this machine: the i-th entry of a CUDA_VISIBLE_DEVICES already set (ids or UUIDs),
+# else index i.
+IFS=',' read -r -a VISIBLE <<< "${CUDA_VISIBLE_DEVICES:-}"
 for i in "${!LIST[@]}"; do
     s=${LIST[$i]}
-    CUDA_VISIBLE_DEVICES=$i python3 train/stability.py train --slice "$s" --data "$DATA" \
+    GPU=${VISIBLE[$i]:-$i}
+    CUDA_VISIBLE_DEVICES=$GPU python3 train/stability.py train --slice "$s" --data "$DATA" \
         --out "$OUT/stability-slice$s.json.xz" --time-budget "$BUDGET" ${STAB_TRAIN_ARGS:-} \
         ${STAB_SAVE:+--save "$STAB_SAVE"} \
         > "$LOGDIR/slice$s.log" 2>&1 &
     PIDS+=($!)
-    echo "slice $s: pid ${PIDS[$i]} on GPU $i"
+    echo "slice $s: pid ${PIDS[$i]} on GPU $GPU"
 done
 if [ "${#LIST[@]}" -eq 1 ]; then
     # One slice: follow its output so that progress shows in the call's output.
