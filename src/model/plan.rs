@@ -121,7 +121,7 @@ impl Tuning {
     /// Whether the one-token gate/up product can write SwiGLU itself.
     fn swiglu_fits(&self) -> bool {
         if self.lanes == 1 {
-            self.serial_rows % 2 == 0
+            self.serial_rows.is_multiple_of(2)
         } else {
             self.lanes <= 32
         }
