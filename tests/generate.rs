@@ -518,6 +518,19 @@ fn gpu_greedy_with_a_penalty_equals_the_cpu_sampler() {
             let submits = g.stats().decode_submits;
             (ids, submits)
         };
+        // A GPU-sampled generation first, whose kernel leaves its scratch full of logits: the
+        // greedy kernel's penalty marks must not depend on what ran before it.
+        let sampled = GenerateOptions {
+            pick_on_gpu: true,
+            sampling: SamplingParams {
+                seed: 3,
+                ..Default::default()
+            },
+            ..greedy(20)
+        };
+        for p in m.generate("abab", sampled).unwrap() {
+            p.unwrap();
+        }
         let (gpu_ids, gpu_submits) = run(&mut m, true);
         let (cpu_ids, _) = run(&mut m, false);
         assert_eq!(gpu_ids, cpu_ids, "penalty {penalty} over {last_n}");

@@ -465,6 +465,9 @@ pub struct Buffers {
     pub history: wgpu::Buffer,
     /// The sampling kernel's scratch: one f32 per vocabulary entry.
     sample_work: wgpu::Buffer,
+    /// The greedy kernel's penalty-window marks: one u32 per vocabulary entry, zero between
+    /// calls (its own buffer: the sampling kernel leaves logits in `sample_work`).
+    penalty_marks: wgpu::Buffer,
     /// Read-back of the last position's logits (the CPU sampler and tests).
     pub logits_readback: wgpu::Buffer,
     /// Timestamps at the start and end of a submission's compute pass, where the adapter has them.
@@ -521,6 +524,7 @@ impl Buffers {
             // One more than the context: the token picked after the last position lands there.
             history: gpu.storage("token history", (context as u64 + 1) * 4)?,
             sample_work: gpu.storage("sampling scratch", cfg.vocab_size as u64 * 4)?,
+            penalty_marks: gpu.storage("penalty marks", cfg.vocab_size as u64 * 4)?,
             rope_table: rope_table(gpu, cfg, context)?,
             arena: UniformArena::new(gpu, "step parameters", 2 * MAX_STEPS),
             sampled: gpu.storage("sampled tokens", SAMPLED_BYTES)?,
@@ -970,7 +974,7 @@ impl Plan {
                 &bufs.ids,
                 &bufs.sampled,
                 &bufs.history,
-                &bufs.sample_work,
+                &bufs.penalty_marks,
             ],
             Grid::Single,
         )?;
