@@ -11,6 +11,9 @@
 // id among the last `last_n` tokens has its logit divided by the penalty if positive, multiplied if
 // not, as the CPU sampler does; the log-probability stays the model's own. The window's ids are
 // marked in `marks` (a vocab-sized scratch, zero between calls) and unmarked after the scan.
+//
+// With a logit bias (`biased` = 1), bias[i] is added to each logit before the penalty, as on the
+// CPU; a bias of -inf bans its token (never picked, and not a non-finite logit of the model's).
 
 // Invocations (a power of two; the host picks fewer on CPU adapters, whose barriers are dear).
 const WG: u32 = 256u;
@@ -29,7 +32,8 @@ struct Params {
     // Tokens the penalty looks back over (0: none).
     last_n: u32,
     penalty: f32,
-    pad: u32,
+    // 1: add `bias` to the logits first.
+    biased: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -41,6 +45,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> history: array<u32>;
 // 1 for the ids in the penalty window during a call, else 0.
 @group(0) @binding(6) var<storage, read_write> marks: array<u32>;
+// One value per vocabulary entry, added to the logits where `biased` is 1.
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
 
 var<workgroup> best_value: array<f32, WG>;
 var<workgroup> best_id: array<u32, WG>;
@@ -51,6 +57,11 @@ var<workgroup> bad: atomic<u32>;
 
 fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// The bit pattern of -inf: a token the logit bias bans.
+fn is_banned(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xff800000u;
 }
 
 // (value, id) pairs ordered by value, then by lower id.
@@ -83,10 +94,14 @@ fn greedy(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < p.vocab; i += WG) {
         let raw = logits[i];
         var x = raw;
-        if penalise && marks[i] != 0u {
-            x = select(raw * p.penalty, raw / p.penalty, raw > 0.0);
+        if p.biased != 0u {
+            x += bias[i];
         }
-        if !is_finite(raw) || !is_finite(x) {
+        if penalise && marks[i] != 0u {
+            x = select(x * p.penalty, x / p.penalty, x > 0.0);
+        }
+        // -inf is a banned token: never better than a candidate, and no fault of the model's.
+        if !is_finite(raw) || (!is_finite(x) && !is_banned(x)) {
             non_finite = true;
         } else {
             rmax = max(rmax, raw);

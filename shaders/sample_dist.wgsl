@@ -2,7 +2,7 @@
 // random number keyed by (seed, position), so that how many steps share a submission never changes
 // a seeded output. One workgroup; thread `lid` owns the contiguous ids [lid * PER, (lid+1) * PER).
 //
-// Order, as on the CPU: repetition penalty over the last `last_n` tokens (each distinct id once),
+// Order, as on the CPU: logit bias (where `biased` is 1; -inf bans a token), repetition penalty over the last `last_n` tokens (each distinct id once),
 // temperature, top-k (ties to the lower id), softmax, top-p (the smallest most-likely prefix whose
 // probability reaches p; ties to the lower id), a draw from what is kept. The chosen id goes where
 // the greedy sampler puts it (ids[ids_offset + n_tokens], ids[0], history[position]), and
@@ -34,6 +34,11 @@ struct Params {
     temperature: f32,
     top_p: f32,
     penalty: f32,
+    // 1: add `bias` to the logits first.
+    biased: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -44,6 +49,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> history: array<u32>;
 // Scaled logits, then their exp(v - max) (0 for ids that are not kept).
 @group(0) @binding(6) var<storage, read_write> work: array<f32>;
+// One value per vocabulary entry, added to the logits where `biased` is 1.
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
@@ -178,8 +185,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let position = step.past_len + step.n_tokens;
 
     // One pass over the logits: the model's own log-softmax normaliser (an online max and sum,
-    // for the log-probability), the non-finite check, and the temperature-scaled copy. Scaling
-    // before the penalty is the same as after it: dividing by T > 0 keeps each logit's sign.
+    // for the log-probability), the non-finite check, and the biased, temperature-scaled copy.
+    // Scaling before the penalty is the same as after it: dividing by T > 0 keeps each sign.
     var m = -3.0e38;
     var sum = 0.0;
     for (var i = lo; i < hi; i++) {
@@ -192,7 +199,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else {
             sum += exp(x - m);
         }
-        work[i] = x / p.temperature;
+        var b = 0.0;
+        if p.biased != 0u {
+            b = bias[i];
+        }
+        work[i] = (x + b) / p.temperature;
     }
     let rmax = max_f(lid, m);
     let rsum = sum_f(lid, sum * exp(m - rmax));

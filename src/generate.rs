@@ -13,8 +13,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::model::{Engine, EngineOptions, ModelSource};
-use crate::sample::{Sampler, SamplingParams};
+use crate::model::{Engine, EngineOptions, ModelSource, Sampled};
+use crate::sample::{self, Alternative, MAX_TOP_LOGPROBS, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -101,6 +101,9 @@ pub struct GenerateOptions {
     /// of logits. Off, every step reads the logits and the CPU sampler picks (for greedy decoding
     /// the same ids; for sampling the same distribution from another random stream).
     pub pick_on_gpu: bool,
+    /// Alternatives each piece lists ([`Piece::top`]): the most likely tokens of its step with
+    /// their log-probabilities, 0 (none) to [`MAX_TOP_LOGPROBS`].
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerateOptions {
@@ -112,6 +115,7 @@ impl Default for GenerateOptions {
             stop_at_eos: true,
             keep_cache: false,
             pick_on_gpu: true,
+            top_logprobs: 0,
         }
     }
 }
@@ -134,8 +138,16 @@ pub enum StopReason {
 /// possible stop string is incomplete).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Piece {
+    /// The token id.
     pub id: u32,
+    /// The text it completes.
     pub text: String,
+    /// Its log-probability under the model's own distribution (the raw logits: before any bias,
+    /// penalty, temperature or truncation).
+    pub logprob: f32,
+    /// The step's most likely tokens under the same distribution, most likely first (ties to
+    /// the lower id), as many as [`GenerateOptions::top_logprobs`] asks for.
+    pub top: Vec<Alternative>,
 }
 
 /// Counts and timings of one generation.
@@ -211,7 +223,7 @@ pub struct Generation<'a> {
     /// Greedy decoding with the token picked on the GPU, several steps per submission.
     on_gpu: bool,
     /// Tokens the GPU picked and fed that were not handed out yet (the cache runs ahead by them).
-    picked: VecDeque<u32>,
+    picked: VecDeque<Sampled>,
     /// Steps of the next GPU submission: 1 at first so that the first tokens stream at once, then
     /// doubling up to MAX_STEPS.
     batch: u32,
@@ -336,33 +348,47 @@ impl<'a> Generation<'a> {
             self.stop = Some(StopReason::MaxTokens);
             return Ok(None);
         }
-        let id = if self.on_gpu {
-            let id = self
+        let Sampled { id, logprob, top } = if self.on_gpu {
+            let s = self
                 .picked
                 .pop_front()
                 .ok_or_else(|| Error::config("no token was picked (internal)"))?;
             // The last picked token is not in the cache yet, unless a started submission feeds it.
-            self.unfed = (self.picked.is_empty() && self.engine.started_steps() == 0).then_some(id);
-            id
+            self.unfed =
+                (self.picked.is_empty() && self.engine.started_steps() == 0).then_some(s.id);
+            s
         } else {
             let logits = self.logits.as_ref().expect("logits computed above");
             // Sampling is part of a token's cost: it counts towards the step that made the logits.
             let t = now();
             let id = self.sampler.sample(logits, &self.history);
+            let s = Sampled {
+                id,
+                logprob: sample::logprob(logits, id),
+                top: sample::top_logprobs(logits, self.opts.top_logprobs),
+            };
             if self.stats.generated == 0 {
                 self.stats.prefill_s += since(t);
             } else {
                 self.stats.decode_s += since(t);
             }
             self.unfed = Some(id);
-            id
+            s
         };
         self.history.push(id);
         self.stats.generated += 1;
+        let piece = |text| {
+            Some(Piece {
+                id,
+                text,
+                logprob,
+                top: top.clone(),
+            })
+        };
 
         if self.opts.stop_at_eos && Some(id) == self.engine.config().eos_token_id {
             let text = self.finish(StopReason::Eos)?;
-            return Ok(Some(Piece { id, text }));
+            return Ok(piece(text));
         }
         let new = self.detok.push(self.tokenizer, id)?;
         self.held.push_str(&new);
@@ -377,22 +403,22 @@ impl<'a> Generation<'a> {
             let text = self.held[..cut].to_string();
             self.held.clear();
             self.stop = Some(StopReason::StopString);
-            return Ok(Some(Piece { id, text }));
+            return Ok(piece(text));
         }
         if self.stats.generated >= self.opts.max_tokens {
             let text = self.finish(StopReason::MaxTokens)?;
-            return Ok(Some(Piece { id, text }));
+            return Ok(piece(text));
         }
         if self.cache_position() >= self.engine.context() {
             let text = self.finish(StopReason::ContextFull)?;
-            return Ok(Some(Piece { id, text }));
+            return Ok(piece(text));
         }
         // Hold back a tail that could still grow into a stop string.
         let keep = held_tail(&self.held, &self.opts.stop);
         let emit = self.held.len() - keep;
         let text = self.held[..emit].to_string();
         self.held.drain(..emit);
-        Ok(Some(Piece { id, text }))
+        Ok(piece(text))
     }
 
     /// Position of the next token to feed: the engine's, less the picked tokens it ran ahead by.
@@ -420,11 +446,19 @@ impl<'a> Generation<'a> {
                 context as usize - position
             )));
         }
+        self.opts.sampling.check(self.engine.config().vocab_size)?;
+        if self.opts.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(Error::config(format!(
+                "top_logprobs {} (at most {MAX_TOP_LOGPROBS})",
+                self.opts.top_logprobs
+            )));
+        }
         let t = now();
         if self.on_gpu {
             self.engine.set_gpu_sampling(Some(&self.opts.sampling))?;
+            self.engine.set_top_logprobs(self.opts.top_logprobs)?;
             let first = self.engine.prefill_pick(&self.prompt).await?;
-            self.picked.push_back(first.id);
+            self.picked.push_back(first);
         } else {
             self.logits = Some(self.engine.prefill(&self.prompt).await?);
         }
@@ -474,7 +508,7 @@ impl<'a> Generation<'a> {
         if let Some(g) = self.engine.last_gpu_seconds() {
             *self.stats.decode_gpu_s.get_or_insert(0.0) += g;
         }
-        self.picked.extend(picked.iter().map(|p| p.id));
+        self.picked.extend(picked);
         Ok(())
     }
 

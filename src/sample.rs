@@ -3,8 +3,27 @@
 //! Order of operations: repetition penalty, then greedy (temperature 0 or top-k 1) or
 //! temperature scaling, top-k, top-p (nucleus), and a draw from the renormalised distribution.
 //! Every random draw comes from one seeded generator, so a seed reproduces a run exactly.
+//! A logit bias, where given, is added before all of it.
 
+use crate::error::{Error, Result};
 use crate::util::Rng;
+
+/// The most alternatives a step reports ([`top_logprobs`], `GenerateOptions::top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The largest finite logit bias taken (in magnitude); beyond it a bias could overflow a logit.
+/// A bias of minus infinity bans its token.
+pub const MAX_LOGIT_BIAS: f32 = 1.0e6;
+
+/// A likely token and its log-probability under the model's own distribution (the raw logits:
+/// no bias, penalty or temperature).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Alternative {
+    /// The token id.
+    pub id: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+}
 
 /// Sampling settings (see docs/model-format.md for the exact definitions).
 #[derive(Clone, Debug, PartialEq)]
@@ -20,7 +39,12 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     /// How many recent tokens (prompt included) the penalty looks at; 0 means all.
     pub repeat_last_n: usize,
+    /// Seeds the random draws (the same seed, settings and prompt give the same tokens).
     pub seed: u64,
+    /// Added to the raw logits before anything else, as (token id, bias); entries for one id add
+    /// up, and a bias of `f32::NEG_INFINITY` bans the token. Ids must lie in the vocabulary and
+    /// finite biases within [`MAX_LOGIT_BIAS`] in magnitude ([`SamplingParams::check`]).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +56,7 @@ impl Default for SamplingParams {
             repeat_penalty: 1.1,
             repeat_last_n: 64,
             seed: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -43,9 +68,50 @@ impl SamplingParams {
         if temperature <= 0.0 { 1.0 } else { 1.1 }
     }
 
-    /// Argmax with nothing applied first (no penalty): what the GPU picks without a round trip.
+    /// Argmax with nothing applied first (no penalty, no bias).
     pub fn is_plain_greedy(&self) -> bool {
-        self.is_greedy() && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
+        self.is_greedy()
+            && (self.repeat_penalty == 1.0 || self.repeat_penalty <= 0.0)
+            && self.logit_bias.is_empty()
+    }
+
+    /// Refuses a logit bias the sampler cannot apply for a vocabulary of `vocab` tokens: an id
+    /// outside it, a NaN or positive-infinite bias, a finite one beyond [`MAX_LOGIT_BIAS`], or a
+    /// bias that bans every token.
+    pub fn check(&self, vocab: u32) -> Result<()> {
+        for &(id, b) in &self.logit_bias {
+            if id >= vocab {
+                return Err(Error::config(format!(
+                    "logit bias for token {id}: outside the vocabulary ({vocab} tokens)"
+                )));
+            }
+            if b.is_nan() || b == f32::INFINITY || (b.is_finite() && b.abs() > MAX_LOGIT_BIAS) {
+                return Err(Error::config(format!(
+                    "logit bias {b} for token {id}: a finite value within +-{MAX_LOGIT_BIAS}, \
+                     or -inf to ban the token"
+                )));
+            }
+        }
+        let banned = self
+            .dense_bias(vocab)
+            .map_or(0, |d| d.iter().filter(|b| **b == f32::NEG_INFINITY).count());
+        if banned >= vocab as usize {
+            return Err(Error::config(
+                "the logit bias bans every token of the vocabulary",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The logit bias as one value per vocabulary entry (entries for one id added up); `None`
+    /// when there is none.
+    pub fn dense_bias(&self, vocab: u32) -> Option<Vec<f32>> {
+        if self.logit_bias.is_empty() {
+            return None;
+        }
+        let mut dense = vec![0.0f32; vocab as usize];
+        add_bias(&mut dense, &self.logit_bias);
+        Some(dense)
     }
 
     /// Argmax after the repetition penalty (temperature 0 or top-k 1): no random draw.
@@ -82,8 +148,64 @@ impl SamplingParams {
             repeat_penalty: 1.0,
             repeat_last_n: 0,
             seed: 0,
+            logit_bias: Vec::new(),
         }
     }
+}
+
+/// Adds each (id, bias) to `logits` (ids beyond them are skipped: [`SamplingParams::check`]
+/// refuses those).
+fn add_bias(logits: &mut [f32], bias: &[(u32, f32)]) {
+    for &(id, b) in bias {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l += b;
+        }
+    }
+}
+
+/// log(sum exp(l)) over the finite logits, in float64: the normaliser of the model's own
+/// log-probabilities.
+pub fn log_normaliser(logits: &[f32]) -> f64 {
+    let finite = || logits.iter().filter(|x| x.is_finite()).map(|&x| x as f64);
+    let max = finite().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + finite().map(|x| (x - max).exp()).sum::<f64>().ln()
+}
+
+/// The log-probability of `id` under the model's own distribution (the raw logits).
+pub fn logprob(logits: &[f32], id: u32) -> f32 {
+    let l = logits.get(id as usize).copied().unwrap_or(f32::NAN) as f64;
+    (l - log_normaliser(logits)) as f32
+}
+
+/// The `n` most likely tokens under the raw logits (at most [`MAX_TOP_LOGPROBS`]), most likely
+/// first, ties to the lower id; non-finite logits are left out.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<Alternative> {
+    let n = n.min(MAX_TOP_LOGPROBS);
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.is_finite())
+        .map(|(i, &x)| (i as u32, x))
+        .collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if n < cand.len() {
+        cand.select_nth_unstable_by(n - 1, order);
+        cand.truncate(n);
+    }
+    cand.sort_by(order);
+    let z = log_normaliser(logits);
+    cand.into_iter()
+        .map(|(id, x)| Alternative {
+            id,
+            logprob: (x as f64 - z) as f32,
+        })
+        .collect()
 }
 
 /// The index of the largest logit; the lowest index wins a tie, NaN never wins.
@@ -114,6 +236,11 @@ impl Sampler {
         &self.params
     }
 
+    /// Adds the settings' logit bias to `logits`.
+    pub fn bias(&self, logits: &mut [f32]) {
+        add_bias(logits, &self.params.logit_bias);
+    }
+
     /// Applies the repetition penalty to the tokens of `history` (each distinct id once).
     pub fn penalise(&self, logits: &mut [f32], history: &[u32]) {
         let r = self.params.repeat_penalty;
@@ -136,10 +263,11 @@ impl Sampler {
         }
     }
 
-    /// The probabilities the sampler would draw from (after penalty, temperature, top-k and
-    /// top-p), as (id, p) sorted by decreasing p. Greedy gives one entry with p = 1.
+    /// The probabilities the sampler would draw from (after bias, penalty, temperature, top-k
+    /// and top-p), as (id, p) sorted by decreasing p. Greedy gives one entry with p = 1.
     pub fn distribution(&self, logits: &[f32], history: &[u32]) -> Vec<(u32, f64)> {
         let mut l = logits.to_vec();
+        self.bias(&mut l);
         self.penalise(&mut l, history);
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 {
@@ -149,7 +277,8 @@ impl Sampler {
         let mut cand: Vec<(u32, f64)> = l
             .iter()
             .enumerate()
-            .filter(|(_, x)| !x.is_nan())
+            // Banned tokens (bias -inf) have no probability; NaN none either.
+            .filter(|(_, x)| **x > f32::NEG_INFINITY)
             .map(|(i, &x)| (i as u32, x as f64 / t))
             .collect();
         // Most likely first, ties to the lower id: a total order, so partial selection of the

@@ -603,3 +603,178 @@ fn cli_persists_the_pipeline_cache_unless_told_not_to() {
     assert_eq!(run(&none, &["--no-pipeline-cache"]), first);
     assert!(files(&none).is_empty());
 }
+
+/// Greedy decoding with a logit bias runs on the GPU (the greedy kernel adds the bias buffer)
+/// and hands out the CPU sampler's ids: a banned token never comes, a lifted one takes over,
+/// alone and with a penalty; a plain greedy run after it is unbiased again (the buffer cleared).
+#[test]
+fn gpu_greedy_with_a_logit_bias_equals_the_cpu_sampler() {
+    let seed = common::fresh_seed("gpu-greedy-bias");
+    let mut m = model(seed, 256);
+    let ids = |m: &mut TextModel, on_gpu: bool, sampling: SamplingParams| -> (Vec<u32>, usize) {
+        let opts = GenerateOptions {
+            pick_on_gpu: on_gpu,
+            sampling,
+            ..greedy(32)
+        };
+        let mut g = m.generate("abab", opts).unwrap();
+        let ids: Vec<u32> = g.by_ref().map(|p| p.unwrap().id).collect();
+        (ids, g.stats().decode_submits)
+    };
+    let (plain, _) = ids(&mut m, true, SamplingParams::greedy());
+    let banned = plain[0];
+    let lifted = (banned + 7) % m.engine.config().vocab_size;
+    for (bias, penalty) in [
+        (vec![(banned, f32::NEG_INFINITY)], 1.0),
+        (vec![(banned, f32::NEG_INFINITY), (lifted, 2.5)], 1.0),
+        (vec![(banned, -3.0), (lifted, 1.5), (lifted, 1.0)], 1.4),
+    ] {
+        let sampling = SamplingParams {
+            logit_bias: bias.clone(),
+            repeat_penalty: penalty,
+            repeat_last_n: 16,
+            ..SamplingParams::greedy()
+        };
+        assert!(sampling.runs_on_gpu() && !sampling.is_plain_greedy());
+        let (gpu_ids, submits) = ids(&mut m, true, sampling.clone());
+        let (cpu_ids, _) = ids(&mut m, false, sampling);
+        assert_eq!(gpu_ids, cpu_ids, "bias {bias:?}, penalty {penalty}");
+        assert!(submits < 10, "{submits} submissions: not on the GPU");
+        assert_ne!(gpu_ids, plain, "bias {bias:?} changed nothing");
+        if bias[0].1 == f32::NEG_INFINITY {
+            assert!(!gpu_ids.contains(&banned), "banned {banned} in {gpu_ids:?}");
+        }
+        let (again, _) = ids(&mut m, true, SamplingParams::greedy());
+        assert_eq!(again, plain, "a plain greedy run after a biased one");
+    }
+    // Biases the sampler cannot apply are refused before anything runs.
+    let vocab = m.engine.config().vocab_size;
+    for bias in [vec![(vocab, 1.0)], vec![(1, f32::NAN)]] {
+        let opts = GenerateOptions {
+            sampling: SamplingParams {
+                logit_bias: bias.clone(),
+                ..SamplingParams::greedy()
+            },
+            ..greedy(4)
+        };
+        let err = m
+            .generate("abab", opts)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("logit bias"), "{bias:?}: {err}");
+    }
+}
+
+/// Each piece carries its token's log-probability and, when asked, the step's alternatives: the
+/// same from GPU-picked and CPU-picked generation of the same greedy ids, and consistent (the
+/// greedy token is the first alternative, with its own log-probability).
+#[test]
+fn pieces_carry_logprobs_and_alternatives_on_both_paths() {
+    let mut m = model(common::fresh_seed("piece-logprobs"), 256);
+    let run = |m: &mut TextModel, on_gpu: bool, top: usize| -> Vec<diffattn::generate::Piece> {
+        let opts = GenerateOptions {
+            pick_on_gpu: on_gpu,
+            top_logprobs: top,
+            ..greedy(24)
+        };
+        m.generate("abc", opts)
+            .unwrap()
+            .map(|p| p.unwrap())
+            .collect()
+    };
+    let gpu = run(&mut m, true, 4);
+    let cpu = run(&mut m, false, 4);
+    assert_eq!(gpu.len(), 24);
+    for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+        assert_eq!(g.id, c.id, "piece {i}");
+        assert!((g.logprob - c.logprob).abs() <= 1e-4 * c.logprob.abs().max(1.0));
+        assert!(
+            g.logprob <= 0.0 && g.logprob.is_finite(),
+            "piece {i}: {}",
+            g.logprob
+        );
+        let gi: Vec<u32> = g.top.iter().map(|a| a.id).collect();
+        let ci: Vec<u32> = c.top.iter().map(|a| a.id).collect();
+        assert_eq!(gi, ci, "piece {i}: alternatives");
+        assert_eq!(g.top.len(), 4);
+        assert_eq!(g.top[0].id, g.id, "piece {i}: greedy picks the most likely");
+        assert!((g.top[0].logprob - g.logprob).abs() <= 1e-5 * g.logprob.abs().max(1.0));
+        assert!(g.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+    }
+    assert!(run(&mut m, true, 0).iter().all(|p| p.top.is_empty()));
+    let opts = GenerateOptions {
+        top_logprobs: diffattn::sample::MAX_TOP_LOGPROBS + 1,
+        ..greedy(4)
+    };
+    let err = m
+        .generate("abc", opts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("top_logprobs"), "{err}");
+}
+
+/// `--logit-bias ID=BIAS` and `--top-logprobs N` on the command line: a banned token never comes,
+/// each JSON line has `logprob` and N alternatives; a bad bias is a one-line error with exit 2.
+#[test]
+fn cli_logit_bias_and_top_logprobs() {
+    let dir = std::env::temp_dir().join(format!("diffattn-bias-{}", std::process::id()));
+    RandomModel::tiny("diff_v2", 8).write_dir(&dir).unwrap();
+    let run = |extra: &[&str]| -> std::process::Output {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_diffattn"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let tokens = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines[..lines.len() - 1].to_vec()
+    };
+    let plain = tokens(&run(&["--top-logprobs", "3"]));
+    for t in &plain {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        let top = t["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["id"], t["id"]);
+    }
+    let banned = plain[0]["id"].as_u64().unwrap().to_string();
+    let ban = format!("{banned}=-inf");
+    let biased = tokens(&run(&["--logit-bias", &ban, "--logit-bias", "3=0.5"]));
+    assert!(
+        biased
+            .iter()
+            .all(|t| t["id"].as_u64().unwrap().to_string() != banned)
+    );
+    assert!(biased.iter().all(|t| t.get("top").is_none()));
+    for bad in ["99999=1", "3=nan", "3", "x=1"] {
+        let out = run(&["--logit-bias", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

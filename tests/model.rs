@@ -196,7 +196,7 @@ fn greedy_on_the_gpu_matches_the_logits_path() {
         let first = on_gpu.prefill_pick_blocking(&prompt).unwrap();
         let logits = by_logits.prefill_blocking(&prompt).unwrap();
         assert_eq!(first.id, argmax(&logits), "{attention}: first token");
-        assert_close_logprob(&logits, first);
+        assert_close_logprob(&logits, first.clone());
         let mut want = vec![first.id];
         let mut next = first.id;
         for _ in 0..11 {
@@ -333,17 +333,29 @@ fn gpu_sampling_draws_from_the_cpu_distribution() {
     let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
     let prompt: Vec<u32> = vec![3, 9, 27, 81, 243, 3, 9];
     let logits = e.prefill_blocking(&prompt).unwrap();
-    let cases = [
-        (1.0, 0, 1.0, 1.0, 0),
-        (0.7, 20, 0.9, 1.0, 0),
-        // The window holds 3 and 9 twice: each is penalised once.
-        (1.3, 0, 0.95, 1.5, 7),
-        // top-k up to 256 takes the radix-select kernel path, larger k the bisection path.
-        (0.9, 40, 0.6, 1.2, 5),
-        (1.1, 256, 0.9, 1.0, 0),
-        (1.0, 257, 0.8, 1.0, 0),
+    // A logit bias that bans the most likely token, lifts a middling one (two entries that add
+    // up) and lowers another: it must change what is drawn.
+    let order = diffattn::sample::top_logprobs(&logits, 8);
+    let bias = vec![
+        (order[0].id, f32::NEG_INFINITY),
+        (order[5].id, 1.0),
+        (order[5].id, 0.8),
+        (order[1].id, -0.7),
     ];
-    for (temperature, top_k, top_p, repeat_penalty, repeat_last_n) in cases {
+    let cases = [
+        (1.0, 0, 1.0, 1.0, 0, vec![]),
+        (0.7, 20, 0.9, 1.0, 0, vec![]),
+        // The window holds 3 and 9 twice: each is penalised once.
+        (1.3, 0, 0.95, 1.5, 7, vec![]),
+        // top-k up to 256 takes the radix-select kernel path, larger k the bisection path.
+        (0.9, 40, 0.6, 1.2, 5, vec![]),
+        (1.1, 256, 0.9, 1.0, 0, vec![]),
+        (1.0, 257, 0.8, 1.0, 0, vec![]),
+        // The bias, on both paths, with and without a penalty.
+        (1.0, 30, 0.9, 1.0, 0, bias.clone()),
+        (0.8, 0, 0.95, 1.3, 7, bias.clone()),
+    ];
+    for (temperature, top_k, top_p, repeat_penalty, repeat_last_n, logit_bias) in cases {
         let base = SamplingParams {
             temperature,
             top_k,
@@ -351,8 +363,18 @@ fn gpu_sampling_draws_from_the_cpu_distribution() {
             repeat_penalty,
             repeat_last_n,
             seed: 0,
+            logit_bias,
         };
         let want = Sampler::new(base.clone()).distribution(&logits, &prompt);
+        if !base.logit_bias.is_empty() {
+            let unbiased = SamplingParams {
+                logit_bias: vec![],
+                ..base.clone()
+            };
+            let before = Sampler::new(unbiased).distribution(&logits, &prompt);
+            assert!(before.iter().any(|c| c.0 == order[0].id), "{before:?}");
+            assert!(want.iter().all(|c| c.0 != order[0].id), "{want:?}");
+        }
         let draws = 1200;
         let mut counts = std::collections::HashMap::new();
         for seed in 0..draws {
@@ -423,6 +445,73 @@ fn gpu_sampling_does_not_depend_on_the_submission_grouping() {
         run(&mut e, &[12])
     };
     assert_ne!(one, other, "another seed, the same 13 tokens");
+}
+
+/// The alternatives the GPU lists after each pick are the CPU's `top_logprobs` of the same
+/// logits (the same ids in the same order, log-probabilities within f32 rounding), whichever
+/// kernel picks, for a prompt and for each step of a multi-step submission; none unless asked.
+#[test]
+fn gpu_alternatives_are_the_cpu_top_logprobs() {
+    use diffattn::sample::{MAX_TOP_LOGPROBS, SamplingParams, top_logprobs};
+    let gpu = Arc::new(common::gpu());
+    let m = RandomModel::tiny("diff_v2", common::fresh_seed("alternatives"));
+    let (mut e, _) = engine(&gpu, &m, EngineOptions::default());
+    let prompt: Vec<u32> = vec![4, 8, 15, 16, 23, 42];
+    let check = |got: &[diffattn::sample::Alternative], logits: &[f32], n: usize, what: &str| {
+        let want = top_logprobs(logits, n);
+        let ids: Vec<u32> = got.iter().map(|a| a.id).collect();
+        let want_ids: Vec<u32> = want.iter().map(|a| a.id).collect();
+        assert_eq!(ids, want_ids, "{what}: alternatives");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g.logprob - w.logprob).abs() <= 1e-4 * w.logprob.abs().max(1.0),
+                "{what}: token {} log-probability {} against {}",
+                g.id,
+                g.logprob,
+                w.logprob
+            );
+        }
+    };
+    let sampled = SamplingParams {
+        seed: 5,
+        ..Default::default()
+    };
+    for (n, sampling) in [(1, None), (5, Some(&sampled)), (MAX_TOP_LOGPROBS, None)] {
+        let what = format!(
+            "n {n}, {}",
+            if sampling.is_some() {
+                "sampled"
+            } else {
+                "greedy"
+            }
+        );
+        // The CPU's view: the same prompt and the same tokens fed one step at a time.
+        e.reset();
+        e.set_top_logprobs(0).unwrap();
+        let mut logits = vec![e.prefill_blocking(&prompt).unwrap()];
+        e.reset();
+        e.set_gpu_sampling(sampling).unwrap();
+        e.set_top_logprobs(n).unwrap();
+        let first = e.prefill_pick_blocking(&prompt).unwrap();
+        check(&first.top, &logits[0], n, &format!("{what}, prompt"));
+        let steps = e.decode_pick_blocking(first.id, 4).unwrap();
+        e.reset();
+        e.prefill_blocking(&prompt).unwrap();
+        let mut fed = first.id;
+        for s in &steps {
+            logits.push(e.step_blocking(fed).unwrap());
+            fed = s.id;
+        }
+        for (i, s) in steps.iter().enumerate() {
+            check(&s.top, &logits[i + 1], n, &format!("{what}, step {i}"));
+        }
+    }
+    e.reset();
+    e.set_gpu_sampling(None).unwrap();
+    e.set_top_logprobs(0).unwrap();
+    assert!(e.prefill_pick_blocking(&prompt).unwrap().top.is_empty());
+    let err = e.set_top_logprobs(MAX_TOP_LOGPROBS + 1).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
 }
 
 /// Random models written as GGUF files by the project's own writer, one per matrix block type:

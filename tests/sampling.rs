@@ -1,7 +1,9 @@
 //! Sampling: reproducible with a seed, greedy limits, and the documented distributions
 //! (statistical checks with fixed seeds, so they cannot flake).
 
-use diffattn::sample::{Sampler, SamplingParams, argmax};
+use diffattn::sample::{
+    MAX_TOP_LOGPROBS, Sampler, SamplingParams, argmax, log_normaliser, logprob, top_logprobs,
+};
 
 fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
     SamplingParams {
@@ -11,6 +13,7 @@ fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingPara
         repeat_penalty: 1.0,
         repeat_last_n: 0,
         seed,
+        logit_bias: Vec::new(),
     }
 }
 
@@ -207,4 +210,119 @@ fn top_k_selection_matches_a_full_sort() {
         let total: f64 = got.iter().map(|c| c.1).sum();
         assert!((total - 1.0).abs() < 1e-9);
     }
+}
+
+/// The logit bias is added to the raw logits before everything else: entries for one id add up,
+/// -inf bans a token (greedy and sampled), and the penalty then sees the biased sign.
+#[test]
+fn logit_bias_adds_to_logits_and_minus_infinity_bans() {
+    let l = vec![3.0f32, 1.0, 0.5, -2.0];
+    let with = |bias: Vec<(u32, f32)>, base: SamplingParams| SamplingParams {
+        logit_bias: bias,
+        ..base
+    };
+    // Greedy: banning token 0 leaves token 1; +1 and +2 on token 3 (added up) make it win.
+    let mut s = Sampler::new(with(vec![(0, f32::NEG_INFINITY)], params(0.0, 0, 1.0, 0)));
+    assert_eq!(s.sample(&l, &[]), 1);
+    let mut s = Sampler::new(with(vec![(3, 1.0), (3, 4.5)], params(0.0, 0, 1.0, 0)));
+    assert_eq!(s.sample(&l, &[]), 3);
+    // Sampled: the distribution is the softmax of the biased logits, banned tokens absent.
+    let p = with(
+        vec![(0, f32::NEG_INFINITY), (2, 0.5)],
+        params(1.0, 0, 1.0, 0),
+    );
+    let dist = Sampler::new(p.clone()).distribution(&l, &[]);
+    let biased = [1.0f64, 1.0, -2.0];
+    let z: f64 = biased.iter().map(|x| x.exp()).sum();
+    let want = [
+        (1u32, 1.0f64.exp() / z),
+        (2, 1.0f64.exp() / z),
+        (3, (-2.0f64).exp() / z),
+    ];
+    assert_eq!(dist.len(), 3, "{dist:?}");
+    for ((id, q), (wid, wq)) in dist.iter().zip(want) {
+        assert_eq!(*id, wid);
+        assert!((q - wq).abs() < 1e-12, "token {id}: {q} against {wq}");
+    }
+    let mut s = Sampler::new(p);
+    for _ in 0..500 {
+        assert_ne!(s.sample(&l, &[]), 0, "a banned token was drawn");
+    }
+    // The penalty applies after the bias: -4 + 3 = -1 is negative, so it is multiplied.
+    let s = Sampler::new(SamplingParams {
+        repeat_penalty: 2.0,
+        ..with(vec![(0, -4.0)], params(0.0, 0, 1.0, 0))
+    });
+    let mut x = l.clone();
+    s.bias(&mut x);
+    s.penalise(&mut x, &[0]);
+    assert_eq!(x[0], -2.0);
+    assert!(!with(vec![(1, 0.5)], SamplingParams::greedy()).is_plain_greedy());
+}
+
+/// Bias settings that cannot be applied are refused by name: ids beyond the vocabulary, NaN,
+/// +inf, a finite bias beyond the bound, a bias that bans every token.
+#[test]
+fn bad_logit_biases_are_refused() {
+    let with = |bias: Vec<(u32, f32)>| SamplingParams {
+        logit_bias: bias,
+        ..SamplingParams::default()
+    };
+    assert!(
+        with(vec![(3, -1.0), (0, f32::NEG_INFINITY)])
+            .check(4)
+            .is_ok()
+    );
+    for (bias, says) in [
+        (vec![(4, 1.0)], "outside the vocabulary"),
+        (vec![(1, f32::NAN)], "logit bias NaN"),
+        (vec![(1, f32::INFINITY)], "logit bias inf"),
+        (vec![(1, 2.0e6)], "logit bias 2000000"),
+        (
+            (0..4).map(|i| (i, f32::NEG_INFINITY)).collect(),
+            "bans every token",
+        ),
+    ] {
+        let err = with(bias.clone()).check(4).unwrap_err().to_string();
+        assert!(err.contains(says), "{bias:?}: {err}");
+    }
+}
+
+/// The alternatives: the n largest raw logits, most likely first, ties to the lower id, with
+/// their log-softmax; non-finite logits left out; at most MAX_TOP_LOGPROBS.
+#[test]
+fn top_logprobs_are_the_largest_logits_with_their_log_softmax() {
+    let mut l = logits(1000, 5);
+    let mut sorted: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // A tie at the third place: the lower id comes first.
+    let third = sorted[2];
+    let twin = sorted[500].0;
+    l[twin as usize] = third.1;
+    // Non-finite values where they would not be listed anyway, and one that would (+inf).
+    l[sorted[999].0 as usize] = f32::NAN;
+    l[sorted[998].0 as usize] = f32::INFINITY;
+    let z = log_normaliser(&l);
+    let direct = {
+        let finite: Vec<f64> = l
+            .iter()
+            .filter(|x| x.is_finite())
+            .map(|&x| x as f64)
+            .collect();
+        let m = finite.iter().cloned().fold(f64::MIN, f64::max);
+        m + finite.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    };
+    assert!((z - direct).abs() < 1e-12);
+    let top = top_logprobs(&l, 5);
+    let ids: Vec<u32> = top.iter().map(|a| a.id).collect();
+    let (lo, hi) = (third.0.min(twin), third.0.max(twin));
+    assert_eq!(ids, vec![sorted[0].0, sorted[1].0, lo, hi, sorted[3].0]);
+    for a in &top {
+        let want = l[a.id as usize] as f64 - z;
+        assert!((a.logprob as f64 - want).abs() < 1e-6);
+        assert_eq!(a.logprob, logprob(&l, a.id));
+    }
+    assert!(top_logprobs(&l, 0).is_empty());
+    assert_eq!(top_logprobs(&l, 100).len(), MAX_TOP_LOGPROBS);
+    assert_eq!(top_logprobs(&[1.0, f32::NAN], 5).len(), 1);
 }

@@ -360,21 +360,34 @@ fn step_blocks_and_binding_lists_match() {
     );
 }
 
-/// The sampling kernel's `Params` is `model::plan::SampleParams`: names and order, size.
+/// The token-picking kernels' `Params` are `model::plan`'s definitions: names and order, size.
 #[test]
 fn sampling_params_match_the_rust_definition() {
-    let (_, source) = diffattn::gpu::shader::SOURCES
-        .iter()
-        .find(|(n, _)| *n == "sample_dist")
-        .unwrap();
-    let module = naga::front::wgsl::parse_str(source).unwrap();
-    let (fields, span) = wgsl_struct(&module, "Params").unwrap();
-    let want = rust_fields(diffattn::model::plan::SampleParams::FIELDS);
-    assert_eq!(fields, want);
-    assert_eq!(
-        span,
-        std::mem::size_of::<diffattn::model::plan::SampleParams>()
-    );
+    use diffattn::model::plan::{GreedyParams, SampleParams, TopParams};
+    let cases: [(&str, &[(&str, &str)], usize); 3] = [
+        (
+            "sample_dist",
+            SampleParams::FIELDS,
+            std::mem::size_of::<SampleParams>(),
+        ),
+        (
+            "sample",
+            GreedyParams::FIELDS,
+            std::mem::size_of::<GreedyParams>(),
+        ),
+        (
+            "top_logprobs",
+            TopParams::FIELDS,
+            std::mem::size_of::<TopParams>(),
+        ),
+    ];
+    for (name, rust, size) in cases {
+        let source = diffattn::gpu::shader::composed(name).unwrap();
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let (fields, span) = wgsl_struct(&module, "Params").unwrap();
+        assert_eq!(fields, rust_fields(rust), "{name}");
+        assert_eq!(span, size, "{name}");
+    }
 }
 
 /// The products' `Params` (matmul.wgsl, gemm_coop.wgsl) are `model::plan::MatmulParams`: names

@@ -51,8 +51,9 @@ fn fixed() -> GenerateOptions {
     }
 }
 
-/// Random settings: greedy or sampled (temperature, top-k, top-p, a repetition penalty, with GPU
-/// or CPU picking), 1 to 32 tokens, sometimes a stop string or continuing the cache.
+/// Random settings: greedy or sampled (temperature, top-k, top-p, a repetition penalty, sometimes a
+/// logit bias, with GPU or CPU picking), 1 to 32 tokens, sometimes alternatives, a stop string or
+/// continuing the cache.
 fn random_options(rng: &mut Rng) -> GenerateOptions {
     let greedy = below(rng, 4) == 0;
     let sampling = if greedy {
@@ -65,7 +66,19 @@ fn random_options(rng: &mut Rng) -> GenerateOptions {
             repeat_penalty: [1.0, 1.1, 1.5][below(rng, 3) as usize],
             repeat_last_n: [0, 8, 64][below(rng, 3) as usize],
             seed: rng.next_u64(),
+            logit_bias: Vec::new(),
         }
+    };
+    // Sometimes a logit bias (a ban among them) on low ids, which every test vocabulary holds.
+    let logit_bias = (0..[0, 0, 1, 3][below(rng, 4) as usize])
+        .map(|_| {
+            let b = [f32::NEG_INFINITY, -2.0, 1.5][below(rng, 3) as usize];
+            (below(rng, 64) as u32, b)
+        })
+        .collect();
+    let sampling = SamplingParams {
+        logit_bias,
+        ..sampling
     };
     GenerateOptions {
         max_tokens: 1 + below(rng, 32) as usize,
@@ -78,6 +91,7 @@ fn random_options(rng: &mut Rng) -> GenerateOptions {
         stop_at_eos: below(rng, 2) == 0,
         keep_cache: below(rng, 8) == 0,
         pick_on_gpu: below(rng, 4) != 0,
+        top_logprobs: [0, 0, 0, 3, 20][below(rng, 5) as usize],
     }
 }
 

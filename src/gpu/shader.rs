@@ -50,6 +50,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "sample_dist",
         include_str!("../../shaders/sample_dist.wgsl"),
     ),
+    (
+        "top_logprobs",
+        include_str!("../../shaders/top_logprobs.wgsl"),
+    ),
 ];
 
 /// Libraries: WGSL files of functions and constants only (no bindings, no entry points), which a

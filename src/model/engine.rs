@@ -14,14 +14,15 @@
 
 use super::config::Config;
 use super::plan::{
-    self, Buffers, MAX_PENALTY_WINDOW, MAX_STEPS, Pick, Plan, SAMPLED_BYTES, SampleParams, Tuning,
+    self, ALTERNATIVES_AT, Buffers, GreedyParams, MAX_PENALTY_WINDOW, MAX_STEPS, Pick, Picking,
+    Plan, READBACK_BYTES, SAMPLED_BYTES, SampleParams, TopParams, Tuning,
 };
 use super::weights::HostWeights;
 use crate::attention::{AttentionCall, KvDtype};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::readback::map_read;
-use crate::sample::SamplingParams;
+use crate::sample::{Alternative, MAX_TOP_LOGPROBS, SamplingParams};
 use std::sync::Arc;
 
 /// How the engine is set up on the GPU.
@@ -132,12 +133,15 @@ impl EngineOptions {
 }
 
 /// A token chosen on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sampled {
     /// The token id.
     pub id: u32,
     /// Its log-probability under the model's distribution (before any sampling transform).
     pub logprob: f32,
+    /// The most likely tokens of the step under the same distribution, most likely first, as
+    /// many as [`Engine::set_top_logprobs`] asked for (none by default).
+    pub top: Vec<Alternative>,
 }
 
 /// What a submission ends with.
@@ -152,6 +156,8 @@ enum Tail {
 /// A decode submission started and not yet read back.
 struct InFlight {
     steps: u32,
+    /// Alternatives per step it lists.
+    alternatives: u32,
     readback: usize,
     submission: wgpu::SubmissionIndex,
 }
@@ -172,6 +178,10 @@ pub struct Engine {
     next_readback: usize,
     /// How tokens are picked on the GPU.
     pick: Pick,
+    /// Alternatives each picking step lists (0: none).
+    alternatives: u32,
+    /// The logit bias buffer holds a bias (else zeros).
+    bias_set: bool,
 }
 
 impl Engine {
@@ -211,6 +221,8 @@ impl Engine {
             in_flight: Default::default(),
             next_readback: 0,
             pick: Pick::Greedy,
+            alternatives: 0,
+            bias_set: false,
             gpu,
         })
     }
@@ -269,10 +281,12 @@ impl Engine {
     /// (see [`SamplingParams::runs_on_gpu`]) are refused.
     pub fn set_gpu_sampling(&mut self, params: Option<&SamplingParams>) -> Result<()> {
         let Some(p) = params.filter(|p| !p.is_plain_greedy()) else {
+            self.set_logit_bias(None);
             self.set_greedy_penalty(0, 1.0);
             self.pick = Pick::Greedy;
             return Ok(());
         };
+        p.check(self.cfg.vocab_size)?;
         if !p.runs_on_gpu() {
             return Err(Error::config(format!(
                 "these sampling settings run on the CPU only (temperature {}, top_p {}, repetition \
@@ -281,6 +295,7 @@ impl Engine {
             )));
         }
         let penalise = p.repeat_penalty != 1.0;
+        let biased = self.set_logit_bias(p.dense_bias(self.cfg.vocab_size)) as u32;
         if p.is_greedy() {
             // Argmax of the penalised logits: the greedy kernel, with its penalty window.
             self.set_greedy_penalty(p.repeat_last_n as u32, p.repeat_penalty);
@@ -296,6 +311,8 @@ impl Engine {
             temperature: p.temperature,
             top_p: p.top_p,
             penalty: if penalise { p.repeat_penalty } else { 1.0 },
+            biased,
+            ..Default::default()
         };
         self.gpu
             .queue
@@ -305,12 +322,71 @@ impl Engine {
     }
 
     /// The greedy kernel's repetition penalty: `penalty` over the last `last_n` tokens (0 or a
-    /// penalty of 1: none).
+    /// penalty of 1: none), with the logit bias where one is set.
     fn set_greedy_penalty(&mut self, last_n: u32, penalty: f32) {
-        let block = [self.cfg.vocab_size, last_n, penalty.to_bits(), 0];
+        let block = GreedyParams {
+            vocab: self.cfg.vocab_size,
+            last_n,
+            penalty,
+            biased: self.bias_set as u32,
+        };
         self.gpu
             .queue
-            .write_buffer(&self.plan.greedy_params, 0, bytemuck::cast_slice(&block));
+            .write_buffer(&self.plan.greedy_params, 0, bytemuck::bytes_of(&block));
+    }
+
+    /// Writes the dense logit bias (one value per vocabulary entry), or clears a bias left from
+    /// earlier settings; returns whether one is set. The buffer is written only when it changes
+    /// from or to none, or between biases, never per step.
+    fn set_logit_bias(&mut self, dense: Option<Vec<f32>>) -> bool {
+        match dense {
+            Some(values) => {
+                self.gpu.queue.write_buffer(
+                    &self.bufs.logit_bias,
+                    0,
+                    bytemuck::cast_slice(&values),
+                );
+                self.bias_set = true;
+            }
+            None if self.bias_set => {
+                let zeros = vec![0.0f32; self.cfg.vocab_size as usize];
+                self.gpu
+                    .queue
+                    .write_buffer(&self.bufs.logit_bias, 0, bytemuck::cast_slice(&zeros));
+                self.bias_set = false;
+            }
+            None => {}
+        }
+        self.bias_set
+    }
+
+    /// How many alternatives each token picked on the GPU lists ([`Sampled::top`]): the most
+    /// likely tokens of its step with their log-probabilities, 0 (the default) to
+    /// [`MAX_TOP_LOGPROBS`]. Asking costs one more small kernel per step and a larger read-back.
+    pub fn set_top_logprobs(&mut self, n: usize) -> Result<()> {
+        if n > MAX_TOP_LOGPROBS {
+            return Err(Error::config(format!(
+                "{n} alternatives per token asked for (at most {MAX_TOP_LOGPROBS})"
+            )));
+        }
+        let block = TopParams {
+            vocab: self.cfg.vocab_size,
+            n: n as u32,
+            ..Default::default()
+        };
+        self.gpu
+            .queue
+            .write_buffer(&self.plan.top_params, 0, bytemuck::bytes_of(&block));
+        self.alternatives = n as u32;
+        Ok(())
+    }
+
+    /// What the picking steps of a submission run after the head.
+    fn picking(&self) -> Picking {
+        Picking {
+            pick: self.pick,
+            alternatives: self.alternatives > 0,
+        }
     }
 
     /// Decode steps started with [`Engine::decode_pick_start`] and not yet finished.
@@ -376,8 +452,12 @@ impl Engine {
         self.check_idle()?;
         self.check_tokens(ids, 0)?;
         let (slot, readback) = self.run_prompt(ids, Tail::Pick)?;
-        let out = self.read_sampled(readback, slot..slot + 1, None).await?;
-        Ok(out[0])
+        let alternatives = self.alternatives;
+        let mut out = self
+            .read_sampled(readback, slot..slot + 1, alternatives, None)
+            .await?;
+        out.pop()
+            .ok_or_else(|| Error::config("no token was picked (internal)"))
     }
 
     /// Feeds `first`, then each token the GPU picks (greedily) to the next step, `steps` times
@@ -429,6 +509,7 @@ impl Engine {
         self.past_len += steps;
         self.in_flight.push_back(InFlight {
             steps,
+            alternatives: self.alternatives,
             readback,
             submission,
         });
@@ -441,7 +522,7 @@ impl Engine {
             .in_flight
             .pop_front()
             .ok_or_else(|| Error::config("decode: no started submission to finish"))?;
-        self.read_sampled(f.readback, 0..f.steps, Some(f.submission))
+        self.read_sampled(f.readback, 0..f.steps, f.alternatives, Some(f.submission))
             .await
     }
 
@@ -454,7 +535,7 @@ impl Engine {
         self.check_idle()?;
         self.check_tokens(&[id], 0)?;
         let gpu = self.gpu.clone();
-        let stages = self.plan.profiled_stages(Some(self.pick)) as u32;
+        let stages = self.plan.profiled_stages(Some(self.picking())) as u32;
         let queries = gpu
             .timestamp_queries("profile timestamps", 2 * stages)
             .ok_or_else(|| {
@@ -480,7 +561,7 @@ impl Engine {
             &self.bufs.arena,
             0,
             &call,
-            Some(self.pick),
+            Some(self.picking()),
         )?;
         enc.resolve_query_set(&queries, 0..2 * stages, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
@@ -572,7 +653,7 @@ impl Engine {
             });
             for (slot, (call, _)) in calls.iter().enumerate() {
                 let last = slot + 1 == calls.len();
-                let pick = (tail == Tail::Pick && (decoding || last)).then_some(self.pick);
+                let pick = (tail == Tail::Pick && (decoding || last)).then_some(self.picking());
                 let logits = tail == Tail::Logits && last;
                 self.plan.record_forward(
                     &gpu,
@@ -599,7 +680,13 @@ impl Engine {
                 0,
                 b.logits_readback.size(),
             ),
-            Tail::Pick => enc.copy_buffer_to_buffer(&b.sampled, 0, readback, 0, SAMPLED_BYTES),
+            Tail::Pick => {
+                enc.copy_buffer_to_buffer(&b.sampled, 0, readback, 0, SAMPLED_BYTES);
+                if self.alternatives > 0 {
+                    let bytes = calls.len() as u64 * MAX_TOP_LOGPROBS as u64 * 8;
+                    enc.copy_buffer_to_buffer(&b.alternatives, 0, readback, ALTERNATIVES_AT, bytes);
+                }
+            }
         }
         let index = gpu.queue.submit([enc.finish()]);
         gpu.take_error("forward pass")?;
@@ -620,17 +707,25 @@ impl Engine {
         self.last_gpu_s = Some(ticks as f64 * period * 1e-9);
     }
 
+    /// The picked tokens of `slots` from a read-back, each with `alternatives` alternatives.
     async fn read_sampled(
         &mut self,
         readback: usize,
         slots: std::ops::Range<u32>,
+        alternatives: u32,
         submission: Option<wgpu::SubmissionIndex>,
     ) -> Result<Vec<Sampled>> {
         let gpu = self.gpu.clone();
         let buffer = &self.bufs.sampled_readback[readback];
-        let bytes = map_read(&gpu, buffer, SAMPLED_BYTES + 16, submission).await?;
+        let size = if alternatives > 0 {
+            READBACK_BYTES
+        } else {
+            ALTERNATIVES_AT
+        };
+        let bytes = map_read(&gpu, buffer, size, submission).await?;
         self.note_gpu_time(&bytes);
         let words: &[[u32; 4]] = bytemuck::cast_slice(&bytes[..SAMPLED_BYTES as usize]);
+        let listed: &[[u32; 2]] = bytemuck::cast_slice(&bytes[ALTERNATIVES_AT as usize..]);
         let mut out = Vec::with_capacity(slots.len());
         for s in slots {
             let [id, logprob, flags, _] = words[s as usize];
@@ -642,9 +737,22 @@ impl Engine {
                     value: f32::NAN,
                 });
             }
+            let at = s as usize * MAX_TOP_LOGPROBS;
+            let top = listed
+                .get(at..at + alternatives as usize)
+                .unwrap_or_default()
+                .iter()
+                // Fewer finite logits than asked for leave entries without an id.
+                .take_while(|[id, _]| *id != u32::MAX)
+                .map(|&[id, lp]| Alternative {
+                    id,
+                    logprob: f32::from_bits(lp),
+                })
+                .collect();
             out.push(Sampled {
                 id,
                 logprob: f32::from_bits(logprob),
+                top,
             });
         }
         Ok(out)
@@ -655,7 +763,7 @@ impl Engine {
         let vocab = self.cfg.vocab_size as u64;
         if self.bufs.timestamps.is_some() {
             let buffer = &self.bufs.sampled_readback[readback];
-            let bytes = map_read(&gpu, buffer, SAMPLED_BYTES + 16, None).await?;
+            let bytes = map_read(&gpu, buffer, ALTERNATIVES_AT, None).await?;
             self.note_gpu_time(&bytes);
         }
         let bytes = map_read(&gpu, &self.bufs.logits_readback, vocab * 4, None).await?;

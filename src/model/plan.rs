@@ -15,6 +15,7 @@ use crate::attention::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Const, Gpu, ShaderSpec, UniformArena};
+use crate::sample::MAX_TOP_LOGPROBS;
 use std::sync::Arc;
 
 /// Token rows per workgroup of the GPU many-row product (matmul.wgsl's `TB`, specialised).
@@ -56,6 +57,38 @@ crate::gpu::shader_struct! {
         top_p: f32,
         /// The CTRL-style repetition penalty; 1 turns it off.
         penalty: f32,
+        /// 1: add the logit bias buffer to the logits first.
+        biased: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
+    }
+}
+
+crate::gpu::shader_struct! {
+    /// The greedy kernel's parameters (`Params` in sample.wgsl; checked by the shader tests).
+    pub struct GreedyParams {
+        /// Vocabulary size.
+        vocab: u32,
+        /// Tokens the repetition penalty looks back over; 0 turns it off.
+        last_n: u32,
+        /// The CTRL-style repetition penalty; 1 turns it off.
+        penalty: f32,
+        /// 1: add the logit bias buffer to the logits first.
+        biased: u32,
+    }
+}
+
+crate::gpu::shader_struct! {
+    /// The alternatives kernel's parameters (`Params` in top_logprobs.wgsl; checked by the shader
+    /// tests).
+    pub struct TopParams {
+        /// Vocabulary size.
+        vocab: u32,
+        /// Alternatives per step (at most [`crate::sample::MAX_TOP_LOGPROBS`]).
+        n: u32,
+        pad0: u32,
+        pad1: u32,
     }
 }
 
@@ -92,6 +125,16 @@ pub enum Pick {
     Greedy,
     /// A draw from the sampler's distribution (sample_dist.wgsl).
     Sample,
+}
+
+/// What a step runs after its head: the picking kernel, then, where asked, the alternatives
+/// kernel (top_logprobs.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Picking {
+    /// The kernel that picks the token.
+    pub pick: Pick,
+    /// Also list the most likely tokens with their log-probabilities.
+    pub alternatives: bool,
 }
 
 /// How the plan's kernels are chosen (from [`super::EngineOptions`] and the adapter).
@@ -458,9 +501,13 @@ pub struct Buffers {
     pub arena: UniformArena,
     /// The sampler's results, one (id, log-probability bits, flags, 0) per step.
     pub sampled: wgpu::Buffer,
-    /// Read-backs of `sampled` plus two GPU timestamps: two, so that one decode submission can
-    /// run while the host reads the previous one's tokens.
+    /// The alternatives kernel's results: [`MAX_TOP_LOGPROBS`] (id, log-probability bits) per step.
+    pub alternatives: wgpu::Buffer,
+    /// Read-backs of `sampled`, two GPU timestamps, then `alternatives` ([`READBACK_BYTES`]):
+    /// two, so that one decode submission can run while the host reads the previous one's tokens.
     pub sampled_readback: [wgpu::Buffer; 2],
+    /// The logit bias, one f32 per vocabulary entry (zero where none is set).
+    pub logit_bias: wgpu::Buffer,
     /// Token ids by position: what the repetition penalty looks back over on the GPU.
     pub history: wgpu::Buffer,
     /// The sampling kernel's scratch: one f32 per vocabulary entry.
@@ -478,6 +525,15 @@ pub struct Buffers {
 
 /// Bytes of `sampled` for [`MAX_STEPS`] steps.
 pub const SAMPLED_BYTES: u64 = MAX_STEPS as u64 * 16;
+
+/// Bytes of `alternatives` for [`MAX_STEPS`] steps.
+pub const ALTERNATIVES_BYTES: u64 = MAX_STEPS as u64 * MAX_TOP_LOGPROBS as u64 * 8;
+
+/// Where the alternatives lie in a sampled read-back (after the results and two timestamps).
+pub const ALTERNATIVES_AT: u64 = SAMPLED_BYTES + 16;
+
+/// Bytes of a sampled read-back buffer.
+pub const READBACK_BYTES: u64 = ALTERNATIVES_AT + ALTERNATIVES_BYTES;
 
 impl Buffers {
     /// Allocates everything for `context` positions and prompt chunks of `chunk` tokens.
@@ -528,10 +584,12 @@ impl Buffers {
             rope_table: rope_table(gpu, cfg, context)?,
             arena: UniformArena::new(gpu, "step parameters", 2 * MAX_STEPS),
             sampled: gpu.storage("sampled tokens", SAMPLED_BYTES)?,
+            alternatives: gpu.storage("alternatives", ALTERNATIVES_BYTES)?,
             sampled_readback: [
-                gpu.readback_buffer("sampled read-back 0", SAMPLED_BYTES + 16),
-                gpu.readback_buffer("sampled read-back 1", SAMPLED_BYTES + 16),
+                gpu.readback_buffer("sampled read-back 0", READBACK_BYTES),
+                gpu.readback_buffer("sampled read-back 1", READBACK_BYTES),
             ],
+            logit_bias: gpu.storage("logit bias", cfg.vocab_size as u64 * 4)?,
             logits_readback: gpu.readback_buffer("logits read-back", cfg.vocab_size as u64 * 4),
             timestamps,
             chunk,
@@ -588,12 +646,14 @@ pub struct Plan {
     layers: Vec<LayerOps>,
     head: Vec<Op>,
     greedy: Op,
-    /// The greedy kernel's parameter block (vocab, penalty window, penalty as f32 bits, 0),
-    /// rewritten when the sampling settings change.
+    /// The greedy kernel's [`GreedyParams`], rewritten when the sampling settings change.
     pub greedy_params: wgpu::Buffer,
     sample: Op,
-    /// The sampling kernel's parameter block, rewritten when the sampling settings change.
+    /// The sampling kernel's [`SampleParams`], rewritten when the sampling settings change.
     pub sample_params: wgpu::Buffer,
+    top: Op,
+    /// The alternatives kernel's [`TopParams`], rewritten when the number asked for changes.
+    pub top_params: wgpu::Buffer,
     pub attention: AttentionOp,
     // Weights and per-op parameter blocks: held so that they outlive the bind groups using them.
     _weights: GpuWeights,
@@ -962,7 +1022,14 @@ impl Plan {
                 None,
             )?,
         ];
-        let greedy_params = gpu.uniform("greedy parameters", &[cfg.vocab_size, 0, 0, 0]);
+        let greedy_params = gpu.uniform(
+            "greedy parameters",
+            &GreedyParams {
+                vocab: cfg.vocab_size,
+                penalty: 1.0,
+                ..Default::default()
+            },
+        );
         let greedy = b.op_with(
             "greedy sample",
             ShaderSpec::new("sample")
@@ -975,6 +1042,7 @@ impl Plan {
                 &bufs.sampled,
                 &bufs.history,
                 &bufs.penalty_marks,
+                &bufs.logit_bias,
             ],
             Grid::Single,
         )?;
@@ -998,7 +1066,24 @@ impl Plan {
                 &bufs.sampled,
                 &bufs.history,
                 &bufs.sample_work,
+                &bufs.logit_bias,
             ],
+            Grid::Single,
+        )?;
+        let top_params = gpu.uniform(
+            "alternatives parameters",
+            &TopParams {
+                vocab: cfg.vocab_size,
+                ..Default::default()
+            },
+        );
+        let top = b.op_with(
+            "alternatives",
+            ShaderSpec::new("top_logprobs")
+                .with("WG", Const::U32(tuning.sample_wg))
+                .with("MAX_N", Const::U32(MAX_TOP_LOGPROBS as u32)),
+            &top_params,
+            &[&act.logits, &bufs.alternatives],
             Grid::Single,
         )?;
         Ok(Self {
@@ -1009,6 +1094,8 @@ impl Plan {
             greedy_params,
             sample,
             sample_params,
+            top,
+            top_params,
             attention,
             _weights: weights,
             _params: b.params,
@@ -1028,7 +1115,7 @@ impl Plan {
         slot: u32,
         call: &AttentionCall,
         logits: bool,
-        pick: Option<Pick>,
+        pick: Option<Picking>,
     ) -> Result<()> {
         let step = arena.offset(2 * slot);
         let att = arena.offset(2 * slot + 1);
@@ -1041,7 +1128,7 @@ impl Plan {
 
     /// The forward pass in order: embedding, each layer's ops around its attention, then (with
     /// `logits` or `pick`) the head and the picking kernel. Recording and profiling both walk it.
-    fn stages(&self, logits: bool, pick: Option<Pick>) -> Vec<Stage<'_>> {
+    fn stages(&self, logits: bool, pick: Option<Picking>) -> Vec<Stage<'_>> {
         let mut out = vec![Stage::Op(&self.embed)];
         for layer in &self.layers {
             out.extend(layer.pre.iter().map(Stage::Op));
@@ -1051,10 +1138,14 @@ impl Plan {
         if logits || pick.is_some() {
             out.extend(self.head.iter().map(Stage::Op));
         }
-        match pick {
-            Some(Pick::Greedy) => out.push(Stage::Op(&self.greedy)),
-            Some(Pick::Sample) => out.push(Stage::Op(&self.sample)),
-            None => {}
+        if let Some(p) = pick {
+            out.push(Stage::Op(match p.pick {
+                Pick::Greedy => &self.greedy,
+                Pick::Sample => &self.sample,
+            }));
+            if p.alternatives {
+                out.push(Stage::Op(&self.top));
+            }
         }
         out
     }
@@ -1075,12 +1166,12 @@ impl Plan {
     }
 
     /// How many stages [`Plan::record_profiled`] records (two timestamps each).
-    pub fn profiled_stages(&self, pick: Option<Pick>) -> usize {
+    pub fn profiled_stages(&self, pick: Option<Picking>) -> usize {
         self.decode_stages(pick).len()
     }
 
     /// The stages a one-token step dispatches (folded ops record nothing).
-    fn decode_stages(&self, pick: Option<Pick>) -> Vec<Stage<'_>> {
+    fn decode_stages(&self, pick: Option<Picking>) -> Vec<Stage<'_>> {
         let mut stages = self.stages(true, pick);
         stages.retain(|s| !matches!(s, Stage::Op(op) if op.folded != Folded::No));
         stages
@@ -1098,7 +1189,7 @@ impl Plan {
         arena: &UniformArena,
         slot: u32,
         call: &AttentionCall,
-        pick: Option<Pick>,
+        pick: Option<Picking>,
     ) -> Result<Vec<&'static str>> {
         let offsets = (arena.offset(2 * slot), arena.offset(2 * slot + 1));
         let plan = self.attention.plan(call, Kernel::Auto)?;

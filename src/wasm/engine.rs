@@ -226,6 +226,11 @@ struct JsGenerate {
     stop: Vec<String>,
     #[serde(default = "yes")]
     stop_at_eos: bool,
+    /// (token id, bias) pairs; a bias of null bans the token (JSON has no -inf).
+    #[serde(default)]
+    logit_bias: Vec<(u32, Option<f32>)>,
+    #[serde(default)]
+    top_logprobs: usize,
 }
 
 fn yes() -> bool {
@@ -244,16 +249,23 @@ impl JsGenerate {
                 repeat_penalty: self.repeat_penalty,
                 repeat_last_n: self.repeat_last_n,
                 seed: self.seed,
+                logit_bias: self
+                    .logit_bias
+                    .into_iter()
+                    .map(|(id, b)| (id, b.unwrap_or(f32::NEG_INFINITY)))
+                    .collect(),
             },
             stop: self.stop,
             stop_at_eos: self.stop_at_eos,
             keep_cache: false,
             pick_on_gpu: true,
+            top_logprobs: self.top_logprobs,
         }
     }
 }
 
-/// Streams `generation` to `on_piece(id, text)`; returns the reply's text and ids and the
+/// Streams `generation` to `on_piece(id, text, logprob, top)` (`top` a flat array of id,
+/// log-probability pairs); returns the reply's text and ids and the
 /// summary JS receives.
 async fn stream(
     generation: &mut Generation<'_>,
@@ -265,7 +277,17 @@ async fn stream(
         let piece = piece.map_err(js_error)?;
         text.push_str(&piece.text);
         ids.push(piece.id);
-        on_piece.call2(&JsValue::NULL, &piece.id.into(), &piece.text.into())?;
+        let top = js_sys::Float64Array::new_with_length(2 * piece.top.len() as u32);
+        for (i, a) in piece.top.iter().enumerate() {
+            top.set_index(2 * i as u32, a.id as f64);
+            top.set_index(2 * i as u32 + 1, a.logprob as f64);
+        }
+        let args = js_sys::Array::new();
+        args.push(&piece.id.into());
+        args.push(&piece.text.into());
+        args.push(&(piece.logprob as f64).into());
+        args.push(&top.into());
+        on_piece.apply(&JsValue::NULL, &args)?;
     }
     let stats = generation.stats();
     let out = serde_json::json!({

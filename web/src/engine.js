@@ -126,6 +126,21 @@ function chatMessages(messages) {
   );
 }
 
+// `logitBias` as [[id, bias], ...] for the wasm side: from an object or Map of id -> bias, or an
+// array of pairs. -Infinity (a ban) goes as null, which JSON can hold.
+function logitBias(bias) {
+  if (bias === undefined || bias === null) return [];
+  const pairs = bias instanceof Map ? [...bias] : Array.isArray(bias) ? bias : Object.entries(bias);
+  return pairs.map((pair, i) => {
+    const [id, b] = Array.isArray(pair) ? pair : [undefined, undefined];
+    const n = Number(id);
+    if (!Number.isInteger(n) || n < 0 || typeof b !== 'number' || Number.isNaN(b) || b === Infinity) {
+      throw new DiffAttnError(`generate: logitBias entry ${i} must map a token id to a number or -Infinity`, 'Config');
+    }
+    return [n, b === -Infinity ? null : b];
+  });
+}
+
 function sampling(opts) {
   const temperature = opts.temperature ?? 0.8;
   const o = {
@@ -137,15 +152,14 @@ function sampling(opts) {
     repeat_penalty: opts.repeatPenalty ?? (temperature <= 0 ? 1 : 1.1),
     repeat_last_n: opts.repeatLastN ?? 64,
     seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
-    stop: opts.stop ?? [],
-    stop_at_eos: opts.stopAtEos ?? true,
+    top_logprobs: opts.topLogprobs ?? 0,
   };
   for (const [k, v] of Object.entries(o)) {
-    if (k !== 'stop' && k !== 'stop_at_eos' && (typeof v !== 'number' || !Number.isFinite(v) || v < 0)) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) {
       throw new DiffAttnError(`generate: ${k} must be a non-negative number (got ${v})`, 'Config');
     }
   }
-  return o;
+  return { ...o, stop: opts.stop ?? [], stop_at_eos: opts.stopAtEos ?? true, logit_bias: logitBias(opts.logitBias) };
 }
 
 export class Engine {
@@ -325,11 +339,17 @@ export class Engine {
     let tFirst = null;
     let tLast = null;
     let n = 0;
-    const onPiece = (id, text) => {
+    const wantTop = (opts.topLogprobs ?? 0) > 0;
+    const onPiece = (id, text, logprob, flat) => {
       const now = performance.now();
       tFirst ??= now;
       tLast = now;
-      queue.push({ id, text, index: n++ });
+      const piece = { id, text, index: n++, logprob };
+      if (wantTop) {
+        piece.top = [];
+        for (let i = 0; i + 1 < flat.length; i += 2) piece.top.push({ id: flat[i], logprob: flat[i + 1] });
+      }
+      queue.push(piece);
       notify();
     };
     const onAbort = () => {

@@ -151,6 +151,12 @@ export interface GenerateOptions {
   seed?: number;
   stop?: string[];
   stopAtEos?: boolean;
+  /** Added to token logits before sampling (greedy included): token id -> bias, as an object, a
+   * Map or [id, bias] pairs; -Infinity bans the token. Ids must lie in the vocabulary, finite
+   * biases within 1e6 in magnitude. */
+  logitBias?: Record<number, number> | Map<number, number> | Array<[number, number]>;
+  /** List each piece's most likely alternatives (`Piece.top`), 0 (default) to 20. */
+  topLogprobs?: number;
   /** Aborting stops generation at the next token; the iteration then throws the signal's reason. */
   signal?: AbortSignal;
 }
@@ -160,6 +166,12 @@ export interface Piece {
   /** Text this token completes (may be empty while a character is incomplete). */
   text: string;
   index: number;
+  /** Natural-log probability of the token under the model's own distribution (raw logits,
+   * before bias, penalty, temperature or truncation). */
+  logprob: number;
+  /** With `topLogprobs`: the step's most likely tokens under the same distribution, most likely
+   * first. */
+  top?: Array<{ id: number; logprob: number }>;
 }
 
 export interface GenerationStats {

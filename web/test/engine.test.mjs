@@ -2,7 +2,7 @@
 // check before any download.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { demoPage, native } from './helpers.mjs';
+import { demoPage, native, nativeTokens } from './helpers.mjs';
 
 const fixture = demoPage();
 
@@ -84,4 +84,57 @@ test('attention maps match the float64 reference; generation aborts and resumes'
   assert.equal(r.info.config.num_hidden_layers, 6);
   assert.equal(r.info.weightDtype, 'f16');
   assert.ok(r.info.gpu.limits.maxStorageBufferBindingSize > 0);
+});
+
+// Log-probabilities and alternatives per piece, and the logit bias, against the native CLI on the
+// same model (its GPU path is checked against the CPU sampler's float64 log-softmax natively).
+// Between two adapters f32 sums differ in the last bits: log-probabilities agree to 1e-3, and the
+// order of alternatives is compared only where neighbours are that far apart.
+const LOGPROB_TOL = 1e-3;
+
+test('pieces carry log-probabilities and alternatives; a logit bias bans a token', async () => {
+  const prompt = 'The cat sat on the';
+  const r = await fixture.page.evaluate(async (prompt) => {
+    const engine = await window.diffattn.Engine.load('/models/diffv2-small/');
+    const run = async (opts) => {
+      const out = [];
+      for await (const p of engine.generate(prompt, { maxTokens: 6, temperature: 0, ...opts })) out.push(p);
+      return out;
+    };
+    const plain = await run({ topLogprobs: 3 });
+    const banned = plain[0].id;
+    const biased = await run({ logitBias: { [banned]: -Infinity, 7: 0.5 } });
+    const refused = [];
+    for (const logitBias of [{ 1000000: 1 }, [[3, Infinity]], { 3: NaN }]) {
+      try {
+        await run({ logitBias });
+        refused.push(null);
+      } catch (e) {
+        refused.push(e.kind);
+      }
+    }
+    engine.dispose();
+    return { plain, banned, biased, refused };
+  }, prompt);
+  const tokens = (extra) =>
+    nativeTokens(native(['generate', '--model', 'models/diffv2-small', '--prompt', prompt, '--max-tokens', '6', '--temperature', '0', '--json', ...extra]));
+  const want = tokens(['--top-logprobs', '3']);
+  assert.deepEqual(r.plain.map((p) => p.id), want.map((t) => t.id));
+  r.plain.forEach((p, i) => {
+    const w = want[i];
+    assert.ok(Math.abs(p.logprob - w.logprob) <= LOGPROB_TOL, `piece ${i}: logprob ${p.logprob} against ${w.logprob}`);
+    assert.equal(p.top.length, 3);
+    assert.equal(p.top[0].id, p.id, `piece ${i}: greedy picks the most likely`);
+    for (let k = 0; k < 3; k++) {
+      const gapAbove = k === 0 ? Infinity : w.top[k - 1].logprob - w.top[k].logprob;
+      const gapBelow = k === 2 ? Infinity : w.top[k].logprob - w.top[k + 1].logprob;
+      if (gapAbove > LOGPROB_TOL && gapBelow > LOGPROB_TOL) assert.equal(p.top[k].id, w.top[k].id, `piece ${i} alternative ${k}`);
+      const same = w.top.find((a) => a.id === p.top[k].id);
+      if (same) assert.ok(Math.abs(same.logprob - p.top[k].logprob) <= LOGPROB_TOL, `piece ${i} alternative ${k}`);
+    }
+  });
+  assert.ok(r.biased.every((p) => p.id !== r.banned && p.top === undefined), JSON.stringify(r.biased));
+  const nativeBiased = tokens(['--logit-bias', `${r.banned}=-inf`, '--logit-bias', '7=0.5']);
+  assert.deepEqual(r.biased.map((p) => p.id), nativeBiased.map((t) => t.id));
+  assert.deepEqual(r.refused, ['Config', 'Config', 'Config']);
 });

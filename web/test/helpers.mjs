@@ -65,8 +65,8 @@ export function native(args) {
   return execFileSync(cmd, full, { cwd: rootDir, encoding: 'utf8', maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
 }
 
-/** The token objects (`{id, text, margin?}`) of the native CLI's `generate --json` output. */
-function nativeTokens(out) {
+/** The token objects (`{id, text, logprob, margin?, top?}`) of the native CLI's `generate --json` output. */
+export function nativeTokens(out) {
   return out
     .split('\n')
     .filter((l) => l.trim().startsWith('{'))

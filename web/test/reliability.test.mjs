@@ -1,5 +1,5 @@
-// Reliability in the browser (main thread): a GPU device destroyed mid-generation gives the page a
-// typed error and a reloaded engine works; 200 aborted generations in a row leave the engine usable
+// Reliability in the browser: a GPU device destroyed mid-generation gives the page a typed error and
+// a reloaded engine works (on the main thread and in the worker); 200 aborted generations in a row leave the engine usable
 // and its memory flat (wasm memory and the JS heap, read through the DevTools protocol).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -68,6 +68,62 @@ test('a device destroyed mid-generation is a DeviceLost error, and a reloaded en
   assert.ok(r.devices >= 2, 'the reloaded engine did not open a new device');
   assert.equal(r.before.length, 5);
   assert.deepEqual(r.after, r.before, 'the reloaded engine gives other tokens');
+});
+
+test('in the worker, a device destroyed mid-generation is a DeviceLost error, and a new worker engine works', async () => {
+  const r = await fixture.page.evaluate(async (MODEL) => {
+    // The page's workers, so that the test can reach the one WorkerEngine starts.
+    const workers = [];
+    const PageWorker = window.Worker;
+    window.Worker = class extends PageWorker {
+      constructor(...args) {
+        super(...args);
+        workers.push(this);
+      }
+    };
+    const greedy = async (engine) => {
+      const ids = [];
+      for await (const p of engine.generate('The cat', { maxTokens: 5, temperature: 0 })) ids.push(p.id);
+      return ids;
+    };
+    const failure = async (promise) => {
+      try {
+        await promise;
+        return null;
+      } catch (e) {
+        return { name: e.name, kind: e.kind, message: e.message };
+      }
+    };
+    try {
+      const { WorkerEngine } = window.diffattn;
+      const workerUrl = '/node_modules/diffattn/test/fixtures/lost-device-worker.js';
+      const engine = await WorkerEngine.load(MODEL, { workerUrl });
+      const before = await greedy(engine);
+      const it = engine.generate('Once upon a time', { maxTokens: 200, temperature: 0 });
+      const pieces = [(await it.next()).value.id, (await it.next()).value.id];
+      workers.at(-1).postMessage({ id: -1, op: 'destroyDevices' });
+      const lost = await failure((async () => {
+        while (!(await it.next()).done) pieces.push('after');
+      })());
+      const again = await failure(greedy(engine));
+      engine.terminate();
+      const reloaded = await WorkerEngine.load(MODEL);
+      const after = await greedy(reloaded);
+      reloaded.terminate();
+      return { before, after, pieces: pieces.length, lost, again, workers: workers.length };
+    } finally {
+      window.Worker = PageWorker;
+    }
+  }, MODEL);
+  assert.ok(r.lost, `generation went on after the device was destroyed (${r.pieces} pieces)`);
+  assert.equal(r.lost.name, 'DiffAttnError', r.lost.message);
+  assert.equal(r.lost.kind, 'DeviceLost', r.lost.message);
+  assert.match(r.lost.message, /^the GPU device was lost: /);
+  assert.ok(r.again, 'the worker engine on the lost device generated again');
+  assert.equal(r.again.kind, 'DeviceLost', r.again.message);
+  assert.equal(r.workers, 2);
+  assert.equal(r.before.length, 5);
+  assert.deepEqual(r.after, r.before, 'the new worker engine gives other tokens');
 });
 
 test(`${ABORTS} aborted generations leave the engine usable and its memory flat`, async (t) => {

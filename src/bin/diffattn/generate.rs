@@ -44,6 +44,14 @@ pub struct GenerateArgs {
     /// Seed for sampling (default: from the clock; printed with --json).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Add BIAS to the logit of token ID before sampling (ID=BIAS, repeatable; BIAS -inf bans
+    /// the token). Applies to greedy decoding too.
+    #[arg(long, value_name = "ID=BIAS", value_parser = parse_bias, allow_hyphen_values = true)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// With --json, each token's object gains `top`: the N most likely tokens of its step with
+    /// their log-probabilities under the model's own distribution (at most 20).
+    #[arg(long, default_value_t = 0, requires = "json")]
+    pub top_logprobs: usize,
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -75,6 +83,22 @@ pub struct GenerateArgs {
     /// System prompt for --chat and `diffattn chat`.
     #[arg(long)]
     pub system: Option<String>,
+}
+
+/// `ID=BIAS` of --logit-bias (BIAS a number, or -inf).
+fn parse_bias(s: &str) -> std::result::Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=BIAS"))?;
+    let id = id
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("{s:?}: token id: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse::<f32>()
+        .map_err(|e| format!("{s:?}: bias: {e}"))?;
+    Ok((id, bias))
 }
 
 /// Bad model files exit with code 2 (as bad inputs of the other subcommands do); GPU failures,
@@ -170,6 +194,7 @@ fn options(args: &GenerateArgs) -> (GenerateOptions, u64) {
                 .repeat_penalty
                 .unwrap_or_else(|| SamplingParams::default_repeat_penalty(args.temperature)),
             seed,
+            logit_bias: args.logit_bias.clone(),
             ..Default::default()
         },
         stop: args.stop.clone(),
@@ -177,6 +202,7 @@ fn options(args: &GenerateArgs) -> (GenerateOptions, u64) {
         keep_cache: false,
         // Margins need every step's logits on the host.
         pick_on_gpu: !args.margins,
+        top_logprobs: args.top_logprobs,
     };
     (gen_opts, seed)
 }
@@ -256,9 +282,14 @@ fn stream(
     let mut out = stdout.lock();
     let mut text = String::new();
     while let Some(piece) = generation.next_blocking() {
-        let piece = piece?;
+        // Settings the model cannot take (a logit bias beyond its vocabulary) are bad input.
+        let piece = piece.map_err(input_error)?;
         if args.json {
-            let mut line = serde_json::json!({"id": piece.id, "text": piece.text});
+            let mut line =
+                serde_json::json!({"id": piece.id, "text": piece.text, "logprob": piece.logprob});
+            if args.top_logprobs > 0 {
+                line["top"] = serde_json::json!(piece.top);
+            }
             if args.margins {
                 // A NaN logit has no margin: null, never a number that is not one.
                 let margin = generation.last_logits().and_then(top2_margin);
