@@ -29,6 +29,7 @@ const status = {
   ids: [],
   text: '',
   tokensPerSecond: null,
+  firstTokenMs: null,
   maps: null,
   mapsData: null,
   hover: null,
@@ -120,6 +121,7 @@ async function generate() {
   }
   const stats = engine.stats;
   status.tokensPerSecond = stats?.decodeTokensPerSecond ?? null;
+  status.firstTokenMs = stats?.firstTokenMs ?? null;
   const first = tFirst === null ? '' : `, first token after ${(tFirst - t0).toFixed(0)} ms`;
   const tps = status.tokensPerSecond ? `${status.tokensPerSecond.toFixed(1)} tokens/s` : '';
   $('tps').textContent = `${status.ids.length} tokens, ${tps}${first}${final === 'stopped' ? ' (stopped)' : ''}`;

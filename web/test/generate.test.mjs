@@ -49,8 +49,10 @@ test(`greedy generation of ${N} tokens equals the native CLI`, async () => {
   assert.ok(st.text.length > 0);
   const tps = st.tokensPerSecond;
   assert.ok(tps > 0, `tokens/s: ${tps}`);
-  writeFileSync(join(artefacts, 'perf.json'), JSON.stringify({ tokensPerSecond: tps, tokens: st.ids.length }) + '\n');
-  console.log(`# browser decode: ${tps.toFixed(1)} tokens/s over ${st.ids.length} tokens`);
+  const firstTokenMs = st.firstTokenMs;
+  assert.ok(firstTokenMs > 0, `first token after ${firstTokenMs} ms`);
+  writeFileSync(join(artefacts, 'perf.json'), JSON.stringify({ tokensPerSecond: tps, firstTokenMs, tokens: st.ids.length }) + '\n');
+  console.log(`# browser decode: ${tps.toFixed(1)} tokens/s over ${st.ids.length} tokens, first token after ${firstTokenMs.toFixed(0)} ms`);
 });
 
 test('the attention viewer labels its axes, reads out the cell under the pointer and shows every head', async () => {
@@ -112,5 +114,5 @@ test('stopping a generation midway leaves the engine usable', async () => {
   assert.ok(stopped.pieces < 400);
   const again = await generate(N);
   assert.deepEqual(again.ids, nativeIds);
-  console.log(`# browser decode, second run: ${again.tokensPerSecond.toFixed(1)} tokens/s`);
+  console.log(`# browser decode, second run: ${again.tokensPerSecond.toFixed(1)} tokens/s, first token after ${again.firstTokenMs.toFixed(0)} ms`);
 });
