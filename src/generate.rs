@@ -198,10 +198,16 @@ fn since(t: std::time::Instant) -> f64 {
 
 // std::time::Instant panics in the browser; timings there come from the JS side.
 #[cfg(target_arch = "wasm32")]
-fn now() {}
+#[derive(Clone, Copy)]
+struct NoClock;
 
 #[cfg(target_arch = "wasm32")]
-fn since(_: ()) -> f64 {
+fn now() -> NoClock {
+    NoClock
+}
+
+#[cfg(target_arch = "wasm32")]
+fn since(_: NoClock) -> f64 {
     0.0
 }
 

@@ -364,7 +364,9 @@ fn step_blocks_and_binding_lists_match() {
 #[test]
 fn sampling_params_match_the_rust_definition() {
     use diffattn::model::plan::{GreedyParams, SampleParams, TopParams};
-    let cases: [(&str, &[(&str, &str)], usize); 3] = [
+    // (shader, the Rust definition's fields, its size)
+    type Case = (&'static str, &'static [(&'static str, &'static str)], usize);
+    let cases: [Case; 3] = [
         (
             "sample_dist",
             SampleParams::FIELDS,

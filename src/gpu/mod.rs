@@ -651,8 +651,9 @@ impl Gpu {
                 timeout: None,
             })
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        // The browser has no blocking wait: a map's callback is the wait there.
         #[cfg(target_arch = "wasm32")]
-        drop(submission);
+        let _ = submission;
         Ok(())
     }
 }
