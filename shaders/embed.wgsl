@@ -1,6 +1,9 @@
 // Embedding gather: out[t] = table[ids[ids_offset + t]], widened to f32. The table (vocab, D) keeps the file's
 // type: f32, f16/bf16 as two halves per u32 (low half first), or a ggml block type as its blocks
 // (dequant.wgsl, which the host appends to this file). The host checks ids < vocab.
+//
+// A table too large for one storage binding comes in parts of whole rows, one dispatch each: a
+// part holds rows [first_row, first_row + rows) and writes only the tokens whose ids lie there.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
@@ -15,9 +18,10 @@ struct Step {
 
 struct Params {
     d: u32,
+    // The rows of the table this dispatch holds (all of it unless split).
+    first_row: u32,
+    rows: u32,
     pad0: u32,
-    pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -38,7 +42,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let t = idx / p.d;
-    let id = ids[step.ids_offset + t];
+    let token = ids[step.ids_offset + t];
+    if token < p.first_row || token - p.first_row >= p.rows {
+        return;
+    }
+    let id = token - p.first_row;
     let col = idx % p.d;
     let e = id * p.d + col;
     var v: f32;

@@ -680,3 +680,99 @@ fn a_profiled_step_lists_the_stages_it_dispatches() {
         );
     }
 }
+
+/// On an adapter whose storage bindings are smaller than the embedding (and an untied head), the
+/// tables are split by rows across bindings, a gather and a product per part, and the engine
+/// computes what one on the full limits does (f32 and f16 tables, tied and untied), also through
+/// the GPU's picking; a limit that cannot hold one aligned run of rows is refused by name.
+#[test]
+fn an_embedding_over_the_binding_limit_is_split_by_rows() {
+    use diffattn::model::WeightDtype;
+    let seed = common::fresh_seed("split embedding");
+    let full = Arc::new(common::gpu());
+    // 16 KiB: the 264 x 32 f32 table (33,792 bytes) needs three parts; with 4-token prompt
+    // chunks every other buffer fits.
+    let small = Arc::new(
+        diffattn::Gpu::new_blocking(&diffattn::GpuOptions {
+            max_storage_binding: Some(16 << 10),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let opts = EngineOptions {
+        prefill_chunk: 4,
+        ..Default::default()
+    };
+    for (dtype, tied) in [(WeightDtype::F32, true), (WeightDtype::F16, false)] {
+        let m = RandomModel {
+            dtype,
+            tied,
+            ..RandomModel::tiny("diff_v2", seed)
+        };
+        let what = format!("{dtype:?}, tied {tied}");
+        let (mut split, reference) = engine(&small, &m, opts.clone());
+        let (mut whole, _) = engine(&full, &m, opts.clone());
+        let parts = split.row_parts();
+        eprintln!("{what}: embedding and head in {parts:?} parts");
+        assert!(
+            parts.0 >= 2,
+            "{what}: the embedding was not split: {parts:?}"
+        );
+        if !tied {
+            assert!(parts.1 >= 2, "{what}: the head was not split: {parts:?}");
+        }
+        assert_eq!(whole.row_parts(), (1, 1));
+        // Ids from every part of the table, in one prompt chunk and across chunks.
+        let prompt: Vec<u32> = (0..11).map(|i| (i * 97 + 5) % m.vocab_size).collect();
+        let then = [3, 260, 131, 200];
+        let got = common::teacher_forced(&mut split, &prompt, &then);
+        let want = common::teacher_forced(&mut whole, &prompt, &then);
+        let mut seq = prompt.clone();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+            let (_, rel) = compare(g, &w);
+            assert!(
+                rel <= 1e-6,
+                "{what}, row {i}: against the unsplit engine, rel L2 {rel:.3e}"
+            );
+            let (_, rel) = compare(g, &reference.last_logits(&seq));
+            assert!(
+                rel <= 1e-4,
+                "{what}, row {i}: against float64, rel L2 {rel:.3e}"
+            );
+            if i < then.len() {
+                seq.push(then[i]);
+            }
+        }
+        split.reset();
+        whole.reset();
+        let a = split.prefill_pick_blocking(&prompt).unwrap();
+        let b = whole.prefill_pick_blocking(&prompt).unwrap();
+        assert_eq!(a.id, b.id, "{what}: GPU pick");
+        let a: Vec<u32> = split
+            .decode_pick_blocking(a.id, 6)
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let b: Vec<u32> = whole
+            .decode_pick_blocking(b.id, 6)
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(a, b, "{what}: GPU-picked steps");
+    }
+    let tiny = diffattn::Gpu::new_blocking(&diffattn::GpuOptions {
+        max_storage_binding: Some(2048),
+        ..Default::default()
+    })
+    .unwrap();
+    let m = RandomModel::tiny("diff_v2", seed);
+    let (cfg, weights, _) = m.source().parse().unwrap();
+    let err = Engine::new(Arc::new(tiny), &cfg, &weights, opts, &mut |_, _| {})
+        .err()
+        .expect("a 2 KiB binding limit was accepted");
+    let msg = err.to_string();
+    assert!(msg.contains("max_storage_buffer_binding_size"), "{msg}");
+}

@@ -358,8 +358,11 @@ fn tokenizer_vocab_larger_than_the_model() {
 #[test]
 fn model_that_exceeds_the_adapter_limits() {
     let mut gpu: Gpu = common::gpu();
-    // As if the adapter allowed 20000-byte bindings: the f32 embedding (264 x 32 x 4) is over.
-    gpu.limits.max_storage_buffer_binding_size = 20_000;
+    // As if the adapter's bindings could not hold one aligned run of the f32 embedding's rows
+    // (264 x 32 x 4 bytes; rows of 128 bytes, split in runs of `align` rows): refused, not split.
+    let align = (gpu.limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+    let limit = 128 * align - 4;
+    gpu.limits.max_storage_buffer_binding_size = limit;
     let (cfg, weights, _) = tiny().source().parse().unwrap();
     let e = Engine::new(
         Arc::new(gpu),
@@ -373,8 +376,11 @@ fn model_that_exceeds_the_adapter_limits() {
     assert!(matches!(e, Error::Limit { .. }));
     assert_eq!(
         e.to_string(),
-        "model.embed_tokens.weight needs 33792 bytes but the adapter's max_storage_buffer_binding_size \
-         is 20000 bytes (13792 bytes over)"
+        format!(
+            "model.embed_tokens.weight needs 33792 bytes but the adapter's \
+             max_storage_buffer_binding_size is {limit} bytes ({} bytes over)",
+            33792 - limit
+        )
     );
     // A context whose KV cache does not fit says so too.
     let mut gpu: Gpu = common::gpu();

@@ -32,6 +32,10 @@ pub struct GpuOptions {
     /// [`Gpu::save_pipeline_cache`], so that a second start skips the driver's shader compilation.
     /// `None` keeps nothing on disk.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Lowers the storage-binding limit to this many bytes (never raises it): runs natively what
+    /// an adapter with smaller bindings (a browser's 128 MiB) would, such as an embedding split
+    /// across bindings.
+    pub max_storage_binding: Option<u64>,
 }
 
 /// Parses a backend name as the CLI accepts it.
@@ -256,7 +260,11 @@ impl Gpu {
         let features = adapter.features() & wanted;
         let coop_f16 =
             coop_f16 && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(max) = opts.max_storage_binding {
+            let l = &mut limits.max_storage_buffer_binding_size;
+            *l = (*l).min(max);
+        }
         let experimental_features = if coop_f16 {
             // SAFETY: wgpu asks callers to opt in to experimental features; the only one we request
             // is cooperative matrices, used by shaders that respect their uniformity rules.
@@ -558,6 +566,17 @@ impl Gpu {
         }))
     }
 
+    /// Like [`Gpu::bind`], with binding `range.0` limited to the bytes `range.1` (offset, size)
+    /// of its buffer (the offset a multiple of `min_storage_buffer_offset_alignment`).
+    pub fn bind_range(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        range: (usize, (u64, u64)),
+    ) -> wgpu::BindGroup {
+        self.bind_with(pipeline, buffers, Some(range))
+    }
+
     /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order. A
     /// uniform buffer at binding 0 is bound for one arena slot ([`UNIFORM_SLOT`] bytes, or the
     /// whole buffer if smaller): its offset is given when the group is set.
@@ -566,19 +585,34 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
+        self.bind_with(pipeline, buffers, None)
+    }
+
+    fn bind_with(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+        range: Option<(usize, (u64, u64))>,
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
             .map(|(i, b)| {
                 let dynamic = i == 0 && b.usage().contains(wgpu::BufferUsages::UNIFORM);
-                let resource = if dynamic {
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                let resource = match range {
+                    Some((at, (offset, size))) if at == i => {
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: b,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        })
+                    }
+                    _ if dynamic => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: b,
                         offset: 0,
                         size: wgpu::BufferSize::new(b.size().min(UNIFORM_SLOT)),
-                    })
-                } else {
-                    b.as_entire_binding()
+                    }),
+                    _ => b.as_entire_binding(),
                 };
                 wgpu::BindGroupEntry {
                     binding: i as u32,

@@ -227,6 +227,13 @@ impl Engine {
         })
     }
 
+    /// How many storage bindings the embedding table and the output head span: (1, 1) unless a
+    /// tensor exceeds the adapter's binding limit and is split by rows (a gather or a product
+    /// dispatch per part).
+    pub fn row_parts(&self) -> (usize, usize) {
+        self.plan.row_parts()
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

@@ -343,15 +343,74 @@ struct LayerWeights {
 /// All weights on the GPU. Matrices keep the file's type (ggml block types as their block bytes);
 /// norm weights are widened to f32.
 pub struct GpuWeights {
-    embed: (wgpu::Buffer, WeightDtype),
+    embed: RowParts,
     layers: Vec<LayerWeights>,
     norm: wgpu::Buffer,
     /// `None` when the head is tied to the embedding.
-    lm_head: Option<(wgpu::Buffer, WeightDtype)>,
+    lm_head: Option<RowParts>,
+}
+
+/// A matrix in one buffer or, where it exceeds the adapter's storage-binding limit, in several,
+/// each a run of whole rows: the embedding and the output head, the tensors that large
+/// vocabularies make too big for one binding. Each part gets its own gather or product dispatch.
+struct RowParts {
+    dtype: WeightDtype,
+    /// (buffer, first row, rows), in row order.
+    parts: Vec<(wgpu::Buffer, u32, u32)>,
+}
+
+/// Rows per part when a matrix of `rows` rows of `row_bytes` bytes exceeds one binding: as many as
+/// fit the binding and buffer limits, a multiple of the rows whose f32 outputs fill the storage
+/// offset alignment (so that each part's slice of the logits can be bound on its own). `None`
+/// when the whole matrix fits one binding.
+pub(crate) fn rows_per_part(
+    gpu: &Gpu,
+    what: &str,
+    rows: u64,
+    row_bytes: u64,
+) -> Result<Option<u64>> {
+    let limits = &gpu.limits;
+    let max = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    if rows * row_bytes <= max {
+        return Ok(None);
+    }
+    let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
+    let fit = max / row_bytes / align * align;
+    if fit == 0 || !row_bytes.is_multiple_of(4) {
+        // Not even one aligned run of rows fits (or rows do not start on a word): refused with
+        // the whole tensor's size, as any other tensor too large for a binding is.
+        gpu.check_binding(what, rows * row_bytes)?;
+    }
+    Ok(Some(fit))
+}
+
+/// Uploads matrix `name`, split into [`RowParts`] where it exceeds one binding.
+fn upload_rows(gpu: &Gpu, weights: &HostWeights, name: &str) -> Result<RowParts> {
+    let (bytes, dtype) = stacked(weights, &[name])?;
+    let rows = weights.info(name)?.shape[0] as u64;
+    let row_bytes = bytes.len() as u64 / rows.max(1);
+    let per = rows_per_part(gpu, name, rows, row_bytes)?.unwrap_or(rows.max(1));
+    let mut parts = Vec::new();
+    for first in (0..rows).step_by(per as usize) {
+        let n = per.min(rows - first);
+        let at = (first * row_bytes) as usize;
+        let chunk = &bytes[at..at + (n * row_bytes) as usize];
+        parts.push((gpu.storage_init(name, chunk)?, first as u32, n as u32));
+    }
+    Ok(RowParts { dtype, parts })
+}
+
+/// Whether `name` is uploaded as [`RowParts`] (and so may exceed one binding).
+pub(crate) fn splits_by_rows(name: &str) -> bool {
+    matches!(name, "model.embed_tokens.weight" | "lm_head.weight")
 }
 
 /// Uploads every weight. `progress(done, total)` reports bytes uploaded. A tensor too large for one
-/// binding is refused (with its name) before anything is allocated.
+/// binding is refused (with its name) before anything is allocated, except the embedding and the
+/// output head, which are split across bindings by rows (refused only where one aligned run of
+/// rows does not fit).
 pub fn upload_weights(
     gpu: &Gpu,
     cfg: &Config,
@@ -359,12 +418,22 @@ pub fn upload_weights(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<GpuWeights> {
     for name in weights.names() {
-        let (_, raw) = weights.raw(name)?;
-        gpu.check_binding(name, raw.len() as u64)?;
+        let (info, raw) = weights.raw(name)?;
+        if splits_by_rows(name) {
+            let rows = info.shape[0] as u64;
+            rows_per_part(gpu, name, rows, raw.len() as u64 / rows.max(1))?;
+        } else {
+            gpu.check_binding(name, raw.len() as u64)?;
+        }
     }
     let total = weights.total_bytes();
     let mut done = 0u64;
     progress(0, total);
+    let embed = upload_rows(gpu, weights, "model.embed_tokens.weight")?;
+    done += weights
+        .raw("model.embed_tokens.weight")
+        .map_or(0, |(_, r)| r.len() as u64);
+    progress(done.min(total), total);
     // `pairs`: the parts' rows interleaved (row j of each part in turn) instead of stacked.
     let mut upload =
         |label: &str, parts: &[&str], pairs: bool| -> Result<(wgpu::Buffer, WeightDtype)> {
@@ -385,11 +454,6 @@ pub fn upload_weights(
     let widened = |name: &str| -> Result<wgpu::Buffer> {
         gpu.storage_init(name, bytemuck::cast_slice(&weights.to_f32(name)?))
     };
-    let embed = upload(
-        "model.embed_tokens.weight",
-        &["model.embed_tokens.weight"],
-        false,
-    )?;
     let mut layers = Vec::new();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -421,7 +485,7 @@ pub fn upload_weights(
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(upload("lm_head.weight", &["lm_head.weight"], false)?)
+        Some(upload_rows(gpu, weights, "lm_head.weight")?)
     };
     Ok(GpuWeights {
         embed,
@@ -642,7 +706,8 @@ impl Stage<'_> {
 
 /// The whole forward pass, prepared: ops for the embedding, each layer, the head and the sampler.
 pub struct Plan {
-    embed: Op,
+    /// The embedding gather, one op per part of the table.
+    embed: Vec<Op>,
     layers: Vec<LayerOps>,
     head: Vec<Op>,
     greedy: Op,
@@ -669,6 +734,8 @@ struct Builder<'a> {
     params: Vec<wgpu::Buffer>,
     /// Bound as the norm weights of products without a folded norm.
     no_norm: wgpu::Buffer,
+    /// The (byte offset, size) of y the next product writes ([`Builder::matmul_into`]).
+    y_slice: Option<(u64, u64)>,
 }
 
 impl Builder<'_> {
@@ -782,7 +849,13 @@ impl Builder<'_> {
         )?;
         let (mv_x, g) = fold.unwrap_or((x, &self.no_norm));
         let mv_y = swiglu_out.unwrap_or(y);
-        let bind = self.gpu.bind(&mv, &[self.step, &params, mv_x, w, mv_y, g]);
+        let mv_bufs = [self.step, &params, mv_x, w, mv_y, g];
+        let bind = match self.y_slice {
+            // Only the one-token kernel writes a slice (the head); y is binding 4.
+            Some(range) if last_only => self.gpu.bind_range(&mv, &mv_bufs, (4, range)),
+            Some(_) => return Err(Error::config("a sliced output needs the one-token product")),
+            None => self.gpu.bind(&mv, &mv_bufs),
+        };
         // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
         // type, the ggml block types included, takes the SIMT kernels, which dequantize in
         // `load8` (dequantizing into the staged tiles would also work, but the only adapters
@@ -837,6 +910,24 @@ impl Builder<'_> {
             },
             folded: Folded::No,
         })
+    }
+
+    /// The last token's product y = x W^T into `y` or, with a (byte offset, size) slice, into
+    /// that part of it: the output head, one call per part of a head split across bindings.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_into(
+        &mut self,
+        label: &'static str,
+        w: (&wgpu::Buffer, WeightDtype),
+        (k, n): (u32, u32),
+        x: &wgpu::Buffer,
+        (y, slice): (&wgpu::Buffer, Option<(u64, u64)>),
+        norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    ) -> Result<Op> {
+        self.y_slice = slice;
+        let op = self.matmul(label, w, (k, n), x, y, false, true, norm, None);
+        self.y_slice = None;
+        op
     }
 
     /// SwiGLU of the prompt chunk's gate/up product; a decode step's product applies it itself
@@ -901,16 +992,25 @@ impl Plan {
             step: bufs.arena.buffer(),
             params: Vec::new(),
             no_norm: gpu.storage("norm weights (unused)", 16)?,
+            y_slice: None,
         };
 
-        let (embed_w, embed_t) = (&weights.embed.0, weights.embed.1);
-        let embed = b.elementwise(
-            "embed",
-            vec![("WEIGHT_DTYPE", Const::U32(embed_t.shader_code()))],
-            [d, 0, 0, 0],
-            &[&bufs.ids, embed_w, &act.x],
-            d,
-        )?;
+        // One gather per part of the table: each writes the rows of the tokens it holds.
+        let embed_t = weights.embed.dtype;
+        let embed = weights
+            .embed
+            .parts
+            .iter()
+            .map(|(w, first, rows)| {
+                b.elementwise(
+                    "embed",
+                    vec![("WEIGHT_DTYPE", Const::U32(embed_t.shader_code()))],
+                    [d, *first, *rows, 0],
+                    &[&bufs.ids, w, &act.x],
+                    d,
+                )
+            })
+            .collect::<Result<Vec<Op>>>()?;
 
         let mut att_cfg = AttentionConfig::new(cfg.mode(), heads, cfg.num_key_value_heads, hd);
         att_cfg.kv_dtype = kv_dtype;
@@ -1008,20 +1108,19 @@ impl Plan {
         b.params.push(b.no_norm.clone());
 
         let head_w = weights.lm_head.as_ref().unwrap_or(&weights.embed);
-        let head = vec![
-            b.rmsnorm(&weights.norm, &act.x, &act.last, true)?,
-            b.matmul(
+        let mut head = vec![b.rmsnorm(&weights.norm, &act.x, &act.last, true)?];
+        // One product per part of the head, each writing its rows' slice of the logits.
+        for (w, first, rows) in &head_w.parts {
+            let slice = (*rows < cfg.vocab_size).then(|| (*first as u64 * 4, *rows as u64 * 4));
+            head.push(b.matmul_into(
                 "lm_head",
-                (&head_w.0, head_w.1),
-                (d, cfg.vocab_size),
+                (w, head_w.dtype),
+                (d, *rows),
                 &act.last,
-                &act.logits,
-                false,
-                true,
+                (&act.logits, slice),
                 Some((&act.x, &weights.norm)),
-                None,
-            )?,
-        ];
+            )?);
+        }
         let greedy_params = gpu.uniform(
             "greedy parameters",
             &GreedyParams {
@@ -1129,7 +1228,7 @@ impl Plan {
     /// The forward pass in order: embedding, each layer's ops around its attention, then (with
     /// `logits` or `pick`) the head and the picking kernel. Recording and profiling both walk it.
     fn stages(&self, logits: bool, pick: Option<Picking>) -> Vec<Stage<'_>> {
-        let mut out = vec![Stage::Op(&self.embed)];
+        let mut out: Vec<Stage<'_>> = self.embed.iter().map(Stage::Op).collect();
         for layer in &self.layers {
             out.extend(layer.pre.iter().map(Stage::Op));
             out.push(Stage::Attention(&layer.attention));
@@ -1163,6 +1262,13 @@ impl Plan {
             Stage::Op(op) => op.record(gpu, pass, call.n_queries, step),
             Stage::Attention(binding) => self.attention.record(gpu, pass, binding, call, plan, att),
         }
+    }
+
+    /// How many bindings the embedding table and the output head span (1 each unless a tensor
+    /// exceeds the adapter's storage-binding limit and is split by rows).
+    pub fn row_parts(&self) -> (usize, usize) {
+        let head = self.head.iter().filter(|op| op.label == "lm_head").count();
+        (self.embed.len(), head)
     }
 
     /// How many stages [`Plan::record_profiled`] records (two timestamps each).

@@ -24,11 +24,17 @@ fn parse_config(text: &str) -> Result<Config, Error> {
 }
 
 /// Checks a config against the adapter's limits before anything is downloaded: every weight at
-/// its smallest storage (16-bit) and the per-layer KV cache must fit one buffer binding.
+/// its smallest storage (16-bit) and the per-layer KV cache must fit one buffer binding, except
+/// the embedding and the output head, which are split across bindings by rows.
 fn check_limits(g: &Gpu, cfg: &Config, kv_f16: bool, context: u32) -> Result<(), Error> {
     for (name, shape) in expected_tensors(cfg) {
         let bytes = shape.iter().map(|&s| s as u64).product::<u64>() * 2;
-        g.check_binding(&name, bytes)?;
+        if crate::model::plan::splits_by_rows(&name) {
+            let rows = shape[0] as u64;
+            crate::model::plan::rows_per_part(g, &name, rows, bytes / rows.max(1))?;
+        } else {
+            g.check_binding(&name, bytes)?;
+        }
     }
     let ctx = if context == 0 {
         cfg.max_position_embeddings

@@ -28,6 +28,11 @@ struct Cli {
     /// Do not use cooperative matrices (tensor cores) even where the adapter has them.
     #[arg(long, global = true)]
     no_coop: bool,
+    /// Lower the adapter's storage-binding limit to this many bytes, to run what an adapter with
+    /// smaller bindings (a browser's 134217728) would: the embedding and the output head are then
+    /// split across bindings, other tensors over the limit are refused.
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_storage_binding: Option<u64>,
     /// Keep no compiled pipelines on disk (by default Vulkan pipelines are cached under
     /// $XDG_CACHE_HOME/diffattn, else ~/.cache/diffattn, so a second start compiles nothing).
     #[arg(long, global = true)]
@@ -82,6 +87,7 @@ fn gpu_options(cli: &Cli) -> Result<GpuOptions> {
         backends: cli.backend.as_deref().map(gpu::parse_backend).transpose()?,
         adapter_index: cli.adapter,
         disable_coop: cli.no_coop,
+        max_storage_binding: cli.max_storage_binding,
         pipeline_cache_dir: if cli.no_pipeline_cache {
             None
         } else {
