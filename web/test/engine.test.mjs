@@ -12,9 +12,11 @@ const MAPS_MAX_ABS = 1e-5;
 
 test('a model too large for the adapter fails before downloading, naming the limit', async () => {
   const e = await fixture.page.evaluate(async () => {
+    // The 4 GiB embedding alone would be split across bindings by rows; the 4 GiB MLP matrices
+    // cannot be.
     const config = {
       vocab_size: 262144, hidden_size: 8192, num_hidden_layers: 2, num_attention_heads: 64, num_key_value_heads: 8,
-      head_dim: 128, intermediate_size: 28672, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
+      head_dim: 128, intermediate_size: 262144, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
       tie_word_embeddings: true, attention: 'diff_v2', rope_pairs: 'adjacent',
     };
     try {
