@@ -52,6 +52,7 @@ struct Params {
 // One value per vocabulary entry, added to the logits where `biased` is 1.
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
 
+// Scratch of reduce.wgsl (appended by the shader loader): max_f and sum_f; scan_f here too.
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
 var<workgroup> bad: atomic<u32>;
@@ -80,20 +81,6 @@ fn per_thread() -> u32 {
     return (p.vocab + WG - 1u) / WG;
 }
 
-fn sum_f(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red_f[lid] += red_f[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = red_f[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn sum_u(lid: u32, v: u32) -> u32 {
     red_u[lid] = v;
     workgroupBarrier();
@@ -106,20 +93,6 @@ fn sum_u(lid: u32, v: u32) -> u32 {
     let total = red_u[0];
     workgroupBarrier();
     return total;
-}
-
-fn max_f(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red_f[lid] = max(red_f[lid], red_f[lid + half]);
-        }
-        workgroupBarrier();
-    }
-    let m = red_f[0];
-    workgroupBarrier();
-    return m;
 }
 
 // Exclusive prefix sum of one value per thread (Hillis-Steele over workgroup memory).

@@ -39,6 +39,7 @@ struct Params {
 var<workgroup> red_v: array<f32, WG>;
 var<workgroup> red_id: array<u32, WG>;
 var<workgroup> red_lane: array<u32, WG>;
+// Scratch of reduce.wgsl (appended by the shader loader): max_f and sum_f.
 var<workgroup> red_f: array<f32, WG>;
 
 fn is_finite(x: f32) -> bool {
@@ -48,34 +49,6 @@ fn is_finite(x: f32) -> bool {
 // (value, id) pairs ordered by value, then by lower id; NONE loses to any entry.
 fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
     return i != NONE && (j == NONE || v > w || (v == w && i < j));
-}
-
-fn max_f(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red_f[lid] = max(red_f[lid], red_f[lid + half]);
-        }
-        workgroupBarrier();
-    }
-    let m = red_f[0];
-    workgroupBarrier();
-    return m;
-}
-
-fn sum_f(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red_f[lid] += red_f[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = red_f[0];
-    workgroupBarrier();
-    return total;
 }
 
 @compute @workgroup_size(WG)

@@ -59,10 +59,18 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// Libraries: WGSL files of functions and constants only (no bindings, no entry points), which a
 /// shader composes with by listing them in [`INCLUDES`]. A library reads what it needs through
 /// functions its includer defines (dequant.wgsl: `weight_word`).
-pub const LIBRARIES: &[(&str, &str)] = &[("dequant", include_str!("../../shaders/dequant.wgsl"))];
+pub const LIBRARIES: &[(&str, &str)] = &[
+    ("dequant", include_str!("../../shaders/dequant.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+];
 
 /// The libraries each shader is composed with, appended in this order.
-pub const INCLUDES: &[(&str, &[&str])] = &[("matmul", &["dequant"]), ("embed", &["dequant"])];
+pub const INCLUDES: &[(&str, &[&str])] = &[
+    ("matmul", &["dequant"]),
+    ("embed", &["dequant"]),
+    ("sample_dist", &["reduce"]),
+    ("top_logprobs", &["reduce"]),
+];
 
 /// A shader's source composed with its libraries: the module that is compiled (before
 /// specialisation).
