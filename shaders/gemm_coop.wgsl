@@ -47,7 +47,11 @@ struct Params {
     norm: u32,
     eps: f32,
     swiglu: u32,
+    // Where outputs go: y[t * y_stride + y_offset + o] (see matmul.wgsl).
+    y_stride: u32,
+    y_offset: u32,
     pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -168,7 +172,7 @@ fn main(
         let r = e / BN;
         let c = e % BN;
         if t0 + r < n_rows && o0 + c < p.n {
-            let i = (t0 + r) * p.n + o0 + c;
+            let i = (t0 + r) * p.y_stride + p.y_offset + o0 + c;
             let v = w_y[r * Y_STRIDE + c];
             if p.accumulate != 0u {
                 y[i] = y[i] + v;

@@ -21,6 +21,10 @@
 // at row 2j, up j at 2j + 1), a pair lands in one workgroup (matvec: LANES <= 32) or one
 // invocation (matvec_serial: SERIAL_ROWS even), and y gets silu(gate j) * up j at column j of
 // rows n / 2 wide.
+//
+// Output o of token t goes to y[t * y_stride + y_offset + o]: y_stride = n and y_offset = 0 for
+// a product of its own; a fused product whose weights differ in type (q/k/v of a Q4_K_M file)
+// runs as one product per run of one type, each writing its columns of the shared rows.
 
 // Specialisation constants (the host replaces these defaults).
 // 0 = f32, 1 = f16, 2 = bf16, 3 to 7 = the block types (dequant.wgsl's DQ_ codes).
@@ -50,7 +54,11 @@ struct Params {
     eps: f32,
     // 1: y = SwiGLU of the interleaved gate/up rows (one-token kernels only).
     swiglu: u32,
+    // Where outputs go: y[t * y_stride + y_offset + o].
+    y_stride: u32,
+    y_offset: u32,
     pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -142,7 +150,7 @@ fn store_pair(t: u32, o: u32, g: f32, u: f32) {
 }
 
 fn store(t: u32, o: u32, v: f32) {
-    let i = t * p.n + o;
+    let i = t * p.y_stride + p.y_offset + o;
     if p.accumulate != 0u {
         y[i] = y[i] + v;
     } else {

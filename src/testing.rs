@@ -403,8 +403,15 @@ pub struct ProductCase {
     /// W's rows are gate/up pairs and the kernel writes their SwiGLU (n / 2 outputs per row; the
     /// one-token kernels only, n even, no accumulation).
     pub swiglu: bool,
+    /// y's rows are wider than the product's outputs ([`COLUMN_PAD`] more columns) and the
+    /// product writes columns [3, 3 + outputs) of them (`y_stride`, `y_offset`: how a fused
+    /// product of mixed weight types writes its share); the other columns must keep their values.
+    pub columns: bool,
     pub seed: u64,
 }
+
+/// Extra columns of y in a [`ProductCase::columns`] case; the product writes from column 3.
+pub const COLUMN_PAD: u32 = 7;
 
 impl ProductCase {
     /// The case's name in `diffattn verify`'s table.
@@ -412,8 +419,9 @@ impl ProductCase {
         let acc = if self.accumulate { " +y" } else { "" };
         let norm = if self.norm { " norm" } else { "" };
         let swiglu = if self.swiglu { " swiglu" } else { "" };
+        let cols = if self.columns { " cols" } else { "" };
         format!(
-            "product rows={} k={} n={} {:?} W{acc}{norm}{swiglu}",
+            "product rows={} k={} n={} {:?} W{acc}{norm}{swiglu}{cols}",
             self.rows, self.k, self.n, self.weights
         )
     }
@@ -458,12 +466,56 @@ pub fn product_cases_for(gpu: &Gpu) -> Vec<ProductCase> {
                 weights: WeightDtype::F16,
                 norm: false,
                 swiglu: false,
+                columns: false,
                 seed: 0x6E33_0000 + i as u64,
             });
         }
     }
     cases.extend(quantized_product_cases(0x9B10_0000));
     cases.extend(norm_product_cases(0x4E0F_0000));
+    cases.extend(column_product_cases(gpu, 0xC015_0000));
+    cases
+}
+
+/// Every product kernel writing a column range of wider rows: f16 and block weights,
+/// overwriting and accumulating, one and many token rows.
+pub fn column_product_cases(gpu: &Gpu, seed: u64) -> Vec<ProductCase> {
+    let mut kernels = vec!["matvec", "matvec_serial", "gemm", "gemm_direct"];
+    if crate::model::plan::coop_gemm_unavailable(gpu).is_none() {
+        kernels.push("gemm_coop");
+    }
+    let mut cases = vec![];
+    for kernel in kernels {
+        let one = kernel.starts_with("matvec");
+        // (k, n, accumulate, weights, norm)
+        let shapes = [
+            (64, 40, false, WeightDtype::F16, one),
+            (256, 19, true, WeightDtype::F16, false),
+            (352, 33, false, WeightDtype::Q4_0, false),
+            (512, 70, true, WeightDtype::Q8_0, one),
+        ];
+        for (i, &(k, n, accumulate, weights, norm)) in shapes.iter().enumerate() {
+            if kernel == "gemm_coop" && weights != WeightDtype::F16 {
+                continue;
+            }
+            cases.push(ProductCase {
+                rows: if one {
+                    1 + i as u32 % 2
+                } else {
+                    13 + 40 * i as u32
+                },
+                k,
+                n,
+                accumulate,
+                kernel,
+                weights,
+                norm,
+                swiglu: false,
+                columns: true,
+                seed: seed ^ (i as u64 * 16 + kernel.len() as u64),
+            });
+        }
+    }
     cases
 }
 
@@ -493,6 +545,7 @@ pub fn norm_product_cases(seed: u64) -> Vec<ProductCase> {
                 weights,
                 norm,
                 swiglu,
+                columns: false,
                 seed: seed ^ (i as u64 * 16 + kernel.len() as u64),
             });
         }
@@ -526,6 +579,7 @@ pub fn quantized_product_cases(seed: u64) -> Vec<ProductCase> {
                     weights,
                     norm: false,
                     swiglu: false,
+                    columns: false,
                     seed: seed ^ (t as u64 * 64 + i as u64 * 4 + kernel.len() as u64),
                 });
             }
@@ -576,11 +630,24 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
     };
     let w = reference::dequant::dequantize(case.weights.ggml(), &wbytes, (n * k) as u64)
         .map_err(|e| crate::error::Error::config(format!("product case weights: {e}")))?;
-    let y0 = rng.normals(rows * n, 1.0);
+    let out_n = if case.swiglu { n / 2 } else { n };
+    // y's row layout: the outputs at [offset, offset + out_n) of rows `stride` wide.
+    let (stride, offset) = if case.columns {
+        (out_n + COLUMN_PAD as usize, 3)
+    } else {
+        (out_n, 0)
+    };
+    let mut y0 = rng.normals(rows * stride, 1.0);
+    if case.columns && !case.accumulate {
+        // Poison what the product must write; the columns around it keep their random values.
+        for t in 0..rows {
+            y0[t * stride + offset..][..out_n].fill(f32::NAN);
+        }
+    }
     let xb = gpu.storage_init("product x", bytemuck::cast_slice(&x))?;
     let wb = gpu.storage_init("product W", &wbytes)?;
     let yb = gpu.storage_init("product y", bytemuck::cast_slice(&y0))?;
-    if !case.accumulate {
+    if !case.accumulate && !case.columns {
         gpu.poison(&yb);
     }
     let mut arena = UniformArena::new(gpu, "product step", 1);
@@ -598,6 +665,8 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
             norm: case.norm as u32,
             eps,
             swiglu: case.swiglu as u32,
+            y_stride: stride as u32,
+            y_offset: offset as u32,
             ..Default::default()
         },
     );
@@ -637,9 +706,18 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
     gpu.queue.submit([enc.finish()]);
-    let out_n = if case.swiglu { n / 2 } else { n };
-    let got = gpu.read_f32(&yb, rows * out_n).await?;
+    let all = gpu.read_f32(&yb, rows * stride).await?;
     gpu.take_error("product case")?;
+    let mut got = Vec::with_capacity(rows * out_n);
+    let mut outside_kept = true;
+    for t in 0..rows {
+        let row = &all[t * stride..][..stride];
+        got.extend_from_slice(&row[offset..offset + out_n]);
+        let around = (0..stride).filter(|c| !(offset..offset + out_n).contains(c));
+        outside_kept &= around
+            .into_iter()
+            .all(|c| row[c].to_bits() == y0[t * stride + c].to_bits());
+    }
     let mut want = vec![0f64; rows * out_n];
     for t in 0..rows {
         let row: Vec<f64> = x[t * k..][..k].iter().map(|&v| v as f64).collect();
@@ -661,7 +739,7 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
                 let (g, u) = (prod[2 * o], prod[2 * o + 1]);
                 g / (1.0 + (-g).exp()) * u
             } else if case.accumulate {
-                prod[o] + y0[t * n + o] as f64
+                prod[o] + y0[t * stride + offset + o] as f64
             } else {
                 prod[o]
             };
@@ -675,6 +753,7 @@ pub async fn run_product_case(gpu: &Gpu, case: &ProductCase) -> Result<CaseResul
         max_abs,
         rel_l2,
         tolerance,
-        pass: rel_l2 <= tolerance,
+        // A write outside the product's columns fails the case whatever its error.
+        pass: rel_l2 <= tolerance && outside_kept,
     })
 }

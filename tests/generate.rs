@@ -627,7 +627,9 @@ fn gpu_greedy_with_a_logit_bias_equals_the_cpu_sampler() {
     for (bias, penalty) in [
         (vec![(banned, f32::NEG_INFINITY)], 1.0),
         (vec![(banned, f32::NEG_INFINITY), (lifted, 2.5)], 1.0),
-        (vec![(banned, -3.0), (lifted, 1.5), (lifted, 1.0)], 1.4),
+        // A finite bias large enough that the first plain token cannot win (the logits of the
+        // random model span a few units), with two entries for one id that add up.
+        (vec![(banned, -50.0), (lifted, 1.5), (lifted, 1.0)], 1.4),
     ] {
         let sampling = SamplingParams {
             logit_bias: bias.clone(),
@@ -643,6 +645,8 @@ fn gpu_greedy_with_a_logit_bias_equals_the_cpu_sampler() {
         assert_ne!(gpu_ids, plain, "bias {bias:?} changed nothing");
         if bias[0].1 == f32::NEG_INFINITY {
             assert!(!gpu_ids.contains(&banned), "banned {banned} in {gpu_ids:?}");
+        } else {
+            assert_ne!(gpu_ids[0], banned, "bias {bias:?}");
         }
         let (again, _) = ids(&mut m, true, SamplingParams::greedy());
         assert_eq!(again, plain, "a plain greedy run after a biased one");

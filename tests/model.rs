@@ -776,3 +776,84 @@ fn an_embedding_over_the_binding_limit_is_split_by_rows() {
     let msg = err.to_string();
     assert!(msg.contains("max_storage_buffer_binding_size"), "{msg}");
 }
+
+/// A GGUF file that mixes block types within q/k/v (as Q4_K_M files do: v in a wider type) keeps
+/// every matrix in its own type on the GPU (the weight buffers hold the file's tensor bytes, no
+/// f32 copy) and computes what float64 does: the fused product runs as one product per run of
+/// one type, each writing its columns, in prompt chunks and decode steps, with the norm folded
+/// and without. A gate/up pair of two types still loads (widened, documented) and agrees too.
+#[test]
+fn mixed_type_qkv_products_stay_quantized_and_match_the_reference() {
+    use diffattn::gguf::GgmlType;
+    let gpu = Arc::new(common::gpu());
+    let seed = common::fresh_seed("mixed gguf");
+    let m = RandomModel {
+        intermediate_size: 64,
+        ..RandomModel::tiny("standard", seed)
+    };
+    let q4k_m_like = |name: &str| {
+        if name.contains("v_proj") || name.contains("down_proj") {
+            GgmlType::Q8_0
+        } else if name.contains("k_proj") {
+            GgmlType::Q4_1
+        } else {
+            GgmlType::Q4_0
+        }
+    };
+    let gate_up_mixed = |name: &str| {
+        if name.contains("up_proj") {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::Q4_0
+        }
+    };
+    let load = |ty: &dyn Fn(&str) -> GgmlType| {
+        let source = diffattn::model::ModelSource {
+            origin: "mixed random GGUF".into(),
+            config_json: String::new(),
+            shards: Vec::new(),
+            tokenizer_json: None,
+            gguf: Some(m.gguf_bytes_typed(ty).unwrap()),
+        };
+        let (cfg, weights, _) = source.parse().unwrap();
+        (cfg, weights)
+    };
+    for (what, ty) in [
+        ("q/k/v mixed", &q4k_m_like as &dyn Fn(&str) -> GgmlType),
+        ("gate/up mixed", &gate_up_mixed),
+    ] {
+        let (cfg, weights) = load(ty);
+        let reference = RefModel::new(&cfg, &weights).unwrap();
+        for fold_norm in [true, false] {
+            let opts = EngineOptions {
+                prefill_chunk: 5,
+                fold_norm: Some(fold_norm),
+                ..Default::default()
+            };
+            let mut engine = new_engine(&gpu, &cfg, &weights, opts);
+            if what == "q/k/v mixed" {
+                // Nothing widened: the GPU holds the file's bytes (norms are f32 in the file).
+                let file: u64 = weights.total_bytes();
+                let held = engine.weight_bytes();
+                assert!(
+                    held <= file + 16 * 64,
+                    "{what}: {held} bytes of weights on the GPU for {file} in the file"
+                );
+            }
+            let prompt: Vec<u32> = (0..9).map(|i| (i * 41 + 3) % m.vocab_size).collect();
+            let then = [5u32, 77, 200];
+            let rows = common::teacher_forced(&mut engine, &prompt, &then);
+            let mut seq = prompt.clone();
+            for (i, got) in rows.iter().enumerate() {
+                let (_, rel) = compare(got, &reference.last_logits(&seq));
+                assert!(
+                    rel <= 1e-4,
+                    "{what}, fold {fold_norm}, position {i}: rel L2 {rel:.3e}"
+                );
+                if let Some(&next) = then.get(i) {
+                    seq.push(next);
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,8 @@ use diffattn::gpu::{Const, ShaderSpec, UniformArena};
 use diffattn::model::WeightDtype;
 use diffattn::reference::dequant;
 use diffattn::testing::{
-    Rng, norm_product_cases, quantized_product_cases, random_blocks, run_product_case,
+    Rng, column_product_cases, norm_product_cases, quantized_product_cases, random_blocks,
+    run_product_case,
 };
 
 #[test]
@@ -60,6 +61,27 @@ fn products_with_a_folded_norm_match_float64() {
     }
 }
 
+/// Every product kernel writing a column range of wider rows (`y_stride`, `y_offset`: the share of
+/// a fused product whose weights differ in type) against float64, the columns around it intact.
+#[test]
+fn products_into_a_column_range_match_float64() {
+    let gpu = common::gpu();
+    let seed = common::fresh_seed("products_into_a_column_range_match_float64");
+    let cases = column_product_cases(&gpu, seed);
+    for case in &cases {
+        let r = pollster::block_on(run_product_case(&gpu, case)).unwrap();
+        println!("{} on {}: rel L2 {:.2e}", r.case, r.path, r.rel_l2);
+        assert!(
+            r.pass,
+            "{} on {}: rel L2 {:.2e} (tolerance {:.0e}), or a write outside its columns",
+            r.case, r.path, r.rel_l2, r.tolerance
+        );
+    }
+    for k in ["matvec", "matvec_serial", "gemm", "gemm_direct"] {
+        assert!(cases.iter().any(|c| c.kernel == k && c.columns));
+    }
+}
+
 /// The embedding gather of a quantized table (SmolLM2's is Q8_0) gives the dequantized rows
 /// exactly: each value is at most one rounding of an exact product, and the ids hit the first
 /// row, the last and rows whose blocks start mid-word.
@@ -81,7 +103,8 @@ fn quantized_embedding_rows_are_exact() {
         let mut arena = UniformArena::new(&gpu, "step", 1);
         arena.set(0, &[n as u32, 0u32, 0, 0]);
         arena.upload(&gpu, 1);
-        let params = gpu.uniform("params", &[d as u32, 0u32, 0, 0]);
+        // (d, first row, rows, 0): the whole table in one binding.
+        let params = gpu.uniform("params", &[d as u32, 0u32, vocab as u32, 0]);
         let spec = ShaderSpec::new("embed").with("WEIGHT_DTYPE", Const::U32(dtype.shader_code()));
         let pipeline = gpu.pipeline(&spec).unwrap();
         let bind = gpu.bind(&pipeline, &[arena.buffer(), &params, &idb, &tb, &out]);

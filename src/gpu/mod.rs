@@ -566,17 +566,6 @@ impl Gpu {
         }))
     }
 
-    /// Like [`Gpu::bind`], with binding `range.0` limited to the bytes `range.1` (offset, size)
-    /// of its buffer (the offset a multiple of `min_storage_buffer_offset_alignment`).
-    pub fn bind_range(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
-        range: (usize, (u64, u64)),
-    ) -> wgpu::BindGroup {
-        self.bind_with(pipeline, buffers, Some(range))
-    }
-
     /// A bind group for group 0 of `pipeline`, binding the buffers at 0, 1, 2, ... in order. A
     /// uniform buffer at binding 0 is bound for one arena slot ([`UNIFORM_SLOT`] bytes, or the
     /// whole buffer if smaller): its offset is given when the group is set.
@@ -585,34 +574,19 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
-        self.bind_with(pipeline, buffers, None)
-    }
-
-    fn bind_with(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
-        range: Option<(usize, (u64, u64))>,
-    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
             .map(|(i, b)| {
                 let dynamic = i == 0 && b.usage().contains(wgpu::BufferUsages::UNIFORM);
-                let resource = match range {
-                    Some((at, (offset, size))) if at == i => {
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: b,
-                            offset,
-                            size: wgpu::BufferSize::new(size),
-                        })
-                    }
-                    _ if dynamic => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                let resource = if dynamic {
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: b,
                         offset: 0,
                         size: wgpu::BufferSize::new(b.size().min(UNIFORM_SLOT)),
-                    }),
-                    _ => b.as_entire_binding(),
+                    })
+                } else {
+                    b.as_entire_binding()
                 };
                 wgpu::BindGroupEntry {
                     binding: i as u32,

@@ -234,6 +234,13 @@ impl Engine {
         self.plan.row_parts()
     }
 
+    /// Bytes of the weight buffers on the GPU: the file's tensors as stored (block types stay
+    /// blocks), norms widened to f32, and where a fused gate/up pair mixes types, that pair in
+    /// f32.
+    pub fn weight_bytes(&self) -> u64 {
+        self.plan.weight_bytes()
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

@@ -110,7 +110,12 @@ crate::gpu::shader_struct! {
         eps: f32,
         /// 1: the one-token kernels write the SwiGLU of the interleaved gate/up rows.
         swiglu: u32,
+        /// Output o of token t goes to y[t * y_stride + y_offset + o] (n and 0 for a product
+        /// of its own; a product writing some columns of wider rows sets both).
+        y_stride: u32,
+        y_offset: u32,
         pad0: u32,
+        pad1: u32,
     }
 }
 
@@ -334,7 +339,9 @@ impl Op {
 struct LayerWeights {
     ln_in: wgpu::Buffer,
     ln_post: wgpu::Buffer,
-    qkvl: (wgpu::Buffer, WeightDtype),
+    /// The fused q/k/v/lambda rows as (buffer, type, rows): one entry, or one per run of one
+    /// type where the file mixes types (a Q4_K_M file's v is Q6_K), each its own product.
+    qkvl: Vec<(wgpu::Buffer, WeightDtype, u32)>,
     o: (wgpu::Buffer, WeightDtype),
     gate_up: (wgpu::Buffer, WeightDtype),
     down: (wgpu::Buffer, WeightDtype),
@@ -350,6 +357,26 @@ pub struct GpuWeights {
     lm_head: Option<RowParts>,
 }
 
+impl GpuWeights {
+    /// Bytes of every weight buffer on the GPU.
+    fn bytes(&self) -> u64 {
+        let parts = |r: &RowParts| r.parts.iter().map(|p| p.0.size()).sum::<u64>();
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let qkvl: u64 = l.qkvl.iter().map(|q| q.0.size()).sum();
+                [&l.ln_in, &l.ln_post, &l.o.0, &l.gate_up.0, &l.down.0]
+                    .iter()
+                    .map(|b| b.size())
+                    .sum::<u64>()
+                    + qkvl
+            })
+            .sum();
+        parts(&self.embed) + layers + self.norm.size() + self.lm_head.as_ref().map_or(0, parts)
+    }
+}
+
 /// A matrix in one buffer or, where it exceeds the adapter's storage-binding limit, in several,
 /// each a run of whole rows: the embedding and the output head, the tensors that large
 /// vocabularies make too big for one binding. Each part gets its own gather or product dispatch.
@@ -360,9 +387,7 @@ struct RowParts {
 }
 
 /// Rows per part when a matrix of `rows` rows of `row_bytes` bytes exceeds one binding: as many as
-/// fit the binding and buffer limits, a multiple of the rows whose f32 outputs fill the storage
-/// offset alignment (so that each part's slice of the logits can be bound on its own). `None`
-/// when the whole matrix fits one binding.
+/// fit the binding and buffer limits. `None` when the whole matrix fits one binding.
 pub(crate) fn rows_per_part(
     gpu: &Gpu,
     what: &str,
@@ -376,11 +401,10 @@ pub(crate) fn rows_per_part(
     if rows * row_bytes <= max {
         return Ok(None);
     }
-    let align = (limits.min_storage_buffer_offset_alignment as u64 / 4).max(1);
-    let fit = max / row_bytes / align * align;
+    let fit = max / row_bytes.max(1);
     if fit == 0 || !row_bytes.is_multiple_of(4) {
-        // Not even one aligned run of rows fits (or rows do not start on a word): refused with
-        // the whole tensor's size, as any other tensor too large for a binding is.
+        // Not even one row fits (or rows do not start on a word): refused with the whole
+        // tensor's size, as any other tensor too large for a binding is.
         gpu.check_binding(what, rows * row_bytes)?;
     }
     Ok(Some(fit))
@@ -409,8 +433,8 @@ pub(crate) fn splits_by_rows(name: &str) -> bool {
 
 /// Uploads every weight. `progress(done, total)` reports bytes uploaded. A tensor too large for one
 /// binding is refused (with its name) before anything is allocated, except the embedding and the
-/// output head, which are split across bindings by rows (refused only where one aligned run of
-/// rows does not fit).
+/// output head, which are split across bindings by rows (refused only where one row
+/// does not fit).
 pub fn upload_weights(
     gpu: &Gpu,
     cfg: &Config,
@@ -471,7 +495,13 @@ pub fn upload_weights(
         layers.push(LayerWeights {
             ln_in: widened(&name("input_layernorm"))?,
             ln_post: widened(&name("post_attention_layernorm"))?,
-            qkvl: upload(&format!("layer {l} q/k/v/lambda"), &qkvl, false)?,
+            qkvl: same_type_runs(weights, &qkvl)?
+                .iter()
+                .map(|(run, rows)| {
+                    let (buf, dtype) = upload(&format!("layer {l} q/k/v/lambda"), run, false)?;
+                    Ok((buf, dtype, *rows))
+                })
+                .collect::<Result<Vec<_>>>()?,
             o: upload(
                 &name("self_attn.o_proj"),
                 &[&name("self_attn.o_proj")],
@@ -495,6 +525,27 @@ pub fn upload_weights(
     })
 }
 
+/// `names` split into runs of consecutive tensors of one type, each with its row count: stacked,
+/// a run keeps its type (where the types differ, one product per run instead of all widened).
+fn same_type_runs<'n>(
+    weights: &HostWeights,
+    names: &[&'n str],
+) -> Result<Vec<(Vec<&'n str>, u32)>> {
+    let mut runs: Vec<(Vec<&'n str>, u32, WeightDtype)> = Vec::new();
+    for &name in names {
+        let info = weights.info(name)?;
+        let rows = info.shape[0] as u32;
+        match runs.last_mut() {
+            Some((run, n, dtype)) if *dtype == info.dtype => {
+                run.push(name);
+                *n += rows;
+            }
+            _ => runs.push((vec![name], rows, info.dtype)),
+        }
+    }
+    Ok(runs.into_iter().map(|(run, rows, _)| (run, rows)).collect())
+}
+
 /// The rows of `parts` matrices of `rows` rows each, stacked in `bytes` (one row width),
 /// interleaved: row j of each part in turn (the fused gate/up product's pairs sit side by side).
 fn interleave_rows(bytes: &[u8], parts: usize, rows: usize) -> Vec<u8> {
@@ -511,7 +562,9 @@ fn interleave_rows(bytes: &[u8], parts: usize, rows: usize) -> Vec<u8> {
 /// The rows of several matrices of one input width, stacked into one matrix in the given order:
 /// their bytes as stored when all share a type (rows of a block type are whole blocks, so block
 /// bytes stack too), else all widened to f32, which computes exactly what the float64 reference
-/// does (a GGUF file mixing types within q/k/v or gate/up loses its memory saving there).
+/// does. Only gate/up takes the widening (its interleaved pairs need one buffer, and a Q4_K_M
+/// file gives both one type); q/k/v/lambda are stacked by runs of one type instead
+/// ([`same_type_runs`]).
 fn stacked(weights: &HostWeights, names: &[&str]) -> Result<(Vec<u8>, WeightDtype)> {
     let mut parts = Vec::with_capacity(names.len());
     for n in names {
@@ -721,7 +774,7 @@ pub struct Plan {
     pub top_params: wgpu::Buffer,
     pub attention: AttentionOp,
     // Weights and per-op parameter blocks: held so that they outlive the bind groups using them.
-    _weights: GpuWeights,
+    weights: GpuWeights,
     _params: Vec<wgpu::Buffer>,
 }
 
@@ -734,8 +787,9 @@ struct Builder<'a> {
     params: Vec<wgpu::Buffer>,
     /// Bound as the norm weights of products without a folded norm.
     no_norm: wgpu::Buffer,
-    /// The (byte offset, size) of y the next product writes ([`Builder::matmul_into`]).
-    y_slice: Option<(u64, u64)>,
+    /// (row stride, first column) of y for the next product ([`Builder::matmul_cols`]); `None`:
+    /// y's rows are the product's own.
+    y_cols: Option<(u32, u32)>,
 }
 
 impl Builder<'_> {
@@ -819,9 +873,12 @@ impl Builder<'_> {
     ) -> Result<Op> {
         let fold = norm.filter(|_| self.tuning.fold_norm);
         let swiglu_out = swiglu_out.filter(|_| self.fuses_swiglu());
+        let (y_stride, y_offset) = self.y_cols.unwrap_or((n, 0));
         let block = MatmulParams {
             k,
             n,
+            y_stride,
+            y_offset,
             accumulate: accumulate as u32,
             last_only: last_only as u32,
             norm: fold.is_some() as u32,
@@ -849,13 +906,7 @@ impl Builder<'_> {
         )?;
         let (mv_x, g) = fold.unwrap_or((x, &self.no_norm));
         let mv_y = swiglu_out.unwrap_or(y);
-        let mv_bufs = [self.step, &params, mv_x, w, mv_y, g];
-        let bind = match self.y_slice {
-            // Only the one-token kernel writes a slice (the head); y is binding 4.
-            Some(range) if last_only => self.gpu.bind_range(&mv, &mv_bufs, (4, range)),
-            Some(_) => return Err(Error::config("a sliced output needs the one-token product")),
-            None => self.gpu.bind(&mv, &mv_bufs),
-        };
+        let bind = self.gpu.bind(&mv, &[self.step, &params, mv_x, w, mv_y, g]);
         // gemm_coop stages f16 weight tiles for the tensor cores: f16 weights only. Every other
         // type, the ggml block types included, takes the SIMT kernels, which dequantize in
         // `load8` (dequantizing into the staged tiles would also work, but the only adapters
@@ -912,21 +963,23 @@ impl Builder<'_> {
         })
     }
 
-    /// The last token's product y = x W^T into `y` or, with a (byte offset, size) slice, into
-    /// that part of it: the output head, one call per part of a head split across bindings.
+    /// [`Builder::matmul`] into columns [first, first + n) of y's rows of `stride` values: one
+    /// share of a product that runs in parts (a head split across bindings, a fused product
+    /// whose weights differ in type). No SwiGLU: its pairs need the whole gate/up product.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_into(
+    fn matmul_cols(
         &mut self,
         label: &'static str,
         w: (&wgpu::Buffer, WeightDtype),
         (k, n): (u32, u32),
         x: &wgpu::Buffer,
-        (y, slice): (&wgpu::Buffer, Option<(u64, u64)>),
+        (y, stride, first): (&wgpu::Buffer, u32, u32),
+        last_only: bool,
         norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
     ) -> Result<Op> {
-        self.y_slice = slice;
-        let op = self.matmul(label, w, (k, n), x, y, false, true, norm, None);
-        self.y_slice = None;
+        self.y_cols = Some((stride, first));
+        let op = self.matmul(label, w, (k, n), x, y, false, last_only, norm, None);
+        self.y_cols = None;
         op
     }
 
@@ -992,7 +1045,7 @@ impl Plan {
             step: bufs.arena.buffer(),
             params: Vec::new(),
             no_norm: gpu.storage("norm weights (unused)", 16)?,
-            y_slice: None,
+            y_cols: None,
         };
 
         // One gather per part of the table: each writes the rows of the tokens it holds.
@@ -1029,27 +1082,27 @@ impl Plan {
         for (l, w) in weights.layers.iter().enumerate() {
             let (kc, vc) = bufs.cache.layer(l);
             let (qkvl, gate_up) = (&act.qkvl, &act.gate_up);
-            let pre = vec![
-                b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?,
-                b.matmul(
+            let mut pre = vec![b.rmsnorm(&w.ln_in, &act.x, &act.a, false)?];
+            let mut first = 0;
+            for (wq, dtype, rows) in &w.qkvl {
+                pre.push(b.matmul_cols(
                     "q/k/v/lambda",
-                    (&w.qkvl.0, w.qkvl.1),
-                    (d, qkvl_width),
+                    (wq, *dtype),
+                    (d, *rows),
                     &act.a,
-                    qkvl,
-                    false,
+                    (qkvl, qkvl_width, first),
                     false,
                     Some((&act.x, &w.ln_in)),
-                    None,
-                )?,
-                b.elementwise(
-                    "rope_append",
-                    kv_f16.clone(),
-                    [cfg.q_heads(), kv_heads, half, lam_heads],
-                    &[&bufs.rope_table, qkvl, &act.q, kc, vc, lam],
-                    split_items,
-                )?,
-            ];
+                )?);
+                first += rows;
+            }
+            pre.extend([b.elementwise(
+                "rope_append",
+                kv_f16.clone(),
+                [cfg.q_heads(), kv_heads, half, lam_heads],
+                &[&bufs.rope_table, qkvl, &act.q, kc, vc, lam],
+                split_items,
+            )?]);
             let binding = attention.bind(
                 gpu,
                 bufs.arena.buffer(),
@@ -1111,13 +1164,13 @@ impl Plan {
         let mut head = vec![b.rmsnorm(&weights.norm, &act.x, &act.last, true)?];
         // One product per part of the head, each writing its rows' slice of the logits.
         for (w, first, rows) in &head_w.parts {
-            let slice = (*rows < cfg.vocab_size).then(|| (*first as u64 * 4, *rows as u64 * 4));
-            head.push(b.matmul_into(
+            head.push(b.matmul_cols(
                 "lm_head",
                 (w, head_w.dtype),
                 (d, *rows),
                 &act.last,
-                (&act.logits, slice),
+                (&act.logits, cfg.vocab_size, *first),
+                true,
                 Some((&act.x, &weights.norm)),
             )?);
         }
@@ -1196,7 +1249,7 @@ impl Plan {
             top,
             top_params,
             attention,
-            _weights: weights,
+            weights,
             _params: b.params,
         })
     }
@@ -1262,6 +1315,11 @@ impl Plan {
             Stage::Op(op) => op.record(gpu, pass, call.n_queries, step),
             Stage::Attention(binding) => self.attention.record(gpu, pass, binding, call, plan, att),
         }
+    }
+
+    /// Bytes of the weight buffers on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.bytes()
     }
 
     /// How many bindings the embedding table and the output head span (1 each unless a tensor

@@ -228,6 +228,12 @@ impl RandomModel {
     /// [`byte_tokenizer_json`] padded with unreachable tokens to the vocabulary size. The values
     /// are [`RandomModel::tensors`]' before quantization.
     pub fn gguf_bytes(&self, matrices: GgmlType) -> Result<Vec<u8>> {
+        self.gguf_bytes_typed(&|_| matrices)
+    }
+
+    /// [`RandomModel::gguf_bytes`] with each matrix's type chosen by its (Hugging Face) tensor
+    /// name, e.g. to mix types within q/k/v as Q4_K_M files do; the embedding stays Q8_0.
+    pub fn gguf_bytes_typed(&self, matrix_type: &dyn Fn(&str) -> GgmlType) -> Result<Vec<u8>> {
         let cfg = self.config();
         if cfg.attention != "standard" {
             return Err(Error::config(
@@ -276,7 +282,7 @@ impl RandomModel {
             } else if name.contains("embed_tokens") {
                 GgmlType::Q8_0
             } else {
-                matrices
+                matrix_type(&name)
             };
             let gguf_name = crate::gguf::gguf_tensor_name(&name)
                 .ok_or_else(|| Error::config(format!("no GGUF name for tensor `{name}`")))?;
