@@ -159,6 +159,9 @@ function sampling(opts) {
       throw new DiffAttnError(`generate: ${k} must be a non-negative number (got ${v})`, 'Config');
     }
   }
+  if (!Number.isInteger(o.top_logprobs) || o.top_logprobs > 20) {
+    throw new DiffAttnError(`generate: topLogprobs must be an integer from 0 to 20 (got ${o.top_logprobs})`, 'Config');
+  }
   return { ...o, stop: opts.stop ?? [], stop_at_eos: opts.stopAtEos ?? true, logit_bias: logitBias(opts.logitBias) };
 }
 

@@ -115,6 +115,14 @@ test('pieces carry log-probabilities and alternatives; a logit bias bans a token
         refused.push(e.kind);
       }
     }
+    for (const topLogprobs of [21, 2.5]) {
+      try {
+        await run({ topLogprobs });
+        refused.push(null);
+      } catch (e) {
+        refused.push(e.kind);
+      }
+    }
     engine.dispose();
     return { plain, banned, biased, refused };
   }, prompt);
@@ -138,5 +146,5 @@ test('pieces carry log-probabilities and alternatives; a logit bias bans a token
   assert.ok(r.biased.every((p) => p.id !== r.banned && p.top === undefined), JSON.stringify(r.biased));
   const nativeBiased = tokens(['--logit-bias', `${r.banned}=-inf`, '--logit-bias', '7=0.5']);
   assert.deepEqual(r.biased.map((p) => p.id), nativeBiased.map((t) => t.id));
-  assert.deepEqual(r.refused, ['Config', 'Config', 'Config']);
+  assert.deepEqual(r.refused, ['Config', 'Config', 'Config', 'Config', 'Config']);
 });
