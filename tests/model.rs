@@ -763,6 +763,40 @@ fn an_embedding_over_the_binding_limit_is_split_by_rows() {
             .collect();
         assert_eq!(a, b, "{what}: GPU-picked steps");
     }
+    // 10,000 bytes: the fused q/k/v/lambda rows (12,544 bytes) no longer fit one binding though
+    // each matrix does: they run as two products (q; k, v and lambda), each into its columns.
+    let smaller = Arc::new(
+        diffattn::Gpu::new_blocking(&diffattn::GpuOptions {
+            max_storage_binding: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let m = RandomModel {
+        intermediate_size: 32,
+        ..RandomModel::tiny("diff_v2", seed)
+    };
+    let (mut split, reference) = engine(&smaller, &m, opts.clone());
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 97 + 5) % m.vocab_size).collect();
+    let got = common::teacher_forced(&mut split, &prompt, &[3, 260]);
+    let mut seq = prompt.clone();
+    for (i, g) in got.iter().enumerate() {
+        let (_, rel) = compare(g, &reference.last_logits(&seq));
+        assert!(
+            rel <= 1e-4,
+            "q/k/v in two products, row {i}: rel L2 {rel:.3e}"
+        );
+        seq.extend([3u32, 260].get(i));
+    }
+    if smaller.has_timestamps() {
+        let stages = split.profile_step_blocking(5).unwrap();
+        let qkv = stages.iter().filter(|(l, _)| *l == "q/k/v/lambda").count();
+        assert_eq!(
+            qkv,
+            2 * m.layers as usize,
+            "q/k/v products per step: {stages:?}"
+        );
+    }
     let tiny = diffattn::Gpu::new_blocking(&diffattn::GpuOptions {
         max_storage_binding: Some(2048),
         ..Default::default()

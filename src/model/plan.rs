@@ -458,6 +458,7 @@ pub fn upload_weights(
         .raw("model.embed_tokens.weight")
         .map_or(0, |(_, r)| r.len() as u64);
     progress(done.min(total), total);
+    let binding_bytes = gpu.limits.max_storage_buffer_binding_size;
     // `pairs`: the parts' rows interleaved (row j of each part in turn) instead of stacked.
     let mut upload =
         |label: &str, parts: &[&str], pairs: bool| -> Result<(wgpu::Buffer, WeightDtype)> {
@@ -495,7 +496,7 @@ pub fn upload_weights(
         layers.push(LayerWeights {
             ln_in: widened(&name("input_layernorm"))?,
             ln_post: widened(&name("post_attention_layernorm"))?,
-            qkvl: same_type_runs(weights, &qkvl)?
+            qkvl: same_type_runs(weights, &qkvl, binding_bytes)?
                 .iter()
                 .map(|(run, rows)| {
                     let (buf, dtype) = upload(&format!("layer {l} q/k/v/lambda"), run, false)?;
@@ -526,24 +527,32 @@ pub fn upload_weights(
 }
 
 /// `names` split into runs of consecutive tensors of one type, each with its row count: stacked,
-/// a run keeps its type (where the types differ, one product per run instead of all widened).
+/// a run keeps its type (where the types differ, one product per run instead of all widened). A
+/// run also ends where it would outgrow `max_bytes` (the storage-binding limit), so that fusing
+/// never makes a buffer too large to bind out of tensors that each fit.
 fn same_type_runs<'n>(
     weights: &HostWeights,
     names: &[&'n str],
+    max_bytes: u64,
 ) -> Result<Vec<(Vec<&'n str>, u32)>> {
-    let mut runs: Vec<(Vec<&'n str>, u32, WeightDtype)> = Vec::new();
+    // (names, rows, type, bytes)
+    let mut runs: Vec<(Vec<&'n str>, u32, WeightDtype, u64)> = Vec::new();
     for &name in names {
-        let info = weights.info(name)?;
-        let rows = info.shape[0] as u32;
+        let (info, raw) = weights.raw(name)?;
+        let (rows, bytes) = (info.shape[0] as u32, raw.len() as u64);
         match runs.last_mut() {
-            Some((run, n, dtype)) if *dtype == info.dtype => {
+            Some((run, n, dtype, size)) if *dtype == info.dtype && *size + bytes <= max_bytes => {
                 run.push(name);
                 *n += rows;
+                *size += bytes;
             }
-            _ => runs.push((vec![name], rows, info.dtype)),
+            _ => runs.push((vec![name], rows, info.dtype, bytes)),
         }
     }
-    Ok(runs.into_iter().map(|(run, rows, _)| (run, rows)).collect())
+    Ok(runs
+        .into_iter()
+        .map(|(run, rows, ..)| (run, rows))
+        .collect())
 }
 
 /// The rows of `parts` matrices of `rows` rows each, stacked in `bytes` (one row width),
