@@ -698,3 +698,53 @@ fn maps_prints_the_float64_maps_and_refuses_what_has_none() {
         "{err}"
     );
 }
+
+/// `bench generate` on a model directory: one JSON row with the figures the benchmark tables
+/// use, greedy and with alternatives listed; an out-of-range alternatives count is refused.
+#[test]
+fn bench_generate_reports_a_row_and_takes_alternatives() {
+    let dir = tmp("bench-generate-model");
+    diffattn::model::random::RandomModel::tiny("diff_v2", 9)
+        .write_dir(&dir)
+        .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-tokens",
+            "5",
+            "--tokens",
+            "12",
+            "--repeats",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        diffattn(&args)
+    };
+    for top in ["0", "3"] {
+        let out = run(&["--top-logprobs", top]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let row: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(row["bench"], "generate");
+        assert_eq!(row["top_logprobs"].as_u64(), Some(top.parse().unwrap()));
+        for key in [
+            "decode_tok_s",
+            "prefill_tok_s",
+            "first_token_ms",
+            "cold_start_ms",
+        ] {
+            assert!(row[key].as_f64().unwrap() > 0.0, "{key}: {row}");
+        }
+    }
+    let out = run(&["--top-logprobs", "21"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 20"));
+}

@@ -40,6 +40,10 @@ pub struct GenerateBench {
     /// repetition penalty 1.1 over 64 tokens) instead of decoding greedily; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// List this many alternatives per picked token (0 to 20, as `generate --top-logprobs`), to
+    /// measure what the alternatives kernel and its read-back cost.
+    #[arg(long, default_value_t = 0)]
+    top_logprobs: usize,
     /// Timed runs after one warm-up run; the median run is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -205,6 +209,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         ..Default::default()
     });
     engine.set_gpu_sampling(sampling.as_ref())?;
+    engine.set_top_logprobs(b.top_logprobs)?;
     if b.prompt_tokens >= engine.context() as usize {
         bail!(
             "--prompt-tokens {} leaves no room in the context of {}",
@@ -250,6 +255,7 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         "weights": weights,
         "kv": kv,
         "temperature": b.temperature,
+        "top_logprobs": b.top_logprobs,
         "prompt_tokens": b.prompt_tokens,
         "tokens": b.tokens,
         "prefill_tok_s": b.prompt_tokens as f64 / first_token_s,
@@ -288,10 +294,11 @@ pub fn run(b: &GenerateBench, opts: &GpuOptions, process_start: Instant) -> Resu
         println!(
             "{model} ({weights} weights, {} KV, {}) on {adapter}\n  prompt {} tokens: first token {:.2} ms ({:.0} tok/s prefill; GPU {})\n  decode {} tokens: {:.1} tok/s, {:.1} steps per submission{}\n  cold start {:.0} ms (load {:.0} ms), GPU memory {:.1} MiB",
             kv,
-            if b.temperature > 0.0 {
-                format!("sampled at temperature {}", b.temperature)
-            } else {
-                "greedy".to_string()
+            match (b.temperature > 0.0, b.top_logprobs) {
+                (true, 0) => format!("sampled at temperature {}", b.temperature),
+                (true, n) => format!("sampled at temperature {}, {n} alternatives", b.temperature),
+                (false, 0) => "greedy".to_string(),
+                (false, n) => format!("greedy, {n} alternatives"),
             },
             b.prompt_tokens,
             first_token_s * 1e3,
