@@ -712,6 +712,18 @@ fn an_embedding_over_the_binding_limit_is_split_by_rows() {
         let what = format!("{dtype:?}, tied {tied}");
         let (mut split, reference) = engine(&small, &m, opts.clone());
         let (mut whole, _) = engine(&full, &m, opts.clone());
+        // The upload's progress reaches the weights' total, the split tables counted too.
+        let (cfg, weights, _) = m.source().parse().unwrap();
+        let mut last = (0, 1);
+        Engine::new(small.clone(), &cfg, &weights, opts.clone(), &mut |d, t| {
+            last = (d, t)
+        })
+        .unwrap();
+        assert_eq!(
+            last,
+            (weights.total_bytes(), weights.total_bytes()),
+            "{what}: progress"
+        );
         let parts = split.row_parts();
         eprintln!("{what}: embedding and head in {parts:?} parts");
         assert!(

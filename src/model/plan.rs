@@ -450,35 +450,14 @@ pub fn upload_weights(
             gpu.check_binding(name, raw.len() as u64)?;
         }
     }
-    let total = weights.total_bytes();
-    let mut done = 0u64;
-    progress(0, total);
-    let embed = upload_rows(gpu, weights, "model.embed_tokens.weight")?;
-    done += weights
-        .raw("model.embed_tokens.weight")
-        .map_or(0, |(_, r)| r.len() as u64);
-    progress(done.min(total), total);
-    let binding_bytes = gpu.limits.max_storage_buffer_binding_size;
-    // `pairs`: the parts' rows interleaved (row j of each part in turn) instead of stacked.
-    let mut upload =
-        |label: &str, parts: &[&str], pairs: bool| -> Result<(wgpu::Buffer, WeightDtype)> {
-            let (mut bytes, dtype) = stacked(weights, parts)?;
-            if pairs {
-                let rows = weights.info(parts[0])?.shape[0];
-                bytes = interleave_rows(&bytes, parts.len(), rows);
-            }
-            gpu.check_binding(label, bytes.len() as u64)?;
-            let buf = gpu.storage_init(label, &bytes)?;
-            done += parts
-                .iter()
-                .map(|n| weights.raw(n).map_or(0, |(_, r)| r.len() as u64))
-                .sum::<u64>();
-            progress(done.min(total), total);
-            Ok((buf, dtype))
-        };
-    let widened = |name: &str| -> Result<wgpu::Buffer> {
-        gpu.storage_init(name, bytemuck::cast_slice(&weights.to_f32(name)?))
+    let mut up = Upload::new(gpu, weights, progress);
+    let embed = up.by_rows("model.embed_tokens.weight")?;
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(up.by_rows("lm_head.weight")?)
     };
+    let binding_bytes = gpu.limits.max_storage_buffer_binding_size;
     let mut layers = Vec::new();
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -492,38 +471,101 @@ pub fn upload_weights(
             qkvl.push(name("self_attn.lambda_proj"));
         }
         let qkvl: Vec<&str> = qkvl.iter().map(String::as_str).collect();
-        let (gate, up) = (name("mlp.gate_proj"), name("mlp.up_proj"));
+        let (gate, up_proj) = (name("mlp.gate_proj"), name("mlp.up_proj"));
         layers.push(LayerWeights {
-            ln_in: widened(&name("input_layernorm"))?,
-            ln_post: widened(&name("post_attention_layernorm"))?,
+            ln_in: up.widened(&name("input_layernorm"))?,
+            ln_post: up.widened(&name("post_attention_layernorm"))?,
             qkvl: same_type_runs(weights, &qkvl, binding_bytes)?
                 .iter()
                 .map(|(run, rows)| {
-                    let (buf, dtype) = upload(&format!("layer {l} q/k/v/lambda"), run, false)?;
+                    let (buf, dtype) = up.fused(&format!("layer {l} q/k/v/lambda"), run, false)?;
                     Ok((buf, dtype, *rows))
                 })
                 .collect::<Result<Vec<_>>>()?,
-            o: upload(
+            o: up.fused(
                 &name("self_attn.o_proj"),
                 &[&name("self_attn.o_proj")],
                 false,
             )?,
-            gate_up: upload(&format!("layer {l} gate/up"), &[&gate, &up], true)?,
-            down: upload(&name("mlp.down_proj"), &[&name("mlp.down_proj")], false)?,
+            gate_up: up.fused(&format!("layer {l} gate/up"), &[&gate, &up_proj], true)?,
+            down: up.fused(&name("mlp.down_proj"), &[&name("mlp.down_proj")], false)?,
         });
     }
-    let norm = widened("model.norm.weight")?;
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(upload_rows(gpu, weights, "lm_head.weight")?)
-    };
+    let norm = up.widened("model.norm.weight")?;
     Ok(GpuWeights {
         embed,
         layers,
         norm,
         lm_head,
     })
+}
+
+/// The weight upload with its progress: every tensor's file bytes count once it is on the GPU,
+/// whatever form it takes there (stacked, interleaved, widened, split by rows).
+struct Upload<'a> {
+    gpu: &'a Gpu,
+    weights: &'a HostWeights,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl<'a> Upload<'a> {
+    fn new(gpu: &'a Gpu, weights: &'a HostWeights, progress: &'a mut dyn FnMut(u64, u64)) -> Self {
+        let total = weights.total_bytes();
+        progress(0, total);
+        Self {
+            gpu,
+            weights,
+            done: 0,
+            total,
+            progress,
+        }
+    }
+
+    /// Reports `names` as uploaded.
+    fn count(&mut self, names: &[&str]) {
+        let w = self.weights;
+        self.done += names
+            .iter()
+            .map(|n| w.raw(n).map_or(0, |(_, r)| r.len() as u64))
+            .sum::<u64>();
+        (self.progress)(self.done.min(self.total), self.total);
+    }
+
+    /// `parts` stacked into one matrix ([`stacked`]); with `pairs`, their rows interleaved (row j
+    /// of each part in turn) instead.
+    fn fused(
+        &mut self,
+        label: &str,
+        parts: &[&str],
+        pairs: bool,
+    ) -> Result<(wgpu::Buffer, WeightDtype)> {
+        let (mut bytes, dtype) = stacked(self.weights, parts)?;
+        if pairs {
+            let rows = self.weights.info(parts[0])?.shape[0];
+            bytes = interleave_rows(&bytes, parts.len(), rows);
+        }
+        self.gpu.check_binding(label, bytes.len() as u64)?;
+        let buf = self.gpu.storage_init(label, &bytes)?;
+        self.count(parts);
+        Ok((buf, dtype))
+    }
+
+    /// A norm's weights, widened to f32.
+    fn widened(&mut self, name: &str) -> Result<wgpu::Buffer> {
+        let values = self.weights.to_f32(name)?;
+        let buf = self.gpu.storage_init(name, bytemuck::cast_slice(&values))?;
+        self.count(&[name]);
+        Ok(buf)
+    }
+
+    /// A table that may be split by rows ([`upload_rows`]).
+    fn by_rows(&mut self, name: &str) -> Result<RowParts> {
+        let parts = upload_rows(self.gpu, self.weights, name)?;
+        self.count(&[name]);
+        Ok(parts)
+    }
 }
 
 /// `names` split into runs of consecutive tensors of one type, each with its row count: stacked,
@@ -1105,13 +1147,13 @@ impl Plan {
                 )?);
                 first += rows;
             }
-            pre.extend([b.elementwise(
+            pre.push(b.elementwise(
                 "rope_append",
                 kv_f16.clone(),
                 [cfg.q_heads(), kv_heads, half, lam_heads],
                 &[&bufs.rope_table, qkvl, &act.q, kc, vc, lam],
                 split_items,
-            )?]);
+            )?);
             let binding = attention.bind(
                 gpu,
                 bufs.arena.buffer(),
@@ -1334,8 +1376,9 @@ impl Plan {
     /// How many bindings the embedding table and the output head span (1 each unless a tensor
     /// exceeds the adapter's storage-binding limit and is split by rows).
     pub fn row_parts(&self) -> (usize, usize) {
-        let head = self.head.iter().filter(|op| op.label == "lm_head").count();
-        (self.embed.len(), head)
+        let w = &self.weights;
+        let head = w.lm_head.as_ref().unwrap_or(&w.embed);
+        (w.embed.parts.len(), head.parts.len())
     }
 
     /// How many stages [`Plan::record_profiled`] records (two timestamps each).
