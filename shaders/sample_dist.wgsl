@@ -2,9 +2,10 @@
 // random number keyed by (seed, position), so that how many steps share a submission never changes
 // a seeded output. One workgroup; thread `lid` owns the contiguous ids [lid * PER, (lid+1) * PER).
 //
-// Order, as on the CPU: logit bias (where `biased` is 1; -inf bans a token), repetition penalty over the last `last_n` tokens (each distinct id once),
-// temperature, top-k (ties to the lower id), softmax, top-p (the smallest most-likely prefix whose
-// probability reaches p; ties to the lower id), a draw from what is kept. The chosen id goes where
+// Order, as on the CPU: logit bias (where `biased` is 1; -inf bans a token), repetition penalty
+// over the last `last_n` tokens (each distinct id once), temperature, top-k (ties to the lower
+// id), softmax, top-p (the smallest most-likely prefix whose probability reaches p; ties to the
+// lower id), a draw from what is kept. The chosen id goes where
 // the greedy sampler puts it (ids[ids_offset + n_tokens], ids[0], history[position]), and
 // out[sample_slot] gets (id, log-probability under the model's own softmax as f32 bits, flags, 0).
 //

@@ -368,11 +368,8 @@ impl<'a> Generation<'a> {
             // Sampling is part of a token's cost: it counts towards the step that made the logits.
             let t = now();
             let id = self.sampler.sample(logits, &self.history);
-            let s = Sampled {
-                id,
-                logprob: sample::logprob(logits, id),
-                top: sample::top_logprobs(logits, self.opts.top_logprobs),
-            };
+            let (logprob, top) = sample::step_logprobs(logits, id, self.opts.top_logprobs);
+            let s = Sampled { id, logprob, top };
             if self.stats.generated == 0 {
                 self.stats.prefill_s += since(t);
             } else {
@@ -383,12 +380,13 @@ impl<'a> Generation<'a> {
         };
         self.history.push(id);
         self.stats.generated += 1;
-        let piece = |text| {
+        // Called once, on whichever path ends this step.
+        let piece = move |text| {
             Some(Piece {
                 id,
                 text,
                 logprob,
-                top: top.clone(),
+                top,
             })
         };
 

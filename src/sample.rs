@@ -92,10 +92,14 @@ impl SamplingParams {
                 )));
             }
         }
-        let banned = self
-            .dense_bias(vocab)
-            .map_or(0, |d| d.iter().filter(|b| **b == f32::NEG_INFINITY).count());
-        if banned >= vocab as usize {
+        // A token with any -inf entry is banned whatever else is added to it.
+        let banned: std::collections::HashSet<u32> = self
+            .logit_bias
+            .iter()
+            .filter(|(_, b)| *b == f32::NEG_INFINITY)
+            .map(|(id, _)| *id)
+            .collect();
+        if banned.len() >= vocab as usize {
             return Err(Error::config(
                 "the logit bias bans every token of the vocabulary",
             ));
@@ -176,34 +180,55 @@ pub fn log_normaliser(logits: &[f32]) -> f64 {
 
 /// The log-probability of `id` under the model's own distribution (the raw logits).
 pub fn logprob(logits: &[f32], id: u32) -> f32 {
-    let l = logits.get(id as usize).copied().unwrap_or(f32::NAN) as f64;
-    (l - log_normaliser(logits)) as f32
+    step_logprobs(logits, id, 0).0
+}
+
+/// Sorts (id, value) candidates most likely first, ties to the lower id, keeping the first `k`
+/// (0 keeps all). A total order, so partial selection of the top k and a full sort agree exactly.
+fn keep_most_likely(cand: &mut Vec<(u32, f64)>, k: usize) {
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k > 0 && k < cand.len() {
+        cand.select_nth_unstable_by(k - 1, order);
+        cand.truncate(k);
+    }
+    cand.sort_by(order);
 }
 
 /// The `n` most likely tokens under the raw logits (at most [`MAX_TOP_LOGPROBS`]), most likely
 /// first, ties to the lower id; non-finite logits are left out.
 pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<Alternative> {
-    let n = n.min(MAX_TOP_LOGPROBS);
     if n == 0 {
         return Vec::new();
     }
-    let mut cand: Vec<(u32, f32)> = logits
+    ranked(logits, n, log_normaliser(logits))
+}
+
+/// `id`'s log-probability and the step's `n` alternatives ([`logprob`] and [`top_logprobs`]),
+/// with the normaliser computed once.
+pub fn step_logprobs(logits: &[f32], id: u32, n: usize) -> (f32, Vec<Alternative>) {
+    let z = log_normaliser(logits);
+    let l = logits.get(id as usize).copied().unwrap_or(f32::NAN) as f64;
+    let top = if n == 0 {
+        Vec::new()
+    } else {
+        ranked(logits, n, z)
+    };
+    ((l - z) as f32, top)
+}
+
+/// [`top_logprobs`] given the normaliser `z`.
+fn ranked(logits: &[f32], n: usize, z: f64) -> Vec<Alternative> {
+    let mut cand: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
         .filter(|(_, x)| x.is_finite())
-        .map(|(i, &x)| (i as u32, x))
+        .map(|(i, &x)| (i as u32, x as f64))
         .collect();
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if n < cand.len() {
-        cand.select_nth_unstable_by(n - 1, order);
-        cand.truncate(n);
-    }
-    cand.sort_by(order);
-    let z = log_normaliser(logits);
+    keep_most_likely(&mut cand, n.min(MAX_TOP_LOGPROBS));
     cand.into_iter()
         .map(|(id, x)| Alternative {
             id,
-            logprob: (x as f64 - z) as f32,
+            logprob: (x - z) as f32,
         })
         .collect()
 }
@@ -281,14 +306,7 @@ impl Sampler {
             .filter(|(_, x)| **x > f32::NEG_INFINITY)
             .map(|(i, &x)| (i as u32, x as f64 / t))
             .collect();
-        // Most likely first, ties to the lower id: a total order, so partial selection of the
-        // top k and a full sort agree exactly.
-        let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, order);
-            cand.truncate(p.top_k);
-        }
-        cand.sort_by(order);
+        keep_most_likely(&mut cand, p.top_k);
         let max = cand.first().map_or(0.0, |c| c.1);
         let mut total = 0.0;
         for c in cand.iter_mut() {

@@ -8,6 +8,22 @@ import { demoPage } from './helpers.mjs';
 // Every device the page opens is kept where the test can destroy it, as a driver reset would.
 const fixture = demoPage({
   initScript: () => {
+    // What both lost-device tests run: five greedy tokens, and a promise's error as plain data.
+    window.__lost = {
+      greedy: async (engine) => {
+        const ids = [];
+        for await (const p of engine.generate('The cat', { maxTokens: 5, temperature: 0 })) ids.push(p.id);
+        return ids;
+      },
+      failure: async (promise) => {
+        try {
+          await promise;
+          return null;
+        } catch (e) {
+          return { name: e.name, kind: e.kind, message: e.message };
+        }
+      },
+    };
     window.__devices = [];
     const request = GPUAdapter.prototype.requestDevice;
     GPUAdapter.prototype.requestDevice = async function (...args) {
@@ -29,19 +45,7 @@ const HEAP_GROWTH_MAX = 4 << 20;
 
 test('a device destroyed mid-generation is a DeviceLost error, and a reloaded engine works', async () => {
   const r = await fixture.page.evaluate(async (MODEL) => {
-    const greedy = async (engine) => {
-      const ids = [];
-      for await (const p of engine.generate('The cat', { maxTokens: 5, temperature: 0 })) ids.push(p.id);
-      return ids;
-    };
-    const failure = async (promise) => {
-      try {
-        await promise;
-        return null;
-      } catch (e) {
-        return { name: e.name, kind: e.kind, message: e.message };
-      }
-    };
+    const { greedy, failure } = window.__lost;
     const engine = await window.diffattn.Engine.load(MODEL);
     const before = await greedy(engine);
     const device = window.__devices.at(-1);
@@ -81,19 +85,7 @@ test('in the worker, a device destroyed mid-generation is a DeviceLost error, an
         workers.push(this);
       }
     };
-    const greedy = async (engine) => {
-      const ids = [];
-      for await (const p of engine.generate('The cat', { maxTokens: 5, temperature: 0 })) ids.push(p.id);
-      return ids;
-    };
-    const failure = async (promise) => {
-      try {
-        await promise;
-        return null;
-      } catch (e) {
-        return { name: e.name, kind: e.kind, message: e.message };
-      }
-    };
+    const { greedy, failure } = window.__lost;
     try {
       const { WorkerEngine } = window.diffattn;
       const workerUrl = '/node_modules/diffattn/test/fixtures/lost-device-worker.js';
