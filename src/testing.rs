@@ -22,6 +22,8 @@ pub struct Case {
     pub target_workgroups: Option<u32>,
     /// 16-key tiles per subgroup step of the cooperative decode kernel; `None` takes the default.
     pub blocks: Option<u32>,
+    /// The subgroup decode kernel's (most rows per workgroup, prefetch); `None` takes the default.
+    pub subgroup: Option<(u32, bool)>,
 }
 
 impl Case {
@@ -51,6 +53,12 @@ impl Case {
         };
         if let Some(b) = self.blocks {
             split += &format!(" blocks={b}");
+        }
+        if let Some((rows, prefetch)) = self.subgroup {
+            split += &format!(" rows<={rows}");
+            if prefetch {
+                split += " prefetch";
+            }
         }
         format!(
             "{mode} h={} kv={} d={} N={} S={} {kv} {}{mask}{big}{split}",
@@ -110,9 +118,12 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
         lam: &lam,
     };
     let mut op = attention::AttentionOp::new(gpu, case.cfg)?;
-    if case.target_workgroups.is_some() || case.blocks.is_some() {
+    if case.target_workgroups.is_some() || case.blocks.is_some() || case.subgroup.is_some() {
         let default = attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim);
+        let (rows, prefetch) = case.subgroup.unwrap_or((default.rows, default.prefetch));
         let tuning = attention::DecodeTuning {
+            rows,
+            prefetch,
             target_workgroups: case.target_workgroups.unwrap_or(default.target_workgroups),
             ..default.with_shape(
                 default.workgroup_size,
@@ -182,6 +193,7 @@ fn case(
         seed: 0,
         target_workgroups: None,
         blocks: None,
+        subgroup: None,
     }
 }
 
@@ -205,6 +217,48 @@ pub fn conformance_cases_for(gpu: &Gpu) -> Vec<Case> {
     }
     if attention::coop_prefill_unavailable(gpu, &probe).is_none() {
         cases.extend(coop_prefill_cases());
+    }
+    if attention::subgroup_decode_shape(gpu, &probe, &tuning).is_ok() {
+        // Layers the kernel does not take (d=96, or d=256 on narrow subgroups) are `Auto`'s to
+        // route elsewhere.
+        cases.extend(subgroup_decode_cases().into_iter().filter(|c| {
+            let t = attention::DecodeTuning::for_layer(&gpu.info, c.cfg.head_dim);
+            attention::subgroup_decode_shape(gpu, &c.cfg, &t).is_ok()
+        }));
+    }
+    cases
+}
+
+/// Cases for the subgroup decode kernel (f16 K/V): the cooperative kernel's cases (head dims,
+/// groups of 1 to 32 query heads, partial blocks, several sub-chunks per workgroup, several query
+/// rows, large logits) plus head dim 256 and a single-chunk DIFF V2 call.
+pub fn subgroup_decode_cases() -> Vec<Case> {
+    use KvDtype::F16;
+    use Mode::{Diff, Standard};
+    let k = Kernel::DecodeSubgroup;
+    let mut cases: Vec<Case> = coop_decode_cases()
+        .into_iter()
+        .map(|c| Case { kernel: k, ..c })
+        .collect();
+    cases.push(case(Diff, (4, 2, 256), (1, 300), true, F16, k));
+    cases.push(case(Standard, (8, 2, 256), (2, 100), true, F16, k));
+    let mut one = case(Diff, (8, 2, 64), (1, 3000), true, F16, k);
+    one.target_workgroups = Some(1);
+    cases.push(one);
+    // The other tunings: fewer rows per workgroup (the group over several), loads a step ahead.
+    let variants: Vec<Case> = cases
+        .iter()
+        .step_by(3)
+        .flat_map(|c| {
+            [(4, false), (8, true), (2, true)].map(|t| Case {
+                subgroup: Some(t),
+                ..c.clone()
+            })
+        })
+        .collect();
+    cases.extend(variants);
+    for (i, c) in cases.iter_mut().enumerate() {
+        c.seed = 0x5B6D_0000 + i as u64;
     }
     cases
 }

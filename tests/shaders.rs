@@ -9,7 +9,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Native fast paths (cooperative matrices: Vulkan and Metal only) say so in their first lines.
 fn is_native_only(source: &str) -> bool {
-    source.contains("enable wgpu_cooperative_matrix;")
+    source.contains("enable wgpu_cooperative_matrix;") || source.contains("@builtin(subgroup_id)")
 }
 
 /// What a native-only shader needs: f16 arithmetic, subgroups, cooperative matrices. Checked for the
@@ -216,6 +216,34 @@ fn tensor_core_specialisations_translate() {
             let consts = [("HEAD_DIM", Const::U32(d)), ("BC", Const::U32(32))];
             let s = specialise("flash_coop", src("flash_coop"), &consts).unwrap();
             translate_native(&format!("flash_coop d={d}"), &s);
+        }
+    }
+}
+
+#[test]
+fn subgroup_decode_specialisations_translate() {
+    let (_, src) = diffattn::gpu::shader::SOURCES
+        .iter()
+        .find(|(n, _)| *n == "decode_subgroup")
+        .unwrap();
+    for d in [32u32, 64, 128, 256] {
+        let lanes = d / 8;
+        for rows in [1u32, 2, 4, 8]
+            .into_iter()
+            .filter(|&r| r >= lanes / 4 && r <= lanes)
+        {
+            for wg in [64u32, 128, 256] {
+                let fit = (4096 / (wg / lanes * d)).clamp(1, rows);
+                let merge_rows = 1u32 << (31 - fit.leading_zeros());
+                let consts = [
+                    ("HEAD_DIM", Const::U32(d)),
+                    ("WG", Const::U32(wg)),
+                    ("R", Const::U32(rows)),
+                    ("MERGE_ROWS", Const::U32(merge_rows)),
+                ];
+                let s = specialise("decode_subgroup", src, &consts).unwrap();
+                translate_native(&format!("decode_subgroup d={d} R={rows} wg={wg}"), &s);
+            }
         }
     }
 }

@@ -16,12 +16,16 @@ mod types;
 
 pub use types::*;
 
-/// The K/V storage type that decodes fastest on an adapter: f16 where the tensor-core kernels run
-/// (they read f16 K/V only; on the H200 the shipped model decodes 3,131 against 2,556 tok/s and
-/// prefills a 454-token prompt in 3.1 against 7.4 ms), f32 elsewhere, where f16 halves the memory
-/// but the kernels widen every element.
+/// The K/V storage type that decodes fastest on an adapter: f16 where the subgroup or tensor-core
+/// decode kernels run (they read f16 K/V only; on the H200 the shipped model decoded 3,131 against
+/// 2,556 tok/s and prefilled a 454-token prompt in 3.1 against 7.4 ms), f32 elsewhere (CPU
+/// adapters, the browser without subgroups), where f16 halves the memory but the portable kernels
+/// widen every element.
 pub fn fastest_kv_dtype(gpu: &Gpu) -> KvDtype {
-    if gpu.coop_f16 && decode_coop_subgroups(gpu.fixed_subgroup_size()) {
+    let subgroup_kernel = gpu.has_subgroups()
+        && gpu.info.subgroup_min_size >= 4
+        && gpu.info.device_type != wgpu::DeviceType::Cpu;
+    if subgroup_kernel || (gpu.coop_f16 && decode_coop_subgroups(gpu.fixed_subgroup_size())) {
         KvDtype::F16
     } else {
         KvDtype::F32
@@ -55,6 +59,24 @@ const COOP_BLOCKS: u32 = 1;
 const COOP_DIRECT_MAX_SUBS: u32 = 2;
 /// Largest head dim of the cooperative-matrix decode kernel (eight 16-column tiles).
 const COOP_DECODE_MAX_HEAD_DIM: u32 = 128;
+/// Query rows per workgroup of the subgroup decode kernel at most (its named registers).
+const SUBGROUP_MAX_ROWS: u32 = 8;
+/// Query rows per workgroup of the subgroup decode kernel by default: four. Measured on the H200
+/// (2026-12-04, f16 K/V, K/V loaded a step ahead): a DIFF V2 group of 8 in two workgroups of 4
+/// rows (each reading the group's K/V, the second mostly from L2) took 119.7 against 166.0 us at
+/// h=32 h_kv=8 d=128 S=65536 and 59.5 against 114.8 at d=64: eight rows hold 128 f32 registers of
+/// queries and outputs per lane, which halves the warps an SM keeps in flight.
+const SUBGROUP_ROWS: u32 = 4;
+/// Invocations per workgroup of the subgroup decode kernel by default, by head dim: measured on the
+/// H200 (same runs), 256 beat 128 at d=128 for S >= 16384 (DIFF V2 119.7 against 149.4 us at
+/// S=65536) and lost below (25.1 against 28.1 us at S=4096); at d=64, 128 beat 256 for S <= 16384
+/// (21.4 against 28.4 us at 4096) and lost at 65536 (67.8 against 59.5). The longer caches decide
+/// at d=128, the shorter ones (small models) at d=64.
+fn subgroup_workgroup_size(head_dim: u32) -> u32 {
+    if head_dim > 64 { 256 } else { 128 }
+}
+/// Workgroup memory of the subgroup decode kernel's merge, per round of rows.
+const SUBGROUP_MERGE_BYTES: u32 = 16 * 1024;
 /// Keys per tile of the cooperative-matrix prefill kernel.
 const COOP_PREFILL_KEYS: u32 = 32;
 /// Query rows per workgroup of the cooperative-matrix prefill kernel (16 per subgroup of 32).
@@ -128,6 +150,8 @@ pub struct DecodeTuning {
     pub target_workgroups: u32,
     /// Invocations per workgroup of the cooperative decode kernel: 64, 128 or 256.
     pub workgroup_size: u32,
+    /// Invocations per workgroup of the subgroup decode kernel: 64, 128 or 256.
+    pub subgroup_workgroup_size: u32,
     /// Longest cache decoded by a single chunk with no merge pass (0: never).
     pub direct_max_keys: u32,
     /// 16-key tiles a subgroup takes per step of its online softmax: 1 or 2.
@@ -135,6 +159,11 @@ pub struct DecodeTuning {
     /// Whether `Auto` decodes with the serial kernel (decode_serial.wgsl) where there is no
     /// cooperative one: on CPU adapters, which pay a context switch per barrier.
     pub serial: bool,
+    /// Query rows per workgroup of the subgroup decode kernel at most: 1, 2, 4 or 8 (a GQA group
+    /// of more takes several workgroups, each reading the group's K/V); 0 means 8.
+    pub rows: u32,
+    /// Whether the subgroup decode kernel loads each step's K/V one step ahead.
+    pub prefetch: bool,
     /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
     #[doc(hidden)]
     pub profile: u32,
@@ -153,9 +182,12 @@ impl DecodeTuning {
         Self {
             target_workgroups,
             workgroup_size: 0,
+            subgroup_workgroup_size: subgroup_workgroup_size(head_dim),
             direct_max_keys: 0,
             blocks: 0,
             serial: info.device_type == wgpu::DeviceType::Cpu,
+            rows: SUBGROUP_ROWS,
+            prefetch: true,
             profile: 0,
         }
         .with_shape(coop_workgroup_size(head_dim), COOP_BLOCKS)
@@ -175,6 +207,130 @@ impl DecodeTuning {
     /// Keys per sub-chunk: one block of `blocks` 16-key tiles per subgroup of 32.
     pub fn sub_keys(&self) -> u32 {
         self.workgroup_size / 32 * 16 * self.blocks
+    }
+}
+
+/// How the subgroup decode kernel (decode_subgroup.wgsl) lays out one layer: its specialisation
+/// constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubgroupShape {
+    /// Lanes that share one K/V row (`L` = head_dim / 8).
+    pub lanes: u32,
+    /// Query rows per workgroup (`R`): the GQA group rounded up to a power of two, from
+    /// `lanes / 4` to 8.
+    pub rows: u32,
+    /// Invocations per workgroup (`WG`).
+    pub workgroup_size: u32,
+    /// Rows merged per round of the workgroup's final merge (`MERGE_ROWS`).
+    pub merge_rows: u32,
+}
+
+impl SubgroupShape {
+    /// Keys one workgroup takes per step: every lane group takes `lanes / rows` keys.
+    pub fn block_keys(&self) -> u32 {
+        self.workgroup_size / self.rows
+    }
+
+    fn slots(&self) -> u32 {
+        self.workgroup_size / self.lanes
+    }
+
+    /// Workgroup memory of decode_subgroup.wgsl (keep in step with its arrays): per lane group a
+    /// (max, sum) per row, and its outputs of one round of rows.
+    fn workgroup_bytes(&self, head_dim: u32) -> u32 {
+        self.slots() * self.rows * 8 + self.slots() * self.merge_rows * head_dim * 4
+    }
+}
+
+/// The subgroup decode kernel's layout for a layer on an adapter, or why it cannot serve it.
+pub fn subgroup_decode_shape(
+    gpu: &Gpu,
+    cfg: &AttentionConfig,
+    tuning: &DecodeTuning,
+) -> std::result::Result<SubgroupShape, String> {
+    if !gpu.has_subgroups() {
+        return Err("the adapter has no subgroups".into());
+    }
+    if cfg.kv_dtype != KvDtype::F16 {
+        return Err("K/V are f32 (the subgroup decode kernel reads f16)".into());
+    }
+    // One 16-byte word (8 dims) per lane of a row.
+    let lanes = cfg.head_dim / 8;
+    if !cfg.head_dim.is_multiple_of(8) || ![4, 8, 16, 32].contains(&lanes) {
+        return Err(format!(
+            "head_dim {} (the subgroup decode kernel takes 32, 64, 128 or 256)",
+            cfg.head_dim
+        ));
+    }
+    let (lo, hi) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
+    if lo < lanes || !hi.is_power_of_two() {
+        return Err(format!(
+            "subgroups of {lo}..{hi} lanes (head_dim {} needs at least {lanes})",
+            cfg.head_dim
+        ));
+    }
+    let wg = tuning.subgroup_workgroup_size;
+    if ![64, 128, 256].contains(&wg) || !wg.is_multiple_of(hi) {
+        return Err(format!(
+            "workgroup size {wg} (expected 64, 128 or 256, whole subgroups of up to {hi})"
+        ));
+    }
+    let max_rows = match tuning.rows {
+        0 => SUBGROUP_MAX_ROWS,
+        r if [1, 2, 4, 8].contains(&r) => r,
+        r => return Err(format!("rows {r} (expected 1, 2, 4 or 8)")),
+    };
+    // At most four keys per lane group and step.
+    let rows = cfg
+        .group()
+        .next_power_of_two()
+        .min(max_rows)
+        .clamp(lanes / 4, lanes.min(SUBGROUP_MAX_ROWS));
+    let slots = wg / lanes;
+    let fit = (SUBGROUP_MERGE_BYTES / 4 / (slots * cfg.head_dim)).clamp(1, rows);
+    let shape = SubgroupShape {
+        lanes,
+        rows,
+        workgroup_size: wg,
+        merge_rows: 1 << (31 - fit.leading_zeros()),
+    };
+    match workgroup_memory_unavailable(gpu, shape.workgroup_bytes(cfg.head_dim)) {
+        Some(why) => Err(why),
+        None => Ok(shape),
+    }
+}
+
+/// The subgroup decode kernel's plan: like the cooperative kernel's, in blocks of
+/// [`SubgroupShape::block_keys`]; a single chunk writes the output itself where the rows of a
+/// workgroup hold whole DIFF V2 pairs in each merge round.
+fn plan_subgroup(
+    cfg: &AttentionConfig,
+    call: &AttentionCall,
+    shape: &SubgroupShape,
+    tuning: &DecodeTuning,
+) -> Plan {
+    let group = cfg.group();
+    let head_splits = group.div_ceil(shape.rows);
+    let per_chunk = cfg.kv_heads * head_splits * call.n_queries;
+    let blocks = call.seq_len.div_ceil(shape.block_keys()).max(1);
+    let mut n_chunks = tuning
+        .target_workgroups
+        .div_ceil(per_chunk.max(1))
+        .clamp(1, blocks);
+    if call.seq_len <= tuning.direct_max_keys {
+        n_chunks = 1;
+    }
+    let pairs = cfg.mode == Mode::Standard || (group.is_multiple_of(2) && shape.merge_rows >= 2);
+    let direct = n_chunks == 1 && head_splits == 1 && pairs;
+    Plan {
+        kernel: Kernel::DecodeSubgroup,
+        n_chunks,
+        heads_per_wg: shape.rows,
+        head_splits,
+        rows_per_wg: 1,
+        chunk_len: shape.block_keys(),
+        direct,
+        groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
     }
 }
 
@@ -312,6 +468,8 @@ pub struct AttentionOp {
     decode_coop: Option<Arc<wgpu::ComputePipeline>>,
     /// The cooperative-matrix prefill kernel, where the adapter and the layer allow it.
     flash_coop: Option<Arc<wgpu::ComputePipeline>>,
+    /// The subgroup decode kernel and its layout, where the adapter and the layer allow it.
+    decode_subgroup: Option<(Arc<wgpu::ComputePipeline>, SubgroupShape)>,
     combine: Arc<wgpu::ComputePipeline>,
     /// The barrier-free second pass (combine_serial.wgsl), for CPU adapters.
     combine_serial: Arc<wgpu::ComputePipeline>,
@@ -338,6 +496,9 @@ pub fn adapter_paths(a: &crate::gpu::AdapterSummary) -> Vec<&'static str> {
     let fixed = (a.subgroups && lo == hi && lo > 0).then_some(lo);
     let coop = a.coop_f16_16x16 && a.shader_f16;
     let mut paths = vec![];
+    if a.subgroups && lo >= 4 {
+        paths.push("decode-subgroup (subgroup shuffles, f16 K/V)");
+    }
     if coop && decode_coop_subgroups(fixed) {
         paths.push("decode-coop (tensor cores, f16 K/V)");
     }
@@ -485,19 +646,33 @@ impl AttentionOp {
             decode_serial,
             decode_coop: None,
             flash_coop: None,
+            decode_subgroup: None,
             combine,
             combine_serial,
             tuning: DecodeTuning::for_layer(&gpu.info, cfg.head_dim),
             scratch: None,
             no_lam,
         };
-        op.build_coop(gpu)?;
+        op.build_fast_paths(gpu)?;
         Ok(op)
     }
 
-    fn build_coop(&mut self, gpu: &Gpu) -> Result<()> {
+    /// The kernels that only some adapters run, for the current tuning.
+    fn build_fast_paths(&mut self, gpu: &Gpu) -> Result<()> {
         self.decode_coop = None;
         self.flash_coop = None;
+        self.decode_subgroup = None;
+        if let Ok(shape) = subgroup_decode_shape(gpu, &self.cfg, &self.tuning) {
+            let pipeline = gpu.pipeline(
+                &ShaderSpec::new("decode_subgroup")
+                    .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
+                    .with("WG", Const::U32(shape.workgroup_size))
+                    .with("R", Const::U32(shape.rows))
+                    .with("MERGE_ROWS", Const::U32(shape.merge_rows))
+                    .with("PREFETCH", Const::Bool(self.tuning.prefetch)),
+            )?;
+            self.decode_subgroup = Some((pipeline, shape));
+        }
         if coop_prefill_unavailable(gpu, &self.cfg).is_none() {
             self.flash_coop = Some(
                 gpu.pipeline(
@@ -529,15 +704,23 @@ impl AttentionOp {
         {
             return Err(Error::config(format!("decode tuning: {why}")));
         }
+        if self.decode_subgroup.is_some()
+            && let Err(why) = subgroup_decode_shape(gpu, &self.cfg, &tuning)
+        {
+            return Err(Error::config(format!("decode tuning: {why}")));
+        }
         let rebuild = tuning.profile != self.tuning.profile
             || tuning.workgroup_size != self.tuning.workgroup_size
-            || tuning.blocks != self.tuning.blocks;
+            || tuning.subgroup_workgroup_size != self.tuning.subgroup_workgroup_size
+            || tuning.blocks != self.tuning.blocks
+            || tuning.rows != self.tuning.rows
+            || tuning.prefetch != self.tuning.prefetch;
         self.tuning = DecodeTuning {
             target_workgroups: tuning.target_workgroups.max(1),
             ..tuning
         };
-        if rebuild && self.decode_coop.is_some() {
-            self.build_coop(gpu)?;
+        if rebuild {
+            self.build_fast_paths(gpu)?;
         }
         Ok(())
     }
@@ -545,6 +728,9 @@ impl AttentionOp {
     /// The first-pass kernels this op can run on its adapter, fastest first per family.
     pub fn paths(&self) -> Vec<Kernel> {
         let mut paths = vec![];
+        if self.decode_subgroup.is_some() {
+            paths.push(Kernel::DecodeSubgroup);
+        }
         if self.decode_coop.is_some() {
             paths.push(Kernel::DecodeCoop);
         }
@@ -566,7 +752,9 @@ impl AttentionOp {
     pub fn plan(&self, call: &AttentionCall, kernel: Kernel) -> Result<Plan> {
         let kernel = match kernel {
             Kernel::Auto if call.n_queries <= DECODE_MAX_QUERIES => {
-                if self.decode_coop.is_some() {
+                if self.decode_subgroup.is_some() && !self.tuning.serial {
+                    Kernel::DecodeSubgroup
+                } else if self.decode_coop.is_some() {
                     Kernel::DecodeCoop
                 } else if self.tuning.serial {
                     Kernel::DecodeSerial
@@ -582,6 +770,16 @@ impl AttentionOp {
                      adapter (see `diffattn adapters`)"
                         .into(),
                 ));
+            }
+            Kernel::DecodeSubgroup => {
+                let (_, shape) = self.decode_subgroup.as_ref().ok_or_else(|| {
+                    Error::Unsupported(
+                        "the subgroup decode kernel is not available for this layer on this \
+                         adapter (see `diffattn adapters`)"
+                            .into(),
+                    )
+                })?;
+                return Ok(plan_subgroup(&self.cfg, call, shape, &self.tuning));
             }
             Kernel::DecodeCoop if self.decode_coop.is_none() => {
                 return Err(Error::Unsupported(
@@ -699,6 +897,13 @@ impl AttentionOp {
             Kernel::DecodeSerial => &self.decode_serial,
             Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
             Kernel::FlashCoop => self.flash_coop.as_ref().expect("plan checked the path"),
+            Kernel::DecodeSubgroup => {
+                &self
+                    .decode_subgroup
+                    .as_ref()
+                    .expect("plan checked the path")
+                    .0
+            }
             _ => &self.flash,
         }
     }
@@ -726,7 +931,7 @@ impl AttentionOp {
                 let p = self.first_pipeline(k);
                 let mut list = vec![uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml];
                 // The cooperative decode kernel writes the output itself on a single chunk.
-                if k == Kernel::DecodeCoop {
+                if matches!(k, Kernel::DecodeCoop | Kernel::DecodeSubgroup) {
                     list.extend([lam, bufs.out]);
                 }
                 (k, gpu.bind(p, &list))
@@ -920,9 +1125,12 @@ mod tests {
             target_workgroups,
             // Eight subgroups: sub-chunks of 128 keys.
             workgroup_size: 256,
+            subgroup_workgroup_size: 256,
             direct_max_keys: 256,
             blocks: 1,
             serial: false,
+            rows: 0,
+            prefetch: false,
             profile: 0,
         }
     }

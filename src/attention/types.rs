@@ -67,6 +67,9 @@ pub enum Kernel {
     /// Split-KV decoding on cooperative matrices, f16 K/V (`decode_coop.wgsl`; native adapters
     /// with 16x16 f16 tiles).
     DecodeCoop,
+    /// Split-KV decoding on subgroup shuffles, f16 K/V (`decode_subgroup.wgsl`; adapters with
+    /// subgroups): every K/V row spread over a group of lanes, coalesced, f32 arithmetic.
+    DecodeSubgroup,
     /// Two-pass attention for many query rows on cooperative matrices, f16 K/V
     /// (`flash_coop.wgsl`; native adapters with 16x16 f16 tiles).
     FlashCoop,
@@ -74,11 +77,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel choice, in the order the CLI lists them.
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Auto,
         Kernel::Decode,
         Kernel::DecodeSerial,
         Kernel::DecodeCoop,
+        Kernel::DecodeSubgroup,
         Kernel::Flash,
         Kernel::FlashCoop,
     ];
@@ -105,6 +109,7 @@ impl Kernel {
             Kernel::Decode => "decode",
             Kernel::DecodeSerial => "decode-serial",
             Kernel::DecodeCoop => "decode-coop",
+            Kernel::DecodeSubgroup => "decode-subgroup",
             Kernel::FlashCoop => "flash-coop",
         }
     }

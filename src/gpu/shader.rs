@@ -28,6 +28,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../shaders/decode_coop.wgsl"),
     ),
     (
+        "decode_subgroup",
+        include_str!("../../shaders/decode_subgroup.wgsl"),
+    ),
+    (
         "combine_serial",
         include_str!("../../shaders/combine_serial.wgsl"),
     ),

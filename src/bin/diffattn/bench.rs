@@ -49,7 +49,8 @@ pub struct AttentionBench {
     /// a number, or `auto` (enough copies for 256 MiB, at most 512).
     #[arg(long, default_value = "1")]
     rotate: String,
-    /// First-pass kernel: auto (fastest available), decode, decode-coop, flash or flash-coop.
+    /// First-pass kernel: auto (fastest available), decode, decode-serial, decode-coop,
+    /// decode-subgroup, flash or flash-coop.
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Longest cache the cooperative decode kernel takes in one chunk, without a merge pass
@@ -59,12 +60,19 @@ pub struct AttentionBench {
     /// Workgroups per call the decode split count aims for (tuning).
     #[arg(long)]
     target_workgroups: Option<u32>,
-    /// Invocations per workgroup of the cooperative decode kernel, 64, 128 or 256 (tuning).
+    /// Invocations per workgroup of the cooperative and the subgroup decode kernels, 64, 128 or
+    /// 256 (tuning).
     #[arg(long)]
     workgroup_size: Option<u32>,
     /// 16-key tiles per subgroup step of the cooperative decode kernel, 1 or 2 (tuning).
     #[arg(long)]
     blocks: Option<u32>,
+    /// Query rows per workgroup of the subgroup decode kernel at most, 1, 2, 4 or 8 (tuning).
+    #[arg(long)]
+    rows: Option<u32>,
+    /// Whether the subgroup decode kernel loads K/V one step ahead, true or false (tuning).
+    #[arg(long)]
+    prefetch: Option<bool>,
     /// Measurement only: stages of the cooperative decode kernel to leave out (bits; results are
     /// wrong by design).
     #[arg(long, hide = true, default_value_t = 0)]
@@ -305,6 +313,8 @@ fn bench_variant(
         || b.target_workgroups.is_some()
         || b.workgroup_size.is_some()
         || b.blocks.is_some()
+        || b.rows.is_some()
+        || b.prefetch.is_some()
         || b.profile != 0
     {
         let default = DecodeTuning::for_layer(&gpu.info, b.head_dim);
@@ -317,6 +327,11 @@ fn bench_variant(
             DecodeTuning {
                 direct_max_keys: b.direct_max_keys.unwrap_or(shaped.direct_max_keys),
                 target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
+                rows: b.rows.unwrap_or(default.rows),
+                prefetch: b.prefetch.unwrap_or(default.prefetch),
+                subgroup_workgroup_size: b
+                    .workgroup_size
+                    .unwrap_or(default.subgroup_workgroup_size),
                 profile: b.profile,
                 ..shaped
             },
