@@ -106,6 +106,7 @@ fn edge_sizes_on_both_kernels() {
                     seed: 0,
                     target_workgroups: None,
                     blocks: None,
+                    subgroup: None,
                 });
             }
         }
@@ -127,6 +128,7 @@ fn explicit_scale_and_f16_kv_everywhere() {
             seed: 0,
             target_workgroups: None,
             blocks: None,
+            subgroup: None,
         });
     }
     run_all(cases, common::fresh_seed("scale and f16"));
@@ -144,6 +146,7 @@ fn large_logits_stay_finite_and_accurate() {
             seed: 0,
             target_workgroups: None,
             blocks: None,
+            subgroup: None,
         });
     }
     run_all(cases, common::fresh_seed("large logits"));
@@ -379,5 +382,62 @@ fn non_finite_outputs_are_errors() {
             matches!(e, diffattn::Error::NonFinite { .. }),
             "{kernel:?}: {e:?}"
         );
+    }
+}
+
+/// Where the subgroup decode kernel runs and the adapter is not a CPU one, `Auto` decodes with it,
+/// with its own plan (blocks of its keys, the output written directly for one chunk), and the
+/// result matches the float64 reference.
+#[test]
+fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
+    let gpu = common::gpu();
+    let cfg = cfg(Mode::Diff, 8, 2, 64, KvDtype::F16);
+    let mut op = attention::AttentionOp::new(&gpu, cfg).unwrap();
+    if !op.paths().contains(&Kernel::DecodeSubgroup) {
+        eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
+        return;
+    }
+    // CPU adapters decode with the serial kernel; this is what every other adapter does.
+    let tuning = attention::DecodeTuning {
+        serial: false,
+        ..attention::DecodeTuning::for_layer(&gpu.info, 64)
+    };
+    op.set_decode_tuning(&gpu, tuning).unwrap();
+    let shape = attention::subgroup_decode_shape(&gpu, &cfg, &tuning).unwrap();
+    for seq in [1u32, 300, 5000] {
+        let c = call(1, seq, true, seq - 1);
+        let plan = op.plan(&c, Kernel::Auto).unwrap();
+        assert_eq!(plan.kernel, Kernel::DecodeSubgroup, "S={seq}");
+        assert_eq!(plan.chunk_len, shape.block_keys(), "S={seq}");
+        assert_eq!(plan.heads_per_wg, shape.rows, "S={seq}");
+        assert!(!plan.direct || plan.n_chunks == 1, "S={seq}");
+        let case = Case {
+            cfg,
+            call: c,
+            kernel: Kernel::Auto,
+            q_scale: 1.0,
+            seed: common::fresh_seed("auto subgroup") + seq as u64,
+            target_workgroups: None,
+            blocks: None,
+            subgroup: None,
+        };
+        let (q, k, v, lam) = case.inputs();
+        let x = HostInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            lam: &lam,
+        };
+        let got = pollster::block_on(attention::attention_with(
+            &gpu,
+            &mut op,
+            &c,
+            &x,
+            Kernel::Auto,
+        ))
+        .unwrap();
+        let want = reference::attention(&cfg, &c, &x).unwrap();
+        let (_, rel) = reference::compare(&got, &want);
+        assert!(rel < case.tolerance(), "S={seq}: rel L2 {rel:.3e}");
     }
 }

@@ -790,6 +790,11 @@ impl AttentionOp {
             }
             k => k,
         };
+        if kernel == Kernel::DecodeSubgroup
+            && let Some((_, shape)) = &self.decode_subgroup
+        {
+            return Ok(plan_subgroup(&self.cfg, call, shape, &self.tuning));
+        }
         Ok(plan_resolved(&self.cfg, call, kernel, &self.tuning))
     }
 
