@@ -37,7 +37,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from tokenizer import EOT, read_documents  # noqa: E402  (tokenizers only, no torch)
+# The document separator of tokenizer.py (tokenizer.EOT; cmd_prepare checks they agree). Not
+# imported from there at module level: tokenizer.py needs the tokenizers package, which only
+# `prepare` uses, and --plot must run where only numpy and matplotlib are installed.
+EOT = "<|endoftext|>"
 
 LOG_FORMAT = "diffattn-stability-1"
 BASE_LR = 1.5e-3                 # today's peak learning rate (docs/training.md)
@@ -205,6 +208,10 @@ def split_documents(docs: list[str], seed: int, val_fraction: float) -> set[int]
 
 def cmd_prepare(args) -> None:
     from tokenizers import Tokenizer
+
+    from tokenizer import EOT as TOKENIZER_EOT, read_documents  # train/tokenizer.py
+
+    assert TOKENIZER_EOT == EOT, (TOKENIZER_EOT, EOT)
 
     t0 = time.time()
     sums_path = os.path.join(args.src, "SHA256SUMS")
@@ -772,6 +779,16 @@ def _fmt(x, nd=4):
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _fmt_sig(x, digits=4):
+    """A value the log stores to `digits` significant digits (the gradient norms), printed with
+    that many and no more: 645.7 and 64460, not 645.700 and 64460.000."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:.{max(0, digits - 1 - math.floor(math.log10(abs(x))))}f}"
+
+
 def _div(s):
     return {True: "yes", False: "no", None: "n/a"}[s["diverged"]] + \
         (f" ({s['why']})" if s["why"] else "")
@@ -793,8 +810,8 @@ def tables(runs: dict, summ: dict) -> str:
             f"| {name} | {r['steps_done']} | {_fmt(r['final_val_lit'])} | "
             f"{_fmt(r['final_val_docs'])} | {len(s['loss_spike_events'])} "
             f"({len(s['loss_spike_steps'])}) | {len(s['grad_spike_events'])} "
-            f"({len(s['grad_spike_steps'])}) | {_fmt(s['max_grad_norm'], 3)} "
-            f"({_fmt(s['max_grad_norm_after_100'], 3)}) | {_div(s)} |")
+            f"({len(s['grad_spike_steps'])}) | {_fmt_sig(s['max_grad_norm'])} "
+            f"({_fmt_sig(s['max_grad_norm_after_100'])}) | {_div(s)} |")
     # Per rate and variant over the seeds (clipped runs; the no-clip runs have their own rows).
     lines += ["", "### Per learning rate and variant (mean over the seeds present)", "",
               "| peak lr | clip | variant | seeds | mean val (lit) | loss spike events | "
@@ -819,8 +836,8 @@ def tables(runs: dict, summ: dict) -> str:
             f"{f' (of {len(fin)}/{len(vals)} seeds)' if fin and len(fin) < len(vals) else ''} | "
             f"{sum(len(summ[n]['loss_spike_events']) for n in ns)} | "
             f"{sum(len(summ[n]['grad_spike_events']) for n in ns)} | "
-            f"{_fmt(max(summ[n]['max_grad_norm'] for n in ns), 3)} "
-            f"({_fmt(max(summ[n]['max_grad_norm_after_100'] for n in ns), 3)}) | {div_txt} |")
+            f"{_fmt_sig(max(summ[n]['max_grad_norm'] for n in ns))} "
+            f"({_fmt_sig(max(summ[n]['max_grad_norm_after_100'] for n in ns))}) | {div_txt} |")
     # Each variant at its best clipped rate, parameters beside (issue 12, point 4).
     lines += ["", "### Each variant at its best rate (clipped runs, by mean val over seeds)", "",
               "| variant | parameters (total) | attention parameters | best peak lr | "
