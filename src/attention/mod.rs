@@ -23,6 +23,7 @@ pub use types::*;
 /// widen every element.
 pub fn fastest_kv_dtype(gpu: &Gpu) -> KvDtype {
     let subgroup_kernel = gpu.has_subgroups()
+        && gpu.has_subgroup_barrier()
         && gpu.info.subgroup_min_size >= 4
         && gpu.info.device_type != wgpu::DeviceType::Cpu;
     if subgroup_kernel || (gpu.coop_f16 && decode_coop_subgroups(gpu.fixed_subgroup_size())) {
@@ -248,8 +249,10 @@ pub fn subgroup_decode_shape(
     cfg: &AttentionConfig,
     tuning: &DecodeTuning,
 ) -> std::result::Result<SubgroupShape, String> {
-    if !gpu.has_subgroups() {
-        return Err("the adapter has no subgroups".into());
+    // The subgroup barrier feature stands for a native backend: the kernel reads `subgroup_id`,
+    // which WebGPU's WGSL does not have.
+    if !gpu.has_subgroups() || !gpu.has_subgroup_barrier() {
+        return Err("the adapter has no native subgroups".into());
     }
     if cfg.kv_dtype != KvDtype::F16 {
         return Err("K/V are f32 (the subgroup decode kernel reads f16)".into());

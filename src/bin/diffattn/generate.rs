@@ -58,8 +58,8 @@ pub struct GenerateArgs {
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// KV cache storage: f32, f16, or auto (f16 where the adapter runs the tensor-core attention
-    /// kernels, which read f16 only; f32 elsewhere).
+    /// KV cache storage: f32, f16, or auto (f16 where the adapter runs the subgroup or tensor-core
+    /// decode kernels, which read f16 only; f32 elsewhere).
     #[arg(long, default_value = "auto")]
     pub kv: String,
     /// Context length to allocate (default: the model's max_position_embeddings).
