@@ -22,8 +22,9 @@ pub struct Case {
     pub target_workgroups: Option<u32>,
     /// 16-key tiles per subgroup step of the cooperative decode kernel; `None` takes the default.
     pub blocks: Option<u32>,
-    /// The subgroup decode kernel's (most rows per workgroup, prefetch); `None` takes the default.
-    pub subgroup: Option<(u32, bool)>,
+    /// The subgroup decode kernel's (most rows per workgroup, prefetch, invocations per
+    /// workgroup or 0 for the default); `None` takes the defaults.
+    pub subgroup: Option<(u32, bool, u32)>,
 }
 
 impl Case {
@@ -54,10 +55,13 @@ impl Case {
         if let Some(b) = self.blocks {
             split += &format!(" blocks={b}");
         }
-        if let Some((rows, prefetch)) = self.subgroup {
+        if let Some((rows, prefetch, wg)) = self.subgroup {
             split += &format!(" rows<={rows}");
             if prefetch {
                 split += " prefetch";
+            }
+            if wg > 0 {
+                split += &format!(" wg={wg}");
             }
         }
         format!(
@@ -120,10 +124,15 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
     let mut op = attention::AttentionOp::new(gpu, case.cfg)?;
     if case.target_workgroups.is_some() || case.blocks.is_some() || case.subgroup.is_some() {
         let default = attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim);
-        let (rows, prefetch) = case.subgroup.unwrap_or((default.rows, default.prefetch));
+        let (rows, prefetch, wg) = case.subgroup.unwrap_or((default.rows, default.prefetch, 0));
         let tuning = attention::DecodeTuning {
             rows,
             prefetch,
+            subgroup_workgroup_size: if wg > 0 {
+                wg
+            } else {
+                default.subgroup_workgroup_size
+            },
             target_workgroups: case.target_workgroups.unwrap_or(default.target_workgroups),
             ..default.with_shape(
                 default.workgroup_size,
@@ -241,16 +250,19 @@ pub fn subgroup_decode_cases() -> Vec<Case> {
         .map(|c| Case { kernel: k, ..c })
         .collect();
     cases.push(case(Diff, (4, 2, 256), (1, 300), true, F16, k));
+    // Single chunks written directly in DIFF V2 mode, over several merge rounds at d=128 and 256.
+    cases.push(case(Diff, (4, 2, 128), (1, 100), true, F16, k));
+    cases.push(case(Diff, (4, 2, 256), (1, 100), true, F16, k));
     cases.push(case(Standard, (8, 2, 256), (2, 100), true, F16, k));
     let mut one = case(Diff, (8, 2, 64), (1, 3000), true, F16, k);
     one.target_workgroups = Some(1);
     cases.push(one);
-    // The other tunings: fewer rows per workgroup (the group over several), loads a step ahead.
+    // The other tunings: no loads ahead, eight rows, two rows; 64 and 256 invocations.
     let variants: Vec<Case> = cases
         .iter()
         .step_by(3)
         .flat_map(|c| {
-            [(4, false), (8, true), (2, true)].map(|t| Case {
+            [(4, false, 0), (8, true, 64), (2, true, 256)].map(|t| Case {
                 subgroup: Some(t),
                 ..c.clone()
             })

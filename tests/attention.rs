@@ -44,6 +44,22 @@ fn conformance_suite_with_fresh_inputs() {
 #[test]
 fn unavailable_fast_paths_are_refused_by_name() {
     let gpu = common::gpu();
+    // The subgroup kernel reads f16 K/V only: with f32 it is refused everywhere.
+    let f32_op =
+        attention::AttentionOp::new(&gpu, cfg(Mode::Diff, 4, 2, 64, KvDtype::F32)).unwrap();
+    let c = call(1, 256, true, 255);
+    let err = f32_op
+        .plan(&c, Kernel::DecodeSubgroup)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("subgroup decode kernel is not available"),
+        "{err}"
+    );
+    assert_ne!(
+        f32_op.plan(&c, Kernel::Auto).unwrap().kernel,
+        Kernel::DecodeSubgroup
+    );
     let cfg = cfg(Mode::Diff, 4, 2, 64, KvDtype::F16);
     let op = attention::AttentionOp::new(&gpu, cfg).unwrap();
     for (kernel, n) in [(Kernel::DecodeCoop, 1), (Kernel::FlashCoop, 64)] {
@@ -391,7 +407,8 @@ fn non_finite_outputs_are_errors() {
 #[test]
 fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
     let gpu = common::gpu();
-    let cfg = cfg(Mode::Diff, 8, 2, 64, KvDtype::F16);
+    // A DIFF V2 group of 4: one workgroup per group, so a short cache is written directly.
+    let cfg = cfg(Mode::Diff, 4, 2, 64, KvDtype::F16);
     let mut op = attention::AttentionOp::new(&gpu, cfg).unwrap();
     if !op.paths().contains(&Kernel::DecodeSubgroup) {
         eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
@@ -410,7 +427,8 @@ fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
         assert_eq!(plan.kernel, Kernel::DecodeSubgroup, "S={seq}");
         assert_eq!(plan.chunk_len, shape.block_keys(), "S={seq}");
         assert_eq!(plan.heads_per_wg, shape.rows, "S={seq}");
-        assert!(!plan.direct || plan.n_chunks == 1, "S={seq}");
+        assert_eq!(plan.direct, seq <= tuning.direct_max_keys, "S={seq}");
+        assert_eq!(plan.n_chunks > 1, seq > tuning.direct_max_keys, "S={seq}");
         let case = Case {
             cfg,
             call: c,

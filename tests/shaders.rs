@@ -7,7 +7,8 @@ use diffattn::gpu::shader::{Const, INCLUDES, LIBRARIES, composed, specialise};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-/// Native fast paths (cooperative matrices: Vulkan and Metal only) say so in their first lines.
+/// Native fast paths: cooperative matrices (Vulkan and Metal only), or the subgroup id (not in
+/// WebGPU's WGSL); checked for SPIR-V and MSL.
 fn is_native_only(source: &str) -> bool {
     source.contains("enable wgpu_cooperative_matrix;") || source.contains("@builtin(subgroup_id)")
 }
@@ -235,14 +236,19 @@ fn subgroup_decode_specialisations_translate() {
             for wg in [64u32, 128, 256] {
                 let fit = (4096 / (wg / lanes * d)).clamp(1, rows);
                 let merge_rows = 1u32 << (31 - fit.leading_zeros());
-                let consts = [
-                    ("HEAD_DIM", Const::U32(d)),
-                    ("WG", Const::U32(wg)),
-                    ("R", Const::U32(rows)),
-                    ("MERGE_ROWS", Const::U32(merge_rows)),
-                ];
-                let s = specialise("decode_subgroup", src, &consts).unwrap();
-                translate_native(&format!("decode_subgroup d={d} R={rows} wg={wg}"), &s);
+                for prefetch in [false, true] {
+                    let consts = [
+                        ("HEAD_DIM", Const::U32(d)),
+                        ("WG", Const::U32(wg)),
+                        ("R", Const::U32(rows)),
+                        ("MERGE_ROWS", Const::U32(merge_rows)),
+                        ("PREFETCH", Const::Bool(prefetch)),
+                    ];
+                    let s = specialise("decode_subgroup", src, &consts).unwrap();
+                    let name =
+                        format!("decode_subgroup d={d} R={rows} wg={wg} prefetch={prefetch}");
+                    translate_native(&name, &s);
+                }
             }
         }
     }

@@ -21,11 +21,18 @@ pub use types::*;
 /// 2,556 tok/s and prefilled a 454-token prompt in 3.1 against 7.4 ms), f32 elsewhere (CPU
 /// adapters, the browser without subgroups), where f16 halves the memory but the portable kernels
 /// widen every element.
+///
+/// It is chosen before a model is loaded, so it asks about a layer of head dim 64 (the shipped
+/// model's and SmolLM2's); a model whose head dim the subgroup kernel does not take on this adapter
+/// may get f16 K/V on the portable kernel (correct, and slower than f32 there).
 pub fn fastest_kv_dtype(gpu: &Gpu) -> KvDtype {
-    let subgroup_kernel = gpu.has_subgroups()
-        && gpu.has_subgroup_barrier()
-        && gpu.info.subgroup_min_size >= 4
-        && gpu.info.device_type != wgpu::DeviceType::Cpu;
+    let probe = AttentionConfig {
+        kv_dtype: KvDtype::F16,
+        ..AttentionConfig::new(Mode::Diff, 4, 2, 64)
+    };
+    let tuning = DecodeTuning::for_layer(&gpu.info, 64);
+    let subgroup_kernel = gpu.info.device_type != wgpu::DeviceType::Cpu
+        && subgroup_decode_shape(gpu, &probe, &tuning).is_ok();
     if subgroup_kernel || (gpu.coop_f16 && decode_coop_subgroups(gpu.fixed_subgroup_size())) {
         KvDtype::F16
     } else {
@@ -65,14 +72,17 @@ const SUBGROUP_MAX_ROWS: u32 = 8;
 /// Query rows per workgroup of the subgroup decode kernel by default: four. Measured on the H200
 /// (2026-12-04, f16 K/V, K/V loaded a step ahead): a DIFF V2 group of 8 in two workgroups of 4
 /// rows (each reading the group's K/V, the second mostly from L2) took 119.7 against 166.0 us at
-/// h=32 h_kv=8 d=128 S=65536 and 59.5 against 114.8 at d=64: eight rows hold 128 f32 registers of
-/// queries and outputs per lane, which halves the warps an SM keeps in flight.
+/// h=32 h_kv=8 d=128 S=65536 with 256 invocations (the default there; at 128 invocations eight
+/// rows were 5% faster, 142.0 against 149.4) and 59.5 against 114.8 at d=64 with 256: eight rows
+/// hold 128 f32 registers of queries and outputs per lane, which halves the warps an SM keeps in
+/// flight. Eight rows at d=64 with 128 invocations (its default) were not measured.
 const SUBGROUP_ROWS: u32 = 4;
 /// Invocations per workgroup of the subgroup decode kernel by default, by head dim: measured on the
-/// H200 (same runs), 256 beat 128 at d=128 for S >= 16384 (DIFF V2 119.7 against 149.4 us at
-/// S=65536) and lost below (25.1 against 28.1 us at S=4096); at d=64, 128 beat 256 for S <= 16384
-/// (21.4 against 28.4 us at 4096) and lost at 65536 (67.8 against 59.5). The longer caches decide
-/// at d=128, the shorter ones (small models) at d=64.
+/// H200 (same runs), 256 beat 128 at d=128 for DIFF V2 at S >= 16384 (119.7 against 149.4 us at
+/// S=65536; 50.2 against 53.9 at 16384) and for standard at 65536 (85.6 against 92.8), and lost
+/// below (DIFF V2 25.1 against 28.1 us at S=4096); at d=64, 128 beat 256 for S <= 16384 (21.4
+/// against 28.4 us at 4096) and lost at 65536 (67.8 against 59.5). The longer caches decide at
+/// d=128, the shorter ones (small models) at d=64.
 fn subgroup_workgroup_size(head_dim: u32) -> u32 {
     if head_dim > 64 { 256 } else { 128 }
 }
@@ -140,7 +150,7 @@ pub struct Plan {
     pub groups: [u32; 3],
 }
 
-/// How the cooperative-matrix decode kernel cuts the cache: how many workgroups a call aims to
+/// How the split-KV decode kernels (cooperative-matrix and subgroup) cut the cache: how many workgroups a call aims to
 /// spread over (the split count follows from it), how wide a workgroup is (each of its 32-wide
 /// subgroups takes one 16-key block of a sub-chunk), and up to which cache length one workgroup per
 /// head group takes the whole cache and writes the output itself (no merge pass). WebGPU does not
@@ -157,11 +167,14 @@ pub struct DecodeTuning {
     pub direct_max_keys: u32,
     /// 16-key tiles a subgroup takes per step of its online softmax: 1 or 2.
     pub blocks: u32,
-    /// Whether `Auto` decodes with the serial kernel (decode_serial.wgsl) where there is no
-    /// cooperative one: on CPU adapters, which pay a context switch per barrier.
+    /// Whether `Auto` decodes with the serial kernel (decode_serial.wgsl) in place of the
+    /// subgroup and portable ones where there is no cooperative one: on CPU adapters, which pay a
+    /// context switch per barrier.
     pub serial: bool,
     /// Query rows per workgroup of the subgroup decode kernel at most: 1, 2, 4 or 8 (a GQA group
-    /// of more takes several workgroups, each reading the group's K/V); 0 means 8.
+    /// of more takes several workgroups, each reading the group's K/V); 0 means 8. The kernel
+    /// takes at least head_dim / 32 rows (at most four keys per lane group and step), so a smaller
+    /// value is raised to that.
     pub rows: u32,
     /// Whether the subgroup decode kernel loads each step's K/V one step ahead.
     pub prefetch: bool,
@@ -243,6 +256,15 @@ impl SubgroupShape {
     }
 }
 
+/// Head dims the subgroup decode kernel takes: one 16-byte word of a K/V row per lane.
+const SUBGROUP_HEAD_DIMS: [u32; 4] = [32, 64, 128, 256];
+
+/// Whether subgroups of `min..=max` lanes hold a lane group of the subgroup decode kernel for
+/// `head_dim` (head_dim / 8 lanes, within the smallest subgroup).
+fn subgroup_decode_fits(min: u32, max: u32, head_dim: u32) -> bool {
+    SUBGROUP_HEAD_DIMS.contains(&head_dim) && head_dim / 8 <= min && max.is_power_of_two()
+}
+
 /// The subgroup decode kernel's layout for a layer on an adapter, or why it cannot serve it.
 pub fn subgroup_decode_shape(
     gpu: &Gpu,
@@ -259,14 +281,14 @@ pub fn subgroup_decode_shape(
     }
     // One 16-byte word (8 dims) per lane of a row.
     let lanes = cfg.head_dim / 8;
-    if !cfg.head_dim.is_multiple_of(8) || ![4, 8, 16, 32].contains(&lanes) {
+    if !SUBGROUP_HEAD_DIMS.contains(&cfg.head_dim) {
         return Err(format!(
             "head_dim {} (the subgroup decode kernel takes 32, 64, 128 or 256)",
             cfg.head_dim
         ));
     }
     let (lo, hi) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
-    if lo < lanes || !hi.is_power_of_two() {
+    if !subgroup_decode_fits(lo, hi, cfg.head_dim) {
         return Err(format!(
             "subgroups of {lo}..{hi} lanes (head_dim {} needs at least {lanes})",
             cfg.head_dim
@@ -289,14 +311,14 @@ pub fn subgroup_decode_shape(
         .next_power_of_two()
         .min(max_rows)
         .clamp(lanes / 4, lanes.min(SUBGROUP_MAX_ROWS));
-    let slots = wg / lanes;
-    let fit = (SUBGROUP_MERGE_BYTES / 4 / (slots * cfg.head_dim)).clamp(1, rows);
-    let shape = SubgroupShape {
+    let mut shape = SubgroupShape {
         lanes,
         rows,
         workgroup_size: wg,
-        merge_rows: 1 << (31 - fit.leading_zeros()),
+        merge_rows: 1,
     };
+    let fit = (SUBGROUP_MERGE_BYTES / 4 / (shape.slots() * cfg.head_dim)).clamp(1, rows);
+    shape.merge_rows = 1 << (31 - fit.leading_zeros());
     match workgroup_memory_unavailable(gpu, shape.workgroup_bytes(cfg.head_dim)) {
         Some(why) => Err(why),
         None => Ok(shape),
@@ -320,11 +342,14 @@ fn plan_subgroup(
         .target_workgroups
         .div_ceil(per_chunk.max(1))
         .clamp(1, blocks);
-    if call.seq_len <= tuning.direct_max_keys {
+    let pairs = cfg.mode == Mode::Standard || (group.is_multiple_of(2) && shape.merge_rows >= 2);
+    let can_write = head_splits == 1 && pairs;
+    // A short cache in one chunk saves the merge pass, which only pays where the chunk writes the
+    // output itself.
+    if can_write && call.seq_len <= tuning.direct_max_keys {
         n_chunks = 1;
     }
-    let pairs = cfg.mode == Mode::Standard || (group.is_multiple_of(2) && shape.merge_rows >= 2);
-    let direct = n_chunks == 1 && head_splits == 1 && pairs;
+    let direct = n_chunks == 1 && can_write;
     Plan {
         kernel: Kernel::DecodeSubgroup,
         n_chunks,
@@ -347,15 +372,24 @@ fn coop_chunks(seq_len: u32, workgroups_per_chunk: u32, tuning: &DecodeTuning) -
         .clamp(1, subs)
 }
 
-/// The dispatch plan of a resolved kernel (never `Auto`; see [`AttentionOp::plan`]).
+/// The dispatch plan of a resolved kernel (never `Auto`; see [`AttentionOp::plan`]), with the
+/// subgroup kernel's layout where it has one. Every kernel has its own arm, so that a new kernel
+/// cannot fall into another's plan.
 fn plan_resolved(
     cfg: &AttentionConfig,
     call: &AttentionCall,
     kernel: Kernel,
     tuning: &DecodeTuning,
+    subgroup: Option<&SubgroupShape>,
 ) -> Plan {
     let group = cfg.group();
     match kernel {
+        Kernel::DecodeSubgroup => plan_subgroup(
+            cfg,
+            call,
+            subgroup.expect("the subgroup kernel's plan needs its layout"),
+            tuning,
+        ),
         Kernel::Decode => {
             let heads_per_wg = group.min(DECODE_MAX_HEADS_PER_WG);
             let head_splits = group.div_ceil(heads_per_wg);
@@ -425,7 +459,7 @@ fn plan_resolved(
             direct: false,
             groups: [call.n_queries.div_ceil(COOP_PREFILL_ROWS), cfg.q_heads(), 1],
         },
-        _ => {
+        Kernel::Flash | Kernel::Auto => {
             let heads_per_wg = group.min(FLASH_WG);
             let head_splits = group.div_ceil(heads_per_wg);
             let rows_per_wg = FLASH_WG / heads_per_wg;
@@ -499,8 +533,13 @@ pub fn adapter_paths(a: &crate::gpu::AdapterSummary) -> Vec<&'static str> {
     let fixed = (a.subgroups && lo == hi && lo > 0).then_some(lo);
     let coop = a.coop_f16_16x16 && a.shader_f16;
     let mut paths = vec![];
-    if a.subgroups && lo >= 4 {
-        paths.push("decode-subgroup (subgroup shuffles, f16 K/V)");
+    if a.subgroups && a.subgroup_barrier && subgroup_decode_fits(lo, hi, 64) {
+        // The CLI's probe layer (d=64); larger head dims need wider subgroups.
+        paths.push(if subgroup_decode_fits(lo, hi, 128) {
+            "decode-subgroup (subgroup shuffles, f16 K/V, head dims 32-128)"
+        } else {
+            "decode-subgroup (subgroup shuffles, f16 K/V, head dims 32-64)"
+        });
     }
     if coop && decode_coop_subgroups(fixed) {
         paths.push("decode-coop (tensor cores, f16 K/V)");
@@ -699,7 +738,7 @@ impl AttentionOp {
         Ok(())
     }
 
-    /// Changes how the cooperative decode kernel cuts the cache (benchmarks and tuning); an invalid
+    /// Changes how the fast decode kernels cut the cache (benchmarks and tuning); an invalid
     /// sub-chunk size is refused with the reason.
     pub fn set_decode_tuning(&mut self, gpu: &Gpu, tuning: DecodeTuning) -> Result<()> {
         if self.decode_coop.is_some()
@@ -774,15 +813,12 @@ impl AttentionOp {
                         .into(),
                 ));
             }
-            Kernel::DecodeSubgroup => {
-                let (_, shape) = self.decode_subgroup.as_ref().ok_or_else(|| {
-                    Error::Unsupported(
-                        "the subgroup decode kernel is not available for this layer on this \
-                         adapter (see `diffattn adapters`)"
-                            .into(),
-                    )
-                })?;
-                return Ok(plan_subgroup(&self.cfg, call, shape, &self.tuning));
+            Kernel::DecodeSubgroup if self.decode_subgroup.is_none() => {
+                return Err(Error::Unsupported(
+                    "the subgroup decode kernel is not available for this layer on this adapter \
+                     (see `diffattn adapters`)"
+                        .into(),
+                ));
             }
             Kernel::DecodeCoop if self.decode_coop.is_none() => {
                 return Err(Error::Unsupported(
@@ -793,12 +829,14 @@ impl AttentionOp {
             }
             k => k,
         };
-        if kernel == Kernel::DecodeSubgroup
-            && let Some((_, shape)) = &self.decode_subgroup
-        {
-            return Ok(plan_subgroup(&self.cfg, call, shape, &self.tuning));
-        }
-        Ok(plan_resolved(&self.cfg, call, kernel, &self.tuning))
+        let subgroup = self.decode_subgroup.as_ref().map(|(_, shape)| shape);
+        Ok(plan_resolved(
+            &self.cfg,
+            call,
+            kernel,
+            &self.tuning,
+            subgroup,
+        ))
     }
 
     pub fn config(&self) -> &AttentionConfig {
@@ -938,7 +976,7 @@ impl AttentionOp {
             .map(|k| {
                 let p = self.first_pipeline(k);
                 let mut list = vec![uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml];
-                // The cooperative decode kernel writes the output itself on a single chunk.
+                // The fast decode kernels write the output themselves on a single chunk.
                 if matches!(k, Kernel::DecodeCoop | Kernel::DecodeSubgroup) {
                     list.extend([lam, bufs.out]);
                 }
@@ -1167,7 +1205,7 @@ mod tests {
                 causal: true,
                 past_len: seq_len - 1,
             };
-            plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024))
+            plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024), None)
         };
         let short = plan_for(Mode::Diff, 6, 2, 256);
         assert!(short.direct);
@@ -1176,6 +1214,44 @@ mod tests {
         assert!(plan_for(Mode::Standard, 3, 1, 100).direct);
         // More than 16 query heads per KV head take two workgroups per group.
         assert!(!plan_for(Mode::Diff, 16, 1, 100).direct);
+    }
+
+    #[test]
+    fn subgroup_plan_writes_directly_only_where_one_workgroup_holds_the_pairs() {
+        let shape = SubgroupShape {
+            lanes: 8,
+            rows: 4,
+            workgroup_size: 128,
+            merge_rows: 4,
+        };
+        let call = |seq_len| AttentionCall {
+            n_queries: 1,
+            seq_len,
+            causal: true,
+            past_len: seq_len - 1,
+        };
+        // DIFF V2 group of 4 (h=4, h_kv=2): one workgroup per group.
+        let small = AttentionConfig::new(Mode::Diff, 4, 2, 64);
+        let p = plan_subgroup(&small, &call(200), &shape, &tuning(1024));
+        assert!(p.direct && p.n_chunks == 1, "{p:?}");
+        assert_eq!(p.groups, [2, 1, 1]);
+        let p = plan_subgroup(&small, &call(5000), &shape, &tuning(1024));
+        assert!(!p.direct && p.n_chunks == 157, "{p:?}");
+        assert_eq!((p.chunk_len, p.heads_per_wg), (32, 4));
+        // A group of 8 over two workgroups: a short cache still takes several chunks (the merge
+        // pass runs anyway), and never writes the output itself.
+        let wide = AttentionConfig::new(Mode::Diff, 8, 2, 64);
+        let p = plan_subgroup(&wide, &call(200), &shape, &tuning(1024));
+        assert!(!p.direct && p.n_chunks == 7, "{p:?}");
+        assert_eq!((p.head_splits, p.groups), (2, [4, 7, 1]));
+        // DIFF V2 pairs need two rows per merge round.
+        let one_row = SubgroupShape {
+            merge_rows: 1,
+            ..shape
+        };
+        assert!(!plan_subgroup(&small, &call(200), &one_row, &tuning(1024)).direct);
+        let std = AttentionConfig::new(Mode::Standard, 4, 2, 64);
+        assert!(plan_subgroup(&std, &call(200), &one_row, &tuning(1024)).direct);
     }
 
     #[test]
@@ -1190,7 +1266,7 @@ mod tests {
             causal: true,
             past_len: 65535,
         };
-        let plan = plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024));
+        let plan = plan_resolved(&cfg, &call, Kernel::DecodeCoop, &tuning(1024), None);
         assert_eq!(plan.heads_per_wg, 8);
         assert_eq!(plan.groups, [8, 128, 1]);
         assert_eq!(plan.n_chunks, 128);

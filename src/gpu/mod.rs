@@ -63,6 +63,8 @@ pub struct AdapterSummary {
     pub driver_info: String,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// `subgroupBarrier()`: a native backend's subgroups (Vulkan, Metal).
+    pub subgroup_barrier: bool,
     pub subgroup_sizes: (u32, u32),
     pub timestamps: bool,
     pub cooperative_matrix: bool,
@@ -90,6 +92,7 @@ impl AdapterSummary {
             driver_info: info.driver_info.clone(),
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
+            subgroup_barrier: f.contains(wgpu::Features::SUBGROUP_BARRIER),
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             cooperative_matrix: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
