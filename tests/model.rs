@@ -3,7 +3,7 @@
 
 mod common;
 
-use diffattn::attention::KvDtype;
+use diffattn::attention::{self, AttentionConfig, DecodeTuning, Kernel, KvDtype, Mode};
 use diffattn::model::files::ModelSource;
 use diffattn::model::random::RandomModel;
 use diffattn::model::{Engine, EngineOptions, WeightDtype};
@@ -73,8 +73,37 @@ fn prefill_and_decode_with(
         matvec_rows: None,
         fold_norm,
         fuse_swiglu: fold_norm,
+        // The GPU kernel family decodes attention as a GPU does: with f16 K/V on lavapipe that is
+        // the subgroup kernel (asserted below).
+        serial_attention: gpu_kernels.map(|g| !g),
     };
     let (mut engine, reference) = engine(&gpu, &m, opts);
+    if gpu_kernels == Some(true) && kv_dtype == KvDtype::F16 {
+        let probe = AttentionConfig {
+            kv_dtype,
+            ..AttentionConfig::new(
+                if attention == "diff_v2" {
+                    Mode::Diff
+                } else {
+                    Mode::Standard
+                },
+                m.config().num_attention_heads,
+                m.config().num_key_value_heads,
+                m.config().head_dim,
+            )
+        };
+        let tuning = DecodeTuning {
+            serial: false,
+            ..DecodeTuning::for_layer(&gpu.info, probe.head_dim)
+        };
+        if attention::subgroup_decode_shape(&gpu, &probe, &tuning).is_ok() {
+            assert!(
+                engine.attention_paths().contains(&Kernel::DecodeSubgroup),
+                "{:?}",
+                engine.attention_paths()
+            );
+        }
+    }
     let prompt: Vec<u32> = (0..17)
         .map(|i| (i * 37 + seed as u32 % 100) % m.vocab_size)
         .collect();

@@ -18,7 +18,7 @@ use super::plan::{
     Plan, READBACK_BYTES, SAMPLED_BYTES, SampleParams, TopParams, Tuning,
 };
 use super::weights::HostWeights;
-use crate::attention::{AttentionCall, KvDtype};
+use crate::attention::{AttentionCall, Kernel, KvDtype};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::gpu::readback::map_read;
@@ -62,6 +62,11 @@ pub struct EngineOptions {
     /// interleaved gate/up pairs): one dispatch fewer per layer. `None` fuses wherever the pairs
     /// fit the kernel (at most 32 lanes per row, or an even `matvec_rows`).
     pub fuse_swiglu: Option<bool>,
+    /// Decode attention with the barrier-free serial kernel where no tensor-core one runs.
+    /// `None` picks by adapter: serial on CPU adapters, where each barrier is a context switch;
+    /// `Some(false)` there runs what a GPU runs (the subgroup kernel for f16 K/V where the
+    /// adapter's subgroups take the layer, else the portable one).
+    pub serial_attention: Option<bool>,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +81,7 @@ impl Default for EngineOptions {
             coop_gemm: None,
             fold_norm: None,
             fuse_swiglu: None,
+            serial_attention: None,
         }
     }
 }
@@ -128,6 +134,7 @@ impl EngineOptions {
             coop_gemm,
             fold_norm: self.fold_norm.unwrap_or(!cpu),
             fuse_swiglu: self.fuse_swiglu.unwrap_or(true),
+            serial_attention: self.serial_attention,
         })
     }
 }
@@ -239,6 +246,12 @@ impl Engine {
     /// f32.
     pub fn weight_bytes(&self) -> u64 {
         self.plan.weight_bytes()
+    }
+
+    /// The attention kernels the layers' op can run here, fastest first (what `Auto` picks
+    /// from; the op's own choice on CPU adapters aside, see `EngineOptions::serial_attention`).
+    pub fn attention_paths(&self) -> Vec<Kernel> {
+        self.plan.attention.paths()
     }
 
     pub fn config(&self) -> &Config {

@@ -10,8 +10,8 @@ use super::cache::KvCache;
 use super::config::Config;
 use super::weights::{HostWeights, WeightDtype};
 use crate::attention::{
-    AttentionBinding, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, Kernel,
-    KvDtype, Mode, grid_2d,
+    AttentionBinding, AttentionBuffers, AttentionCall, AttentionConfig, AttentionOp, DecodeTuning,
+    Kernel, KvDtype, Mode, grid_2d,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Const, Gpu, ShaderSpec, UniformArena};
@@ -163,6 +163,8 @@ pub struct Tuning {
     /// Apply SwiGLU in the one-token gate/up product (needs its row pairs in one workgroup:
     /// `lanes` <= 32, or an even `serial_rows`).
     pub fuse_swiglu: bool,
+    /// Decode attention on the serial kernel (`None`: the attention op's own choice by adapter).
+    pub serial_attention: Option<bool>,
 }
 
 impl Tuning {
@@ -1119,6 +1121,10 @@ impl Plan {
         let mut att_cfg = AttentionConfig::new(cfg.mode(), heads, cfg.num_key_value_heads, hd);
         att_cfg.kv_dtype = kv_dtype;
         let mut attention = AttentionOp::new(gpu, att_cfg)?;
+        if let Some(serial) = tuning.serial_attention {
+            let default = DecodeTuning::for_layer(&gpu.info, hd);
+            attention.set_decode_tuning(gpu, DecodeTuning { serial, ..default })?;
+        }
         attention.reserve(gpu, bufs.chunk, bufs.cache.context())?;
 
         let kv_f16 = vec![("KV_F16", Const::Bool(kv_dtype == KvDtype::F16))];
