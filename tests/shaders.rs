@@ -234,8 +234,7 @@ fn subgroup_decode_specialisations_translate() {
             .filter(|&r| r >= lanes / 4 && r <= lanes)
         {
             for wg in [64u32, 128, 256] {
-                let fit = (4096 / (wg / lanes * d)).clamp(1, rows);
-                let merge_rows = 1u32 << (31 - fit.leading_zeros());
+                let merge_rows = diffattn::attention::SubgroupShape::new(d, rows, wg).merge_rows;
                 for prefetch in [false, true] {
                     let consts = [
                         ("HEAD_DIM", Const::U32(d)),

@@ -240,6 +240,20 @@ pub struct SubgroupShape {
 }
 
 impl SubgroupShape {
+    /// The layout for a head dim (d/8 lanes per row), rows per workgroup and workgroup size: the
+    /// merge takes as many rows per round as fit its workgroup memory, a power of two.
+    pub fn new(head_dim: u32, rows: u32, workgroup_size: u32) -> Self {
+        let lanes = head_dim / 8;
+        let slots = workgroup_size / lanes;
+        let fit = (SUBGROUP_MERGE_BYTES / 4 / (slots * head_dim)).clamp(1, rows);
+        Self {
+            lanes,
+            rows,
+            workgroup_size,
+            merge_rows: 1 << (31 - fit.leading_zeros()),
+        }
+    }
+
     /// Keys one workgroup takes per step: every lane group takes `lanes / rows` keys.
     pub fn block_keys(&self) -> u32 {
         self.workgroup_size / self.rows
@@ -311,14 +325,7 @@ pub fn subgroup_decode_shape(
         .next_power_of_two()
         .min(max_rows)
         .clamp(lanes / 4, lanes.min(SUBGROUP_MAX_ROWS));
-    let mut shape = SubgroupShape {
-        lanes,
-        rows,
-        workgroup_size: wg,
-        merge_rows: 1,
-    };
-    let fit = (SUBGROUP_MERGE_BYTES / 4 / (shape.slots() * cfg.head_dim)).clamp(1, rows);
-    shape.merge_rows = 1 << (31 - fit.leading_zeros());
+    let shape = SubgroupShape::new(cfg.head_dim, rows, wg);
     match workgroup_memory_unavailable(gpu, shape.workgroup_bytes(cfg.head_dim)) {
         Some(why) => Err(why),
         None => Ok(shape),
