@@ -131,7 +131,7 @@ var<private> v0: vec4<u32>;
 var<private> v1: vec4<u32>;
 var<private> v2: vec4<u32>;
 var<private> v3: vec4<u32>;
-// With PREFETCH: the next step's words.
+// The next step's words (loaded into these, then taken).
 var<private> kn0: vec4<u32>;
 var<private> kn1: vec4<u32>;
 var<private> kn2: vec4<u32>;
@@ -229,18 +229,7 @@ fn v_of(kk: u32) -> vec4<u32> {
     }
 }
 
-// Loads this lane's K and V words of key slot kk (clamped to the last visible key).
-fn load_kv(kk: u32, key: u32, last: u32, row_words: u32, head_word: u32) {
-    let at = min(key, last) * row_words + head_word;
-    switch kk {
-        case 0u: { k0 = k[at]; v0 = v[at]; }
-        case 1u: { k1 = k[at]; v1 = v[at]; }
-        case 2u: { k2 = k[at]; v2 = v[at]; }
-        default: { k3 = k[at]; v3 = v[at]; }
-    }
-}
-
-// Loads key slot kk of a step into the next-step words.
+// Loads key slot kk of a step into the next-step words (clamped to the last visible key).
 fn load_next(kk: u32, key: u32, last: u32, row_words: u32, head_word: u32) {
     let at = min(key, last) * row_words + head_word;
     switch kk {
@@ -251,23 +240,15 @@ fn load_next(kk: u32, key: u32, last: u32, row_words: u32, head_word: u32) {
     }
 }
 
-// This lane's words of the step whose first key (of this lane group) is key0: now, or into the
-// next-step words.
-fn load_step(key0: u32, last: u32, row_words: u32, head_word: u32, ahead: bool) {
-    if ahead {
-        load_next(0u, key0, last, row_words, head_word);
-        if KPG > 1u { load_next(1u, key0 + 1u, last, row_words, head_word); }
-        if KPG > 2u {
-            load_next(2u, key0 + 2u, last, row_words, head_word);
-            load_next(3u, key0 + 3u, last, row_words, head_word);
-        }
-        return;
-    }
-    load_kv(0u, key0, last, row_words, head_word);
-    if KPG > 1u { load_kv(1u, key0 + 1u, last, row_words, head_word); }
+// Loads this lane's words of the step whose first key (of this lane group) is key0 into the
+// next-step words; `take_next` makes them the current ones (at once, or a step later with
+// PREFETCH).
+fn load_step(key0: u32, last: u32, row_words: u32, head_word: u32) {
+    load_next(0u, key0, last, row_words, head_word);
+    if KPG > 1u { load_next(1u, key0 + 1u, last, row_words, head_word); }
     if KPG > 2u {
-        load_kv(2u, key0 + 2u, last, row_words, head_word);
-        load_kv(3u, key0 + 3u, last, row_words, head_word);
+        load_next(2u, key0 + 2u, last, row_words, head_word);
+        load_next(3u, key0 + 3u, last, row_words, head_word);
     }
 }
 
@@ -465,7 +446,7 @@ fn main(
     let head_word = kv_head * L + r;
 
     if PREFETCH {
-        load_step(chunk * KPW + slot * KPG, last, row_words, head_word, true);
+        load_step(chunk * KPW + slot * KPG, last, row_words, head_word);
     }
     for (var b = chunk; b < n_blocks; b += p.n_chunks) {
         let key0 = b * KPW + slot * KPG;
@@ -473,9 +454,10 @@ fn main(
         // past the end they read the last visible key again).
         if PREFETCH {
             take_next();
-            load_step(key0 + p.n_chunks * KPW, last, row_words, head_word, true);
+            load_step(key0 + p.n_chunks * KPW, last, row_words, head_word);
         } else {
-            load_step(key0, last, row_words, head_word, false);
+            load_step(key0, last, row_words, head_word);
+            take_next();
         }
         // 2. The whole score of this lane's item.
         let valid = key0 + my_key < visible_end;
