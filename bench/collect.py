@@ -173,6 +173,14 @@ def build_rows(ours, torch_rows):
                              tbw.get("read_gb_s") if tbw else None))
         rows.append(make_row("copy bandwidth", "GB/s", bw.get("copy_gb_s") if bw else None,
                              "pytorch copy_", tbw.get("copy_gb_s") if tbw else None))
+        # The floor of a short call: one tiny dispatch, and two dependent ones (first pass and
+        # merge), against one and two tiny CUDA kernels.
+        for key, work, base in (("one_dispatch_us", "one tiny dispatch", "pytorch one tiny kernel"),
+                                ("two_dispatches_us", "two dependent tiny dispatches",
+                                 "pytorch two tiny kernels")):
+            if (bw and key in bw) or (tbw and key in tbw):
+                rows.append(make_row(work, "us", bw.get(key) if bw else None, base,
+                                     tbw.get(key) if tbw else None))
 
     for mode in ("decode", "prefill"):
         mine = [r for r in unique if r.get("mode") == mode]
@@ -396,7 +404,8 @@ def self_test():
             json.dumps({"no_bench": 1}),
             json.dumps({"bench": "adapter", "name": "Fake GPU X", "driver": "fake"}),
             json.dumps({"bench": "bandwidth", "read_gb_s": 4000.0, "copy_gb_s": 3000.0,
-                        "bytes": 1 << 30, "adapter": "Fake GPU X"}),
+                        "bytes": 1 << 30, "adapter": "Fake GPU X", "one_dispatch_us": 4.0,
+                        "two_dispatches_us": 6.0}),
             json.dumps(_att("diff", 65536, 100.0, kv_dtype="f16", kv_bytes=kvb, rotate=1)),
             json.dumps(_att("standard", 65536, 95.0, kv_dtype="f16", kv_bytes=kvb)),
             json.dumps(_att("diff", 16384, 80.0, kv_dtype="f32")),  # no torch row, no kv_bytes
@@ -421,7 +430,7 @@ def self_test():
             json.dumps({"bench": "env", "gpu": "NVIDIA H200 (fake)", "driver": "999.1",
                         "torch": "2.11", "cuda": "12.9"}),
             json.dumps({"bench": "bandwidth", "impl": "pytorch", "read_gb_s": 4400.0,
-                        "copy_gb_s": 3600.0}),
+                        "copy_gb_s": 3600.0, "one_dispatch_us": 2.0, "two_dispatches_us": 3.0}),
             json.dumps(_att("diff", 65536, 150.0, impl="pytorch", dtype="fp16")),
             json.dumps(_att("standard", 65536, 76.0, impl="pytorch", dtype="fp16")),
             json.dumps(_att("diff", 4096, 40000.0, mode="prefill", impl="pytorch",
@@ -461,6 +470,9 @@ def self_test():
 
         r = rows["read bandwidth"]
         assert r["unit"] == "GB/s" and r["baseline"] == "pytorch sum" and close(r["ratio"], 4000 / 4400)
+        r = rows["two dependent tiny dispatches"]
+        assert r["unit"] == "us" and r["baseline"] == "pytorch two tiny kernels"
+        assert r["diffattn"] == 6.0 and close(r["ratio"], 0.5), r
         r = rows["decode diff h=32 h_kv=8 d=128 S=65536 f16"]
         assert r["baseline"] == "pytorch fp16 sdpa+diff" and r["baseline_value"] == 150.0
         assert close(r["ratio"], 1.5), r  # time: torch / ours, above 1 = diffattn wins

@@ -128,12 +128,19 @@ def bandwidth_line(repeats):
     copy_us = time_calls(lambda i: dst.copy_(src), WARMUP, repeats)
     del src, dst
     torch.cuda.empty_cache()
+    # The fixed cost of a kernel: one tiny in-place add, and two in a row (a short attention
+    # call's floor, as our bench measures it for one compute pass of one and two dispatches).
+    tiny = torch.zeros(1024, device="cuda", dtype=torch.float32)
+    one_us = time_calls(lambda i: tiny.add_(1.0), WARMUP, repeats)
+    two_us = time_calls(lambda i: tiny.add_(1.0).add_(1.0), WARMUP, repeats)
     return {
         "bench": "bandwidth",
         "impl": "pytorch",
         "read_gb_s": GIB / (read_us * 1e-6) / 1e9,
         "copy_gb_s": 2 * GIB / (copy_us * 1e-6) / 1e9,
         "bytes": GIB,
+        "one_dispatch_us": one_us,
+        "two_dispatches_us": two_us,
     }
 
 

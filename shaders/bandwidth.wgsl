@@ -3,7 +3,8 @@
 // bandwidth-bound kernel wants.
 //
 // read_sum reads every element once and writes one sum per invocation (so the loads cannot be
-// dropped); copy reads and writes every element once.
+// dropped); copy reads and writes every element once; touch moves one element per invocation, for
+// the fixed cost of a dispatch (what a short attention call cannot go below).
 
 const WG: u32 = 256u;
 
@@ -28,4 +29,9 @@ fn copy(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) gr
     for (var i = g.x; i < n; i += stride) {
         dst[i] = src[i];
     }
+}
+
+@compute @workgroup_size(WG)
+fn touch(@builtin(global_invocation_id) g: vec3<u32>) {
+    dst[g.x] = src[g.x] + vec4<f32>(1.0);
 }

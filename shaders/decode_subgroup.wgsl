@@ -42,8 +42,10 @@ const WG: u32 = 128u;
 const R: u32 = 8u;
 // Rows merged per round at the end (a power of two dividing R; the host sizes it to 16 KiB).
 const MERGE_ROWS: u32 = 2u;
-// Loads each step's K/V one step ahead (into the next-step words) while computing the current.
-const PREFETCH: bool = false;
+// Steps ahead that each step's K/V are loaded (0, 1 or 2): the words in flight while the current
+// step computes. Two hide more latency where a workgroup walks many steps with few workgroups
+// beside it (short caches in few chunks), for another set of K/V registers.
+const AHEAD: u32 = 0u;
 
 const L: u32 = HEAD_DIM / 8u;
 const D4: u32 = HEAD_DIM / 4u;
@@ -131,7 +133,8 @@ var<private> v0: vec4<u32>;
 var<private> v1: vec4<u32>;
 var<private> v2: vec4<u32>;
 var<private> v3: vec4<u32>;
-// The next step's words (loaded into these, then taken).
+// The next step's words (loaded into these, then taken); with AHEAD = 2, the step after's in the
+// far words (loaded into those, moved to the next-step words, then taken).
 var<private> kn0: vec4<u32>;
 var<private> kn1: vec4<u32>;
 var<private> kn2: vec4<u32>;
@@ -140,6 +143,14 @@ var<private> vn0: vec4<u32>;
 var<private> vn1: vec4<u32>;
 var<private> vn2: vec4<u32>;
 var<private> vn3: vec4<u32>;
+var<private> kf0: vec4<u32>;
+var<private> kf1: vec4<u32>;
+var<private> kf2: vec4<u32>;
+var<private> kf3: vec4<u32>;
+var<private> vf0: vec4<u32>;
+var<private> vf1: vec4<u32>;
+var<private> vf2: vec4<u32>;
+var<private> vf3: vec4<u32>;
 
 // Query row g's dims 0-3 (h = 0) or 4-7 (h = 1).
 fn q_of(g: u32, h: u32) -> vec4<f32> {
@@ -229,20 +240,32 @@ fn v_of(kk: u32) -> vec4<u32> {
     }
 }
 
-// Loads key slot kk of a step into the next-step words (clamped to the last visible key).
+// Loads key slot kk of a step into the words loads land in: the far words with AHEAD = 2, else
+// the next-step words (clamped to the last visible key).
 fn load_next(kk: u32, key: u32, last: u32, row_words: u32, head_word: u32) {
     let at = min(key, last) * row_words + head_word;
-    switch kk {
-        case 0u: { kn0 = k[at]; vn0 = v[at]; }
-        case 1u: { kn1 = k[at]; vn1 = v[at]; }
-        case 2u: { kn2 = k[at]; vn2 = v[at]; }
-        default: { kn3 = k[at]; vn3 = v[at]; }
+    let kw = k[at];
+    let vw = v[at];
+    if AHEAD > 1u {
+        switch kk {
+            case 0u: { kf0 = kw; vf0 = vw; }
+            case 1u: { kf1 = kw; vf1 = vw; }
+            case 2u: { kf2 = kw; vf2 = vw; }
+            default: { kf3 = kw; vf3 = vw; }
+        }
+    } else {
+        switch kk {
+            case 0u: { kn0 = kw; vn0 = vw; }
+            case 1u: { kn1 = kw; vn1 = vw; }
+            case 2u: { kn2 = kw; vn2 = vw; }
+            default: { kn3 = kw; vn3 = vw; }
+        }
     }
 }
 
-// Loads this lane's words of the step whose first key (of this lane group) is key0 into the
-// next-step words; `take_next` makes them the current ones (at once, or a step later with
-// PREFETCH).
+// Loads this lane's words of the step whose first key (of this lane group) is key0; each
+// `take_next` moves the loaded words one place on, so they are the current ones after AHEAD of
+// them (one with AHEAD = 0).
 fn load_step(key0: u32, last: u32, row_words: u32, head_word: u32) {
     load_next(0u, key0, last, row_words, head_word);
     if KPG > 1u { load_next(1u, key0 + 1u, last, row_words, head_word); }
@@ -261,6 +284,16 @@ fn take_next() {
     v1 = vn1;
     v2 = vn2;
     v3 = vn3;
+    if AHEAD > 1u {
+        kn0 = kf0;
+        kn1 = kf1;
+        kn2 = kf2;
+        kn3 = kf3;
+        vn0 = vf0;
+        vn1 = vf1;
+        vn2 = vf2;
+        vn3 = vf3;
+    }
 }
 
 // Eight f16 of a 16-byte word as two vec4s (h = 0: the first four).
@@ -445,16 +478,23 @@ fn main(
     let row_words = p.kv_heads * L;
     let head_word = kv_head * L + r;
 
-    if PREFETCH {
-        load_step(chunk * KPW + slot * KPG, last, row_words, head_word);
+    // The first AHEAD steps' loads (a step is p.n_chunks blocks on from the one before).
+    let stride = p.n_chunks * KPW;
+    let first = chunk * KPW + slot * KPG;
+    if AHEAD > 0u {
+        load_step(first, last, row_words, head_word);
+    }
+    if AHEAD > 1u {
+        take_next();
+        load_step(first + stride, last, row_words, head_word);
     }
     for (var b = chunk; b < n_blocks; b += p.n_chunks) {
         let key0 = b * KPW + slot * KPG;
-        // 1. Every load of the step before any arithmetic (and the next step's, with PREFETCH:
-        // past the end they read the last visible key again).
-        if PREFETCH {
+        // 1. Every load of the step before any arithmetic (and those AHEAD steps on: past the
+        // end they read the last visible key again).
+        if AHEAD > 0u {
             take_next();
-            load_step(key0 + p.n_chunks * KPW, last, row_words, head_word);
+            load_step(key0 + AHEAD * stride, last, row_words, head_word);
         } else {
             load_step(key0, last, row_words, head_word);
             take_next();

@@ -22,9 +22,9 @@ pub struct Case {
     pub target_workgroups: Option<u32>,
     /// 16-key tiles per subgroup step of the cooperative decode kernel; `None` takes the default.
     pub blocks: Option<u32>,
-    /// The subgroup decode kernel's (most rows per workgroup, prefetch, invocations per
+    /// The subgroup decode kernel's (most rows per workgroup, steps its loads run ahead, invocations per
     /// workgroup or 0 for the default); `None` takes the defaults.
-    pub subgroup: Option<(u32, bool, u32)>,
+    pub subgroup: Option<(u32, u32, u32)>,
 }
 
 impl Case {
@@ -55,10 +55,10 @@ impl Case {
         if let Some(b) = self.blocks {
             split += &format!(" blocks={b}");
         }
-        if let Some((rows, prefetch, wg)) = self.subgroup {
+        if let Some((rows, ahead, wg)) = self.subgroup {
             split += &format!(" rows<={rows}");
-            if prefetch {
-                split += " prefetch";
+            if ahead > 0 {
+                split += &format!(" ahead={ahead}");
             }
             if wg > 0 {
                 split += &format!(" wg={wg}");
@@ -124,10 +124,10 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
     let mut op = attention::AttentionOp::new(gpu, case.cfg)?;
     if case.target_workgroups.is_some() || case.blocks.is_some() || case.subgroup.is_some() {
         let default = attention::DecodeTuning::for_layer(&gpu.info, case.cfg.head_dim);
-        let (rows, prefetch, wg) = case.subgroup.unwrap_or((default.rows, default.prefetch, 0));
+        let (rows, ahead, wg) = case.subgroup.unwrap_or((default.rows, default.ahead, 0));
         let tuning = attention::DecodeTuning {
             rows,
-            prefetch,
+            ahead,
             subgroup_workgroup_size: if wg > 0 {
                 wg
             } else {
@@ -257,12 +257,13 @@ pub fn subgroup_decode_cases() -> Vec<Case> {
     let mut one = case(Diff, (8, 2, 64), (1, 3000), true, F16, k);
     one.target_workgroups = Some(1);
     cases.push(one);
-    // The other tunings: no loads ahead, eight rows, two rows; 64 and 256 invocations.
+    // The other tunings: no loads ahead, eight rows, two rows, loads two steps ahead; 64 and
+    // 256 invocations.
     let variants: Vec<Case> = cases
         .iter()
         .step_by(3)
         .flat_map(|c| {
-            [(4, false, 0), (8, true, 64), (2, true, 256)].map(|t| Case {
+            [(4, 0, 0), (8, 1, 64), (2, 1, 256), (4, 2, 0)].map(|t| Case {
                 subgroup: Some(t),
                 ..c.clone()
             })

@@ -235,17 +235,16 @@ fn subgroup_decode_specialisations_translate() {
         {
             for wg in [64u32, 128, 256] {
                 let merge_rows = diffattn::attention::SubgroupShape::new(d, rows, wg).merge_rows;
-                for prefetch in [false, true] {
+                for ahead in [0u32, 1, 2] {
                     let consts = [
                         ("HEAD_DIM", Const::U32(d)),
                         ("WG", Const::U32(wg)),
                         ("R", Const::U32(rows)),
                         ("MERGE_ROWS", Const::U32(merge_rows)),
-                        ("PREFETCH", Const::Bool(prefetch)),
+                        ("AHEAD", Const::U32(ahead)),
                     ];
                     let s = specialise("decode_subgroup", src, &consts).unwrap();
-                    let name =
-                        format!("decode_subgroup d={d} R={rows} wg={wg} prefetch={prefetch}");
+                    let name = format!("decode_subgroup d={d} R={rows} wg={wg} ahead={ahead}");
                     translate_native(&name, &s);
                 }
             }

@@ -109,6 +109,19 @@ for _k in list(SLICES):
     SLICES[_k + "a"], SLICES[_k + "b"] = SLICES[_k][:3], SLICES[_k][3:]
 
 
+def slice_runs(spec: str) -> list[str]:
+    """The runs of a slice, or of slices joined by '+' ("2b+3": one lock-step of 9 runs, so that
+    a call's tokenisation and start-up serve more training)."""
+    names = []
+    for part in spec.split("+"):
+        if part not in SLICES:
+            raise ValueError(f"unknown slice {part!r} (1-6, or a half: 1a..6b)")
+        names += SLICES[part]
+    if len(set(names)) != len(names):
+        raise ValueError(f"slices {spec!r} overlap (a half and its whole slice?)")
+    return names
+
+
 def full_sweep() -> list[str]:
     names = []
     for k, s in SLICES.items():
@@ -504,7 +517,10 @@ def cmd_train(args) -> None:
     t_start = time.time()
     if (args.slice is None) == (args.runs is None):
         sys.exit("train: give exactly one of --slice and --runs")
-    names = SLICES[args.slice] if args.slice else [s for s in args.runs.split(",") if s]
+    try:
+        names = slice_runs(args.slice) if args.slice else [s for s in args.runs.split(",") if s]
+    except ValueError as e:
+        sys.exit(f"train: {e}")
     for n in names:
         parse_run(n)
     if len(set(names)) != len(names):
@@ -1062,7 +1078,8 @@ def main(argv=None) -> None:
     t = sub.add_parser("train", help="train a slice of the sweep in lock-step")
     t.add_argument("--data", default=".traindata/stab")
     t.add_argument("--out", required=True, help="the log, a .json.xz file")
-    t.add_argument("--slice", choices=sorted(SLICES), default=None)
+    t.add_argument("--slice", default=None,
+                   help="a slice (1-6), a half (1a..6b), or several joined by '+' (e.g. 2b+3)")
     t.add_argument("--runs", default=None, help="explicit runs, e.g. diff_v2-lr4x-s0,standard-lr4x-s0")
     t.add_argument("--hidden-size", type=int, default=384)
     t.add_argument("--layers", type=int, default=6)

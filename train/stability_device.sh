@@ -4,12 +4,15 @@
 #   bash train/stability_device.sh SLICE          e.g. 1            (one H200, ~330 s)
 #   bash train/stability_device.sh 1,2,3,4,5,6                      (one slice per GPU, in parallel)
 #   bash train/stability_device.sh 1a             half a slice (3 runs), if a whole one does not fit
+#   bash train/stability_device.sh 2b+3           slices joined by '+': one lock-step on one GPU
+#                                                 (9 runs here, ~420 s: STAB_WALL=580)
 #
 # Needs, in the working tree it runs in: .traindata/src/{corpus_lit.txt.xz,corpus_docs.txt.xz,
 # SHA256SUMS} (copies of ../shared/data, carried: the machine is offline), the committed
 # tokenizer models/diffv2-small/tokenizer.json, python3 with torch, numpy and tokenizers, and
 # $OUT (the folder whose files come back). Writes $OUT/stability-slice<S>.json.xz per slice and
-# one $OUT/stdout-slices-<list>.log with the console output of all of them.
+# one $OUT/stdout-slices-<list>.log with the console output of all of them ('+' becomes '_' in
+# these names: stability-slice2b_3.json.xz).
 #
 # STAB_SAVE=RUN[,RUN] (runs of a one-slice call) also writes their f16 weights to $OUT/RUN/
 # (4 files each with the config and index; mind the 8 files that come back).
@@ -53,7 +56,10 @@ fi
 IFS=',' read -r -a LIST <<< "$SLICES"
 [ "${#LIST[@]}" -le "$NGPU" ] || fail "${#LIST[@]} slices need ${#LIST[@]} GPUs, this machine has $NGPU"
 for s in "${LIST[@]}"; do
-    case "$s" in [1-6]|[1-6][ab]) ;; *) fail "unknown slice '$s' (1-6, or a half: 1a..6b)";; esac
+    IFS='+' read -r -a PARTS <<< "$s"
+    for p in "${PARTS[@]}"; do
+        case "$p" in [1-6]|[1-6][ab]) ;; *) fail "unknown slice '$p' in '$s' (1-6, or a half: 1a..6b, joined by '+')";; esac
+    done
 done
 
 echo "== $(elapsed)s: tokenising both corpora (checksums verified)"
@@ -72,7 +78,7 @@ for i in "${!LIST[@]}"; do
     s=${LIST[$i]}
     GPU=${VISIBLE[$i]:-$i}
     CUDA_VISIBLE_DEVICES=$GPU python3 train/stability.py train --slice "$s" --data "$DATA" \
-        --out "$OUT/stability-slice$s.json.xz" --time-budget "$BUDGET" ${STAB_TRAIN_ARGS:-} \
+        --out "$OUT/stability-slice${s//+/_}.json.xz" --time-budget "$BUDGET" ${STAB_TRAIN_ARGS:-} \
         ${STAB_SAVE:+--save "$STAB_SAVE"} \
         > "$LOGDIR/slice$s.log" 2>&1 &
     PIDS+=($!)
@@ -99,6 +105,7 @@ else
     for s in "${LIST[@]}"; do echo "---- slice $s (last lines)"; tail -n 12 "$LOGDIR/slice$s.log"; done
 fi
 STDOUT="$OUT/stdout-slices-${SLICES//,/-}.log"
+STDOUT=${STDOUT//+/_}   # plain file names: '+' joins slices on the command line only
 for s in "${LIST[@]}"; do echo "==== slice $s"; cat "$LOGDIR/slice$s.log"; done > "$STDOUT"
 ls -l "$OUT"
 [ "${#FAILED[@]}" -eq 0 ] || fail "${FAILED[*]}; see $STDOUT"

@@ -94,6 +94,13 @@ def test_definitions() -> None:
         assert st.run_name(p["variant"], p["lr_mult"], p["seed"], p["clip"]) == name
     assert all(len(s) == (6 if k.isdigit() else 3) for k, s in st.SLICES.items())
     assert all(st.SLICES[k + "a"] + st.SLICES[k + "b"] == st.SLICES[k] for k in "123456")
+    assert st.slice_runs("2b+3") == st.SLICES["2b"] + st.SLICES["3"]
+    for bad in ("1+1a", "7", "2b+", "3+3"):
+        try:
+            st.slice_runs(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"slice_runs({bad!r}) was accepted")
     assert {n for n in sweep if n.endswith("-noclip")} == {
         st.run_name(v, m, 0, False) for v in st.VARIANTS for m in st.NOCLIP_MULTS}
     # One pass: the window order is a permutation, the same on every call.

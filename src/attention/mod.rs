@@ -77,6 +77,11 @@ const SUBGROUP_MAX_ROWS: u32 = 8;
 /// hold 128 f32 registers of queries and outputs per lane, which halves the warps an SM keeps in
 /// flight. Eight rows at d=64 with 128 invocations (its default) were not measured.
 const SUBGROUP_ROWS: u32 = 4;
+/// Steps ahead that the subgroup decode kernel loads K/V by default: one (measured on the H200,
+/// 2026-12-04: DIFF V2 d=128 S=65536 149.4 against 209.9 us with none, at 128 invocations).
+const SUBGROUP_AHEAD: u32 = 1;
+/// Most steps ahead the subgroup decode kernel loads K/V (its register sets).
+const SUBGROUP_MAX_AHEAD: u32 = 2;
 /// Invocations per workgroup of the subgroup decode kernel by default, by head dim: measured on the
 /// H200 (same runs), 256 beat 128 at d=128 for DIFF V2 at S >= 16384 (119.7 against 149.4 us at
 /// S=65536; 50.2 against 53.9 at 16384) and for standard at 65536 (85.6 against 92.8), and lost
@@ -176,8 +181,8 @@ pub struct DecodeTuning {
     /// takes at least head_dim / 32 rows (at most four keys per lane group and step), so a smaller
     /// value is raised to that.
     pub rows: u32,
-    /// Whether the subgroup decode kernel loads each step's K/V one step ahead.
-    pub prefetch: bool,
+    /// Steps ahead that the subgroup decode kernel loads each step's K/V: 0, 1 or 2.
+    pub ahead: u32,
     /// Measurement only: stages the cooperative kernel leaves out (its `PROFILE` bits); 0 in use.
     #[doc(hidden)]
     pub profile: u32,
@@ -201,7 +206,7 @@ impl DecodeTuning {
             blocks: 0,
             serial: info.device_type == wgpu::DeviceType::Cpu,
             rows: SUBGROUP_ROWS,
-            prefetch: true,
+            ahead: SUBGROUP_AHEAD,
             profile: 0,
         }
         .with_shape(coop_workgroup_size(head_dim), COOP_BLOCKS)
@@ -237,6 +242,8 @@ pub struct SubgroupShape {
     pub workgroup_size: u32,
     /// Rows merged per round of the workgroup's final merge (`MERGE_ROWS`).
     pub merge_rows: u32,
+    /// Steps ahead that K/V are loaded (`AHEAD`).
+    pub ahead: u32,
 }
 
 impl SubgroupShape {
@@ -251,6 +258,7 @@ impl SubgroupShape {
             rows,
             workgroup_size,
             merge_rows: 1 << (31 - fit.leading_zeros()),
+            ahead: SUBGROUP_AHEAD,
         }
     }
 
@@ -325,7 +333,16 @@ pub fn subgroup_decode_shape(
         .next_power_of_two()
         .min(max_rows)
         .clamp(lanes / 4, lanes.min(SUBGROUP_MAX_ROWS));
-    let shape = SubgroupShape::new(cfg.head_dim, rows, wg);
+    if tuning.ahead > SUBGROUP_MAX_AHEAD {
+        return Err(format!(
+            "ahead {} (expected 0 to {SUBGROUP_MAX_AHEAD} steps)",
+            tuning.ahead
+        ));
+    }
+    let shape = SubgroupShape {
+        ahead: tuning.ahead,
+        ..SubgroupShape::new(cfg.head_dim, rows, wg)
+    };
     match workgroup_memory_unavailable(gpu, shape.workgroup_bytes(cfg.head_dim)) {
         Some(why) => Err(why),
         None => Ok(shape),
@@ -718,7 +735,7 @@ impl AttentionOp {
                     .with("WG", Const::U32(shape.workgroup_size))
                     .with("R", Const::U32(shape.rows))
                     .with("MERGE_ROWS", Const::U32(shape.merge_rows))
-                    .with("PREFETCH", Const::Bool(self.tuning.prefetch)),
+                    .with("AHEAD", Const::U32(shape.ahead)),
             )?;
             self.decode_subgroup = Some((pipeline, shape));
         }
@@ -763,7 +780,7 @@ impl AttentionOp {
             || tuning.subgroup_workgroup_size != self.tuning.subgroup_workgroup_size
             || tuning.blocks != self.tuning.blocks
             || tuning.rows != self.tuning.rows
-            || tuning.prefetch != self.tuning.prefetch;
+            || tuning.ahead != self.tuning.ahead;
         self.tuning = DecodeTuning {
             target_workgroups: tuning.target_workgroups.max(1),
             ..tuning
@@ -1183,7 +1200,7 @@ mod tests {
             blocks: 1,
             serial: false,
             rows: 0,
-            prefetch: false,
+            ahead: 0,
             profile: 0,
         }
     }
@@ -1230,6 +1247,7 @@ mod tests {
             rows: 4,
             workgroup_size: 128,
             merge_rows: 4,
+            ahead: 1,
         };
         let call = |seq_len| AttentionCall {
             n_queries: 1,

@@ -70,9 +70,9 @@ pub struct AttentionBench {
     /// Query rows per workgroup of the subgroup decode kernel at most, 1, 2, 4 or 8 (tuning).
     #[arg(long)]
     rows: Option<u32>,
-    /// Whether the subgroup decode kernel loads K/V one step ahead, true or false (tuning).
+    /// Steps ahead that the subgroup decode kernel loads K/V, 0, 1 or 2 (tuning).
     #[arg(long)]
-    prefetch: Option<bool>,
+    ahead: Option<u32>,
     /// Measurement only: stages of the cooperative decode kernel to leave out (bits; results are
     /// wrong by design).
     #[arg(long, hide = true, default_value_t = 0)]
@@ -314,7 +314,7 @@ fn bench_variant(
         || b.workgroup_size.is_some()
         || b.blocks.is_some()
         || b.rows.is_some()
-        || b.prefetch.is_some()
+        || b.ahead.is_some()
         || b.profile != 0
     {
         let default = DecodeTuning::for_layer(&gpu.info, b.head_dim);
@@ -328,7 +328,7 @@ fn bench_variant(
                 direct_max_keys: b.direct_max_keys.unwrap_or(shaped.direct_max_keys),
                 target_workgroups: b.target_workgroups.unwrap_or(default.target_workgroups),
                 rows: b.rows.unwrap_or(default.rows),
-                prefetch: b.prefetch.unwrap_or(default.prefetch),
+                ahead: b.ahead.unwrap_or(default.ahead),
                 subgroup_workgroup_size: b
                     .workgroup_size
                     .unwrap_or(default.subgroup_workgroup_size),
@@ -491,6 +491,7 @@ fn run_bandwidth(b: &BandwidthBench, opts: &GpuOptions) -> Result<()> {
     };
     let read_s = time(&read)?;
     let copy_s = time(&copy)?;
+    let (one_s, two_s) = dispatch_floor(&gpu, &src, &dst, b.repeats.max(1))?;
     let read_gb_s = bytes as f64 / read_s / 1e9;
     let copy_gb_s = 2.0 * bytes as f64 / copy_s / 1e9;
     let adapter = gpu.describe();
@@ -498,15 +499,50 @@ fn run_bandwidth(b: &BandwidthBench, opts: &GpuOptions) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"bench": "bandwidth", "read_gb_s": read_gb_s,
-                "copy_gb_s": copy_gb_s, "bytes": bytes, "adapter": adapter})
+                "copy_gb_s": copy_gb_s, "bytes": bytes, "adapter": adapter,
+                "one_dispatch_us": one_s * 1e6, "two_dispatches_us": two_s * 1e6})
         );
     } else {
         println!(
             "read {read_gb_s:.1} GB/s, copy {copy_gb_s:.1} GB/s (read + write) over {} MiB on {adapter}",
             bytes >> 20
         );
+        println!(
+            "a pass of one tiny dispatch {:.1} us, of two dependent ones {:.1} us",
+            one_s * 1e6,
+            two_s * 1e6
+        );
     }
     Ok(())
+}
+
+/// The fixed cost of a compute pass holding one tiny dispatch, and two where the second reads what
+/// the first wrote (an attention call's first pass and merge pass): the floor of a short call.
+fn dispatch_floor(
+    gpu: &Gpu,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    repeats: u32,
+) -> Result<(f64, f64)> {
+    let touch = gpu.pipeline(&ShaderSpec::new("bandwidth").entry("touch"))?;
+    let forward = gpu.bind(&touch, &[src, dst]);
+    let back = gpu.bind(&touch, &[dst, src]);
+    let floor = |dispatches: usize| -> Result<f64> {
+        let (t, _) = time_passes(gpu, repeats, |_, enc, ts| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("dispatch floor"),
+                timestamp_writes: ts,
+            });
+            pass.set_pipeline(&touch);
+            for bg in [&forward, &back].into_iter().take(dispatches) {
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+            Ok(())
+        })?;
+        Ok(t)
+    };
+    Ok((floor(1)?, floor(2)?))
 }
 
 pub fn run(cmd: &BenchCommand, opts: &GpuOptions, process_start: std::time::Instant) -> Result<()> {
