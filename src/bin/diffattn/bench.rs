@@ -15,6 +15,9 @@ pub enum BenchCommand {
     Attention(AttentionBench),
     /// Measure the read and copy bandwidth the attention rows are compared with.
     Bandwidth(BandwidthBench),
+    /// Time the prompt product y = x W^T (f32 x, f16 W) on the tensor cores and on the SIMT
+    /// kernel: the arithmetic ceiling the prefill rows are compared with.
+    Gemm(GemmBench),
     /// Time a model: prefill, first token, decode tok/s (batch 1, greedy), GPU and host time per token.
     Generate(crate::bench_generate::GenerateBench),
 }
@@ -92,6 +95,26 @@ pub struct BandwidthBench {
     #[arg(long, default_value_t = 1024)]
     mib: u64,
     #[arg(long, default_value_t = 20)]
+    repeats: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct GemmBench {
+    /// Token rows of x.
+    #[arg(long, default_value_t = 4096)]
+    m: u32,
+    /// Outputs (rows of W).
+    #[arg(long, default_value_t = 4096)]
+    n: u32,
+    /// Inner dimension (a multiple of 8).
+    #[arg(long, default_value_t = 4096)]
+    k: u32,
+    /// gemm_coop (tensor cores, where the adapter has them), gemm (SIMT), or both.
+    #[arg(long, default_value = "both")]
+    kernel: String,
+    #[arg(long, default_value_t = 10)]
     repeats: u32,
     #[arg(long)]
     json: bool,
@@ -545,8 +568,155 @@ fn dispatch_floor(
     Ok((floor(1)?, floor(2)?))
 }
 
+/// Output entries of a timed product checked against float64 (a timing of a wrong kernel is no
+/// timing).
+const GEMM_CHECKS: usize = 256;
+
+fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
+    use diffattn::gpu::{Const, UniformArena};
+    use diffattn::model::plan::MatmulParams;
+    anyhow::ensure!(
+        b.m > 0 && b.n > 0 && b.k > 0 && b.k.is_multiple_of(8),
+        "--m, --n and --k must be positive and --k a multiple of 8"
+    );
+    let gpu = super::open_gpu(opts)?;
+    let kernels: Vec<&str> = match b.kernel.as_str() {
+        "both" => vec!["gemm_coop", "gemm"],
+        "gemm_coop" | "gemm" => vec![b.kernel.as_str()],
+        other => anyhow::bail!("--kernel {other}: expected gemm_coop, gemm or both"),
+    };
+    let (m, n, k) = (b.m as usize, b.n as usize, b.k as usize);
+    let mut rng = Rng::new(0x6E44);
+    let x = rng.normals(m * k, 1.0);
+    let w: Vec<half::f16> = rng
+        .normals(n * k, 0.1)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let xb = gpu.storage_init("gemm x", bytemuck::cast_slice(&x))?;
+    let wb = gpu.storage_init("gemm W", bytemuck::cast_slice(&w))?;
+    let yb = gpu.storage("gemm y", (m * n * 4) as u64)?;
+    let no_norm = gpu.storage("gemm no norm", 16)?;
+    let mut arena = UniformArena::new(&gpu, "gemm step", 1);
+    arena.set(0, &[b.m, 0u32, 0, 0]);
+    arena.upload(&gpu, 1);
+    let params = gpu.uniform(
+        "gemm params",
+        &MatmulParams {
+            k: b.k,
+            n: b.n,
+            y_stride: b.n,
+            ..Default::default()
+        },
+    );
+    // Sampled outputs and their float64 values.
+    let picks: Vec<(usize, usize)> = (0..GEMM_CHECKS)
+        .map(|_| {
+            let t = (rng.uniform() * m as f64) as usize % m;
+            let o = (rng.uniform() * n as f64) as usize % n;
+            (t, o)
+        })
+        .collect();
+    let want: Vec<f64> = picks
+        .iter()
+        .map(|&(t, o)| {
+            (0..k)
+                .map(|i| x[t * k + i] as f64 * w[o * k + i].to_f64())
+                .sum()
+        })
+        .collect();
+    for kernel in kernels {
+        if kernel == "gemm_coop"
+            && let Some(why) = diffattn::model::plan::coop_gemm_unavailable(&gpu)
+        {
+            let msg = format!("gemm_coop: not available on this adapter ({why})");
+            if b.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "gemm", "kernel": kernel, "error": msg})
+                );
+            } else {
+                println!("{msg}");
+            }
+            continue;
+        }
+        // The grids of plan.rs: gemm_coop 64 x 64 blocks; matmul.wgsl's gemm 4 outputs per
+        // workgroup and 8 tokens per layer of the grid.
+        let (spec, groups, with_norm) = match kernel {
+            "gemm_coop" => (
+                ShaderSpec::new("gemm_coop"),
+                [b.n.div_ceil(64), b.m.div_ceil(64), 1],
+                false,
+            ),
+            _ => (
+                ShaderSpec::new("matmul")
+                    .with(
+                        "WEIGHT_DTYPE",
+                        Const::U32(diffattn::model::WeightDtype::F16.shader_code()),
+                    )
+                    .with("TB", Const::U32(8))
+                    .entry("gemm"),
+                [b.n.div_ceil(4), 1, b.m.div_ceil(8)],
+                true,
+            ),
+        };
+        let pipeline = gpu.pipeline(&spec)?;
+        let mut buffers = vec![arena.buffer(), &params, &xb, &wb, &yb];
+        if with_norm {
+            buffers.push(&no_norm);
+        }
+        let bind = gpu.bind(&pipeline, &buffers);
+        gpu.poison(&yb);
+        let (t, timer) = time_passes(&gpu, b.repeats.max(1), |_, enc, ts| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("gemm"),
+                timestamp_writes: ts,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[0]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            Ok(())
+        })?;
+        let y = pollster::block_on(diffattn::gpu::read_buffer(&gpu, &yb, 0, (m * n * 4) as u64))?;
+        let y: &[f32] = bytemuck::cast_slice(&y);
+        let (mut err2, mut ref2) = (0f64, 0f64);
+        for (&(tk, o), &v) in picks.iter().zip(&want) {
+            let got = y[tk * n + o] as f64;
+            err2 += (got - v).powi(2);
+            ref2 += v * v;
+        }
+        let rel = if err2.is_finite() {
+            (err2 / ref2.max(f64::MIN_POSITIVE)).sqrt()
+        } else {
+            f64::INFINITY
+        };
+        // gemm_coop rounds x to f16 (~5e-4 relative per element); gemm widens W exactly.
+        let tol = if kernel == "gemm_coop" { 3e-3 } else { 1e-5 };
+        anyhow::ensure!(
+            rel <= tol,
+            "{kernel}: {GEMM_CHECKS} sampled outputs off float64 by {rel:.3e} relative L2 (tolerance {tol:.0e}); not timed"
+        );
+        let tflop_s = 2.0 * m as f64 * n as f64 * k as f64 / t / 1e12;
+        if b.json {
+            println!(
+                "{}",
+                serde_json::json!({"bench": "gemm", "kernel": kernel, "m": b.m, "n": b.n,
+                    "k": b.k, "median_us": t * 1e6, "tflop_s": tflop_s, "rel_l2": rel,
+                    "timer": timer, "adapter": gpu.describe()})
+            );
+        } else {
+            println!(
+                "{kernel}: {m} x {n} x {k} in {:.1} us, {tflop_s:.2} TFLOP/s (sampled outputs within {rel:.1e} of float64; {timer})",
+                t * 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cmd: &BenchCommand, opts: &GpuOptions, process_start: std::time::Instant) -> Result<()> {
     match cmd {
+        BenchCommand::Gemm(b) => run_gemm(b, opts),
         BenchCommand::Attention(b) => run_attention(b, opts),
         BenchCommand::Bandwidth(b) => run_bandwidth(b, opts),
         BenchCommand::Generate(b) => crate::bench_generate::run(b, opts, process_start),
