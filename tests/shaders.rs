@@ -219,6 +219,19 @@ fn tensor_core_specialisations_translate() {
             translate_native(&format!("flash_coop d={d}"), &s);
         }
     }
+    // The bench's tensor-core ceiling, in every tile shape it is written for.
+    for (tm, tn) in [(1u32, 1u32), (1, 2), (2, 2), (2, 4), (4, 2), (4, 4)] {
+        for sg in [1u32, 4] {
+            let consts = [
+                ("TM", Const::U32(tm)),
+                ("TN", Const::U32(tn)),
+                ("SG", Const::U32(sg)),
+                ("WG", Const::U32(32 * sg)),
+            ];
+            let s = specialise("gemm_ceiling", src("gemm_ceiling"), &consts).unwrap();
+            translate_native(&format!("gemm_ceiling {tm}x{tn} x{sg}"), &s);
+        }
+    }
 }
 
 #[test]

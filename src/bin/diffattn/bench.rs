@@ -16,7 +16,8 @@ pub enum BenchCommand {
     /// Measure the read and copy bandwidth the attention rows are compared with.
     Bandwidth(BandwidthBench),
     /// Time the prompt product y = x W^T (f32 x, f16 W) on the tensor cores and on the SIMT
-    /// kernel: the arithmetic ceiling the prefill rows are compared with.
+    /// kernel, and the tensor-core ceiling (f16 x and W loaded straight into matrices) that the
+    /// prefill rows are compared with.
     Gemm(GemmBench),
     /// Time a model: prefill, first token, decode tok/s (batch 1, greedy), GPU and host time per token.
     Generate(crate::bench_generate::GenerateBench),
@@ -111,9 +112,16 @@ pub struct GemmBench {
     /// Inner dimension (a multiple of 8).
     #[arg(long, default_value_t = 4096)]
     k: u32,
-    /// gemm_coop (tensor cores, where the adapter has them), gemm (SIMT), or both.
-    #[arg(long, default_value = "both")]
+    /// gemm_coop (the engine's tensor-core product), gemm (SIMT), ceiling (gemm_ceiling.wgsl
+    /// with --tiles and --subgroups), or all (both products and the ceiling in several shapes).
+    #[arg(long, default_value = "all")]
     kernel: String,
+    /// The ceiling kernel's 16x16 tiles per subgroup, MxN: 1x1, 1x2, 2x2, 2x4, 4x2 or 4x4.
+    #[arg(long, default_value = "2x4")]
+    tiles: String,
+    /// The ceiling kernel's subgroups per workgroup (side by side along N): 1, 2, 4 or 8.
+    #[arg(long, default_value_t = 2)]
+    subgroups: u32,
     #[arg(long, default_value_t = 10)]
     repeats: u32,
     #[arg(long)]
@@ -568,6 +576,28 @@ fn dispatch_floor(
     Ok((floor(1)?, floor(2)?))
 }
 
+/// The ceiling kernel's shapes `--kernel all` times: (tiles per subgroup M x N, subgroups).
+const CEILING_SHAPES: [((u32, u32), u32); 6] = [
+    ((2, 2), 1),
+    ((2, 4), 1),
+    ((2, 4), 2),
+    ((4, 4), 1),
+    ((4, 2), 4),
+    ((2, 4), 4),
+];
+
+/// `MxN` tiles of the ceiling kernel, one of the shapes its accumulators are written for.
+fn parse_tiles(s: &str) -> Result<(u32, u32)> {
+    let bad = || anyhow::anyhow!("--tiles {s}: expected 1x1, 1x2, 2x2, 2x4, 4x2 or 4x4");
+    let (a, b) = s.split_once('x').ok_or_else(bad)?;
+    let t = (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?);
+    if [(1, 1), (1, 2), (2, 2), (2, 4), (4, 2), (4, 4)].contains(&t) {
+        Ok(t)
+    } else {
+        Err(bad())
+    }
+}
+
 /// Output entries of a timed product checked against float64 (a timing of a wrong kernel is no
 /// timing).
 const GEMM_CHECKS: usize = 256;
@@ -580,10 +610,21 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         "--m, --n and --k must be positive and --k a multiple of 8"
     );
     let gpu = super::open_gpu(opts)?;
-    let kernels: Vec<&str> = match b.kernel.as_str() {
-        "both" => vec!["gemm_coop", "gemm"],
-        "gemm_coop" | "gemm" => vec![b.kernel.as_str()],
-        other => anyhow::bail!("--kernel {other}: expected gemm_coop, gemm or both"),
+    let one_ceiling = (parse_tiles(&b.tiles)?, b.subgroups);
+    anyhow::ensure!(
+        [1, 2, 4, 8].contains(&b.subgroups),
+        "--subgroups {}: expected 1, 2, 4 or 8",
+        b.subgroups
+    );
+    let kernels: Vec<(&str, Option<((u32, u32), u32)>)> = match b.kernel.as_str() {
+        "all" => {
+            let mut v = vec![("gemm_coop", None), ("gemm", None)];
+            v.extend(CEILING_SHAPES.iter().map(|&c| ("ceiling", Some(c))));
+            v
+        }
+        "gemm_coop" | "gemm" => vec![(b.kernel.as_str(), None)],
+        "ceiling" => vec![("ceiling", Some(one_ceiling))],
+        other => anyhow::bail!("--kernel {other}: expected gemm_coop, gemm, ceiling or all"),
     };
     let (m, n, k) = (b.m as usize, b.n as usize, b.k as usize);
     let mut rng = Rng::new(0x6E44);
@@ -594,6 +635,10 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         .map(half::f16::from_f32)
         .collect();
     let xb = gpu.storage_init("gemm x", bytemuck::cast_slice(&x))?;
+    let x16: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let xb16 = gpu.storage_init("gemm x f16", bytemuck::cast_slice(&x16))?;
+    drop(x16);
+    let dims = gpu.uniform("gemm dims", &[b.m, b.n, b.k, 0u32]);
     let wb = gpu.storage_init("gemm W", bytemuck::cast_slice(&w))?;
     let yb = gpu.storage("gemm y", (m * n * 4) as u64)?;
     let no_norm = gpu.storage("gemm no norm", 16)?;
@@ -625,8 +670,8 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
                 .sum()
         })
         .collect();
-    for kernel in kernels {
-        if kernel == "gemm_coop"
+    for (kernel, ceiling) in kernels {
+        if kernel != "gemm"
             && let Some(why) = diffattn::model::plan::coop_gemm_unavailable(&gpu)
         {
             let msg = format!("gemm_coop: not available on this adapter ({why})");
@@ -642,10 +687,37 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         }
         // The grids of plan.rs: gemm_coop 64 x 64 blocks; matmul.wgsl's gemm 4 outputs per
         // workgroup and 8 tokens per layer of the grid.
-        let (spec, groups, with_norm) = match kernel {
-            "gemm_coop" => (
+        let label = match ceiling {
+            Some(((tm, tn), sg)) => format!("ceiling {tm}x{tn} x{sg}"),
+            None => kernel.to_string(),
+        };
+        if let Some(((tm, tn), sg)) = ceiling {
+            let (bm, bn) = (tm * 16, tn * 16 * sg);
+            if !b.m.is_multiple_of(bm) || !b.n.is_multiple_of(bn) || !b.k.is_multiple_of(16) {
+                let msg = format!(
+                    "{label}: --m, --n and --k must be multiples of {bm}, {bn} and 16 for these tiles"
+                );
+                if b.json {
+                    println!("{}", serde_json::json!({"bench": "gemm", "kernel": label, "error": msg}));
+                } else {
+                    println!("{msg}");
+                }
+                continue;
+            }
+        }
+        let (spec, groups, with_norm) = match (kernel, ceiling) {
+            ("gemm_coop", _) => (
                 ShaderSpec::new("gemm_coop"),
                 [b.n.div_ceil(64), b.m.div_ceil(64), 1],
+                false,
+            ),
+            (_, Some(((tm, tn), sg))) => (
+                ShaderSpec::new("gemm_ceiling")
+                    .with("TM", Const::U32(tm))
+                    .with("TN", Const::U32(tn))
+                    .with("SG", Const::U32(sg))
+                    .with("WG", Const::U32(32 * sg)),
+                [b.n / (tn * 16 * sg), b.m / (tm * 16), 1],
                 false,
             ),
             _ => (
@@ -661,7 +733,11 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
             ),
         };
         let pipeline = gpu.pipeline(&spec)?;
-        let mut buffers = vec![arena.buffer(), &params, &xb, &wb, &yb];
+        let mut buffers = if ceiling.is_some() {
+            vec![&dims, &xb16, &wb, &yb]
+        } else {
+            vec![arena.buffer(), &params, &xb, &wb, &yb]
+        };
         if with_norm {
             buffers.push(&no_norm);
         }
@@ -690,23 +766,24 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         } else {
             f64::INFINITY
         };
-        // gemm_coop rounds x to f16 (~5e-4 relative per element); gemm widens W exactly.
-        let tol = if kernel == "gemm_coop" { 3e-3 } else { 1e-5 };
+        // The tensor-core kernels round x to f16 (~5e-4 relative per element); gemm widens W
+        // exactly.
+        let tol = if kernel == "gemm" { 1e-5 } else { 3e-3 };
         anyhow::ensure!(
             rel <= tol,
-            "{kernel}: {GEMM_CHECKS} sampled outputs off float64 by {rel:.3e} relative L2 (tolerance {tol:.0e}); not timed"
+            "{label}: {GEMM_CHECKS} sampled outputs off float64 by {rel:.3e} relative L2 (tolerance {tol:.0e}); not timed"
         );
         let tflop_s = 2.0 * m as f64 * n as f64 * k as f64 / t / 1e12;
         if b.json {
             println!(
                 "{}",
-                serde_json::json!({"bench": "gemm", "kernel": kernel, "m": b.m, "n": b.n,
+                serde_json::json!({"bench": "gemm", "kernel": label, "m": b.m, "n": b.n,
                     "k": b.k, "median_us": t * 1e6, "tflop_s": tflop_s, "rel_l2": rel,
                     "timer": timer, "adapter": gpu.describe()})
             );
         } else {
             println!(
-                "{kernel}: {m} x {n} x {k} in {:.1} us, {tflop_s:.2} TFLOP/s (sampled outputs within {rel:.1e} of float64; {timer})",
+                "{label}: {m} x {n} x {k} in {:.1} us, {tflop_s:.2} TFLOP/s (sampled outputs within {rel:.1e} of float64; {timer})",
                 t * 1e6
             );
         }
