@@ -5,7 +5,7 @@
 #   bash train/stability_device.sh 1,2,3,4,5,6                      (one slice per GPU, in parallel)
 #   bash train/stability_device.sh 1a             half a slice (3 runs), if a whole one does not fit
 #   bash train/stability_device.sh 2b+3           slices joined by '+': one lock-step on one GPU
-#                                                 (9 runs here, ~420 s: STAB_WALL=580)
+#                                                 (9 runs here, ~440 s: STAB_WALL=585)
 #
 # Needs, in the working tree it runs in: .traindata/src/{corpus_lit.txt.xz,corpus_docs.txt.xz,
 # SHA256SUMS} (copies of ../shared/data, carried: the machine is offline), the committed
