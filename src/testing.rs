@@ -133,6 +133,12 @@ pub async fn run_case(gpu: &Gpu, case: &Case) -> Result<CaseResult> {
             } else {
                 default.subgroup_workgroup_size
             },
+            // A case that names a workgroup size runs it at every cache length.
+            subgroup_short_workgroup_size: if wg > 0 {
+                0
+            } else {
+                default.subgroup_short_workgroup_size
+            },
             target_workgroups: case.target_workgroups.unwrap_or(default.target_workgroups),
             ..default.with_shape(
                 default.workgroup_size,

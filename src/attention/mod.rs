@@ -91,6 +91,16 @@ const SUBGROUP_MAX_AHEAD: u32 = 2;
 fn subgroup_workgroup_size(head_dim: u32) -> u32 {
     if head_dim > 64 { 256 } else { 128 }
 }
+/// Invocations per workgroup of the subgroup decode kernel for short caches (up to
+/// [`SUBGROUP_SHORT_MAX_KEYS`]): 128 at every head dim. Measured on an H100 (2026-12-08, one
+/// call, default split target): at d=128, 128 invocations against 256 took 19.3 / 17.2 against
+/// 23.5 / 20.4 us (DIFF V2 / standard, h=32 h_kv=8, S=1024) and 26.3 / 21.3 against 29.0 / 26.2
+/// (S=4096); the H200 run of 2026-12-04 agreed at S=4096 (DIFF V2 25.1 against 28.1).
+const SUBGROUP_SHORT_WORKGROUP_SIZE: u32 = 128;
+/// Longest cache the short-cache workgroup size serves: 4096 keys was measured faster with 128
+/// invocations at d=128, 16384 slower (H200: 53.9 against 50.2 us); 8192, between them, was not
+/// measured.
+const SUBGROUP_SHORT_MAX_KEYS: u32 = 8192;
 /// Workgroup memory of the subgroup decode kernel's merge, per round of rows.
 const SUBGROUP_MERGE_BYTES: u32 = 16 * 1024;
 /// Keys per tile of the cooperative-matrix prefill kernel.
@@ -152,6 +162,8 @@ pub struct Plan {
     pub chunk_len: u32,
     /// The first pass writes the output itself; no merge pass runs.
     pub direct: bool,
+    /// The subgroup decode kernel runs its short-cache pipeline (its own workgroup size).
+    pub short_cache: bool,
     pub groups: [u32; 3],
 }
 
@@ -168,6 +180,11 @@ pub struct DecodeTuning {
     pub workgroup_size: u32,
     /// Invocations per workgroup of the subgroup decode kernel: 64, 128 or 256.
     pub subgroup_workgroup_size: u32,
+    /// Invocations per workgroup of the subgroup decode kernel for caches of up to
+    /// `subgroup_short_max_keys` keys (a second pipeline; 0 or the same size: none).
+    pub subgroup_short_workgroup_size: u32,
+    /// Longest cache the short-cache workgroup size serves.
+    pub subgroup_short_max_keys: u32,
     /// Longest cache decoded by a single chunk with no merge pass (0: never).
     pub direct_max_keys: u32,
     /// 16-key tiles a subgroup takes per step of its online softmax: 1 or 2.
@@ -202,6 +219,8 @@ impl DecodeTuning {
             target_workgroups,
             workgroup_size: 0,
             subgroup_workgroup_size: subgroup_workgroup_size(head_dim),
+            subgroup_short_workgroup_size: SUBGROUP_SHORT_WORKGROUP_SIZE,
+            subgroup_short_max_keys: SUBGROUP_SHORT_MAX_KEYS,
             direct_max_keys: 0,
             blocks: 0,
             serial: info.device_type == wgpu::DeviceType::Cpu,
@@ -349,6 +368,32 @@ pub fn subgroup_decode_shape(
     }
 }
 
+/// The tuning of the subgroup decode kernel's short-cache pipeline, where it has one (another
+/// workgroup size than the long caches').
+fn short_tuning(tuning: &DecodeTuning) -> Option<DecodeTuning> {
+    let wg = tuning.subgroup_short_workgroup_size;
+    (wg != 0 && wg != tuning.subgroup_workgroup_size).then_some(DecodeTuning {
+        subgroup_workgroup_size: wg,
+        ..*tuning
+    })
+}
+
+/// The subgroup decode kernel's pipeline for a layout.
+fn subgroup_pipeline(
+    gpu: &Gpu,
+    cfg: &AttentionConfig,
+    shape: &SubgroupShape,
+) -> Result<Arc<wgpu::ComputePipeline>> {
+    gpu.pipeline(
+        &ShaderSpec::new("decode_subgroup")
+            .with("HEAD_DIM", Const::U32(cfg.head_dim))
+            .with("WG", Const::U32(shape.workgroup_size))
+            .with("R", Const::U32(shape.rows))
+            .with("MERGE_ROWS", Const::U32(shape.merge_rows))
+            .with("AHEAD", Const::U32(shape.ahead)),
+    )
+}
+
 /// The subgroup decode kernel's plan: like the cooperative kernel's, in blocks of
 /// [`SubgroupShape::block_keys`]; a single chunk writes the output itself where the rows of a
 /// workgroup hold whole DIFF V2 pairs in each merge round.
@@ -382,6 +427,7 @@ fn plan_subgroup(
         rows_per_wg: 1,
         chunk_len: shape.block_keys(),
         direct,
+        short_cache: false,
         groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
     }
 }
@@ -426,6 +472,7 @@ fn plan_resolved(
                 rows_per_wg: 1,
                 chunk_len: DECODE_CHUNK,
                 direct: false,
+                short_cache: false,
                 groups: [n_chunks, cfg.kv_heads * head_splits, call.n_queries],
             }
         }
@@ -439,6 +486,7 @@ fn plan_resolved(
                 rows_per_wg: 1,
                 chunk_len: SERIAL_CHUNK,
                 direct: false,
+                short_cache: false,
                 groups: [
                     (cfg.q_heads() * n_chunks).div_ceil(SERIAL_WG),
                     1,
@@ -470,6 +518,7 @@ fn plan_resolved(
                 rows_per_wg: 1,
                 chunk_len: tuning.sub_keys(),
                 direct,
+                short_cache: false,
                 groups: [cfg.kv_heads * head_splits, n_chunks, call.n_queries],
             }
         }
@@ -481,6 +530,7 @@ fn plan_resolved(
             rows_per_wg: COOP_PREFILL_ROWS,
             chunk_len: call.seq_len,
             direct: false,
+            short_cache: false,
             groups: [call.n_queries.div_ceil(COOP_PREFILL_ROWS), cfg.q_heads(), 1],
         },
         Kernel::Flash | Kernel::Auto => {
@@ -495,6 +545,7 @@ fn plan_resolved(
                 rows_per_wg,
                 chunk_len: call.seq_len,
                 direct: false,
+                short_cache: false,
                 groups: [
                     call.n_queries.div_ceil(rows_per_wg),
                     cfg.kv_heads * head_splits,
@@ -531,6 +582,8 @@ pub struct AttentionOp {
     flash_coop: Option<Arc<wgpu::ComputePipeline>>,
     /// The subgroup decode kernel and its layout, where the adapter and the layer allow it.
     decode_subgroup: Option<(Arc<wgpu::ComputePipeline>, SubgroupShape)>,
+    /// The same kernel at the short-cache workgroup size, where that differs.
+    decode_subgroup_short: Option<(Arc<wgpu::ComputePipeline>, SubgroupShape)>,
     combine: Arc<wgpu::ComputePipeline>,
     /// The barrier-free second pass (combine_serial.wgsl), for CPU adapters.
     combine_serial: Arc<wgpu::ComputePipeline>,
@@ -713,6 +766,7 @@ impl AttentionOp {
             decode_coop: None,
             flash_coop: None,
             decode_subgroup: None,
+            decode_subgroup_short: None,
             combine,
             combine_serial,
             tuning: DecodeTuning::for_layer(&gpu.info, cfg.head_dim),
@@ -728,16 +782,15 @@ impl AttentionOp {
         self.decode_coop = None;
         self.flash_coop = None;
         self.decode_subgroup = None;
+        self.decode_subgroup_short = None;
         if let Ok(shape) = subgroup_decode_shape(gpu, &self.cfg, &self.tuning) {
-            let pipeline = gpu.pipeline(
-                &ShaderSpec::new("decode_subgroup")
-                    .with("HEAD_DIM", Const::U32(self.cfg.head_dim))
-                    .with("WG", Const::U32(shape.workgroup_size))
-                    .with("R", Const::U32(shape.rows))
-                    .with("MERGE_ROWS", Const::U32(shape.merge_rows))
-                    .with("AHEAD", Const::U32(shape.ahead)),
-            )?;
-            self.decode_subgroup = Some((pipeline, shape));
+            self.decode_subgroup = Some((subgroup_pipeline(gpu, &self.cfg, &shape)?, shape));
+            if let Some(short) = short_tuning(&self.tuning)
+                && let Ok(shape) = subgroup_decode_shape(gpu, &self.cfg, &short)
+            {
+                self.decode_subgroup_short =
+                    Some((subgroup_pipeline(gpu, &self.cfg, &shape)?, shape));
+            }
         }
         if coop_prefill_unavailable(gpu, &self.cfg).is_none() {
             self.flash_coop = Some(
@@ -778,6 +831,7 @@ impl AttentionOp {
         let rebuild = tuning.profile != self.tuning.profile
             || tuning.workgroup_size != self.tuning.workgroup_size
             || tuning.subgroup_workgroup_size != self.tuning.subgroup_workgroup_size
+            || tuning.subgroup_short_workgroup_size != self.tuning.subgroup_short_workgroup_size
             || tuning.blocks != self.tuning.blocks
             || tuning.rows != self.tuning.rows
             || tuning.ahead != self.tuning.ahead;
@@ -853,14 +907,25 @@ impl AttentionOp {
             }
             k => k,
         };
-        let subgroup = self.decode_subgroup.as_ref().map(|(_, shape)| shape);
-        Ok(plan_resolved(
+        let short_cache = kernel == Kernel::DecodeSubgroup
+            && self.decode_subgroup_short.is_some()
+            && call.seq_len <= self.tuning.subgroup_short_max_keys;
+        let subgroup = if short_cache {
+            self.decode_subgroup_short.as_ref()
+        } else {
+            self.decode_subgroup.as_ref()
+        };
+        let plan = plan_resolved(
             &self.cfg,
             call,
             kernel,
             &self.tuning,
-            subgroup,
-        ))
+            subgroup.map(|(_, shape)| shape),
+        );
+        Ok(Plan {
+            short_cache,
+            ..plan
+        })
     }
 
     pub fn config(&self) -> &AttentionConfig {
@@ -924,16 +989,20 @@ impl AttentionOp {
     /// `max_seq` keys (any kernel `Auto` may pick), so that such calls allocate nothing.
     pub fn reserve(&mut self, gpu: &Gpu, max_queries: u32, max_seq: u32) -> Result<()> {
         let mut rows = 0;
-        // Split counts grow with the cache length, so the longest cache bounds each row count.
+        // Split counts grow with the cache length, so the longest cache bounds each row count
+        // of a pipeline; the short-cache one has its own longest cache.
+        let short = max_seq.clamp(1, self.tuning.subgroup_short_max_keys.max(1));
         for n in 1..=max_queries.max(1) {
-            let call = AttentionCall {
-                n_queries: n,
-                seq_len: max_seq.max(1),
-                causal: false,
-                past_len: 0,
-            };
-            let plan = self.plan(&call, Kernel::Auto)?;
-            rows = rows.max(self.partial_rows(&call, &plan));
+            for seq_len in [max_seq.max(1), short] {
+                let call = AttentionCall {
+                    n_queries: n,
+                    seq_len,
+                    causal: false,
+                    past_len: 0,
+                };
+                let plan = self.plan(&call, Kernel::Auto)?;
+                rows = rows.max(self.partial_rows(&call, &plan));
+            }
         }
         self.ensure_scratch(gpu, rows)
     }
@@ -961,8 +1030,15 @@ impl AttentionOp {
         }
     }
 
-    fn first_pipeline(&self, kernel: Kernel) -> &Arc<wgpu::ComputePipeline> {
+    fn first_pipeline(&self, kernel: Kernel, short_cache: bool) -> &Arc<wgpu::ComputePipeline> {
         match kernel {
+            Kernel::DecodeSubgroup if short_cache => {
+                &self
+                    .decode_subgroup_short
+                    .as_ref()
+                    .expect("plan checked the path")
+                    .0
+            }
             Kernel::Decode => &self.decode,
             Kernel::DecodeSerial => &self.decode_serial,
             Kernel::DecodeCoop => self.decode_coop.as_ref().expect("plan checked the path"),
@@ -994,17 +1070,21 @@ impl AttentionOp {
             return Err(Error::shape("lam", "a buffer in DIFF V2 mode", "no buffer"));
         }
         let lam = bufs.lam.unwrap_or(&self.no_lam);
-        let first = self
-            .paths()
+        let mut pipelines: Vec<(Kernel, bool)> =
+            self.paths().into_iter().map(|k| (k, false)).collect();
+        if self.decode_subgroup_short.is_some() {
+            pipelines.push((Kernel::DecodeSubgroup, true));
+        }
+        let first = pipelines
             .into_iter()
-            .map(|k| {
-                let p = self.first_pipeline(k);
+            .map(|(k, short)| {
+                let p = self.first_pipeline(k, short);
                 let mut list = vec![uniform, bufs.q, bufs.k, bufs.v, part_o, part_ml];
                 // The fast decode kernels write the output themselves on a single chunk.
                 if matches!(k, Kernel::DecodeCoop | Kernel::DecodeSubgroup) {
                     list.extend([lam, bufs.out]);
                 }
-                (k, gpu.bind(p, &list))
+                (k, short, gpu.bind(p, &list))
             })
             .collect();
         let combine = gpu.bind(&self.combine, &[uniform, part_o, part_ml, lam, bufs.out]);
@@ -1042,10 +1122,10 @@ impl AttentionOp {
         let first = binding
             .first
             .iter()
-            .find(|(k, _)| *k == plan.kernel)
-            .map(|(_, b)| b)
+            .find(|(k, short, _)| *k == plan.kernel && *short == plan.short_cache)
+            .map(|(_, _, b)| b)
             .ok_or_else(|| Error::Unsupported(format!("kernel {}", plan.kernel.name())))?;
-        pass.set_pipeline(self.first_pipeline(plan.kernel));
+        pass.set_pipeline(self.first_pipeline(plan.kernel, plan.short_cache));
         pass.set_bind_group(0, first, &[offset]);
         pass.dispatch_workgroups(plan.groups[0], plan.groups[1], plan.groups[2]);
         if !plan.direct && self.tuning.profile & 32 == 0 {
@@ -1100,7 +1180,8 @@ impl AttentionOp {
 
 /// One layer's attention bind groups, made once (see [`AttentionOp::bind`]).
 pub struct AttentionBinding {
-    first: Vec<(Kernel, wgpu::BindGroup)>,
+    /// Per first-pass pipeline (kernel, short-cache variant): its bind group.
+    first: Vec<(Kernel, bool, wgpu::BindGroup)>,
     combine: wgpu::BindGroup,
     combine_serial: wgpu::BindGroup,
     partial_rows: u64,
@@ -1196,12 +1277,39 @@ mod tests {
             // Eight subgroups: sub-chunks of 128 keys.
             workgroup_size: 256,
             subgroup_workgroup_size: 256,
+            subgroup_short_workgroup_size: 0,
+            subgroup_short_max_keys: 0,
             direct_max_keys: 256,
             blocks: 1,
             serial: false,
             rows: 0,
             ahead: 0,
             profile: 0,
+        }
+    }
+
+    #[test]
+    fn the_short_cache_pipeline_exists_only_for_another_workgroup_size() {
+        let long = DecodeTuning {
+            subgroup_short_workgroup_size: 128,
+            subgroup_short_max_keys: 8192,
+            ..tuning(256)
+        };
+        let short = short_tuning(&long).expect("128 differs from 256");
+        assert_eq!(short.subgroup_workgroup_size, 128);
+        assert_eq!(
+            DecodeTuning {
+                subgroup_workgroup_size: 256,
+                ..short
+            },
+            long
+        );
+        for wg in [0, 256] {
+            let same = DecodeTuning {
+                subgroup_short_workgroup_size: wg,
+                ..long
+            };
+            assert_eq!(short_tuning(&same), None);
         }
     }
 

@@ -65,7 +65,8 @@ pub struct AttentionBench {
     #[arg(long)]
     target_workgroups: Option<u32>,
     /// Invocations per workgroup of the cooperative and the subgroup decode kernels, 64, 128 or
-    /// 256 (tuning).
+    /// 256, at every cache length (tuning; by default the subgroup kernel takes 128 for caches of
+    /// up to 8192 keys).
     #[arg(long)]
     workgroup_size: Option<u32>,
     /// 16-key tiles per subgroup step of the cooperative decode kernel, 1 or 2 (tuning).
@@ -363,6 +364,12 @@ fn bench_variant(
                 subgroup_workgroup_size: b
                     .workgroup_size
                     .unwrap_or(default.subgroup_workgroup_size),
+                // A named workgroup size is timed at every cache length.
+                subgroup_short_workgroup_size: if b.workgroup_size.is_some() {
+                    0
+                } else {
+                    default.subgroup_short_workgroup_size
+                },
                 profile: b.profile,
                 ..shaped
             },
