@@ -44,7 +44,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("gemm_coop", include_str!("../../shaders/gemm_coop.wgsl")),
-    ("gemm_ceiling", include_str!("../../shaders/gemm_ceiling.wgsl")),
+    (
+        "gemm_ceiling",
+        include_str!("../../shaders/gemm_ceiling.wgsl"),
+    ),
     (
         "rope_append",
         include_str!("../../shaders/rope_append.wgsl"),

@@ -583,8 +583,11 @@ fn dispatch_floor(
     Ok((floor(1)?, floor(2)?))
 }
 
-/// The ceiling kernel's shapes `--kernel all` times: (tiles per subgroup M x N, subgroups).
-const CEILING_SHAPES: [((u32, u32), u32); 6] = [
+/// A shape of the ceiling kernel: (tiles per subgroup M x N, subgroups per workgroup).
+type CeilingShape = ((u32, u32), u32);
+
+/// The ceiling kernel's shapes `--kernel all` times.
+const CEILING_SHAPES: [CeilingShape; 6] = [
     ((2, 2), 1),
     ((2, 4), 1),
     ((2, 4), 2),
@@ -597,7 +600,10 @@ const CEILING_SHAPES: [((u32, u32), u32); 6] = [
 fn parse_tiles(s: &str) -> Result<(u32, u32)> {
     let bad = || anyhow::anyhow!("--tiles {s}: expected 1x1, 1x2, 2x2, 2x4, 4x2 or 4x4");
     let (a, b) = s.split_once('x').ok_or_else(bad)?;
-    let t = (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?);
+    let t = (
+        a.parse::<u32>().map_err(|_| bad())?,
+        b.parse::<u32>().map_err(|_| bad())?,
+    );
     if [(1, 1), (1, 2), (2, 2), (2, 4), (4, 2), (4, 4)].contains(&t) {
         Ok(t)
     } else {
@@ -623,7 +629,7 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         "--subgroups {}: expected 1, 2, 4 or 8",
         b.subgroups
     );
-    let kernels: Vec<(&str, Option<((u32, u32), u32)>)> = match b.kernel.as_str() {
+    let kernels: Vec<(&str, Option<CeilingShape>)> = match b.kernel.as_str() {
         "all" => {
             let mut v = vec![("gemm_coop", None), ("gemm", None)];
             v.extend(CEILING_SHAPES.iter().map(|&c| ("ceiling", Some(c))));
@@ -705,7 +711,10 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
                     "{label}: --m, --n and --k must be multiples of {bm}, {bn} and 16 for these tiles"
                 );
                 if b.json {
-                    println!("{}", serde_json::json!({"bench": "gemm", "kernel": label, "error": msg}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"bench": "gemm", "kernel": label, "error": msg})
+                    );
                 } else {
                     println!("{msg}");
                 }
