@@ -459,3 +459,68 @@ fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
         assert!(rel < case.tolerance(), "S={seq}: rel L2 {rel:.3e}");
     }
 }
+
+/// Where the subgroup decode kernel has a second pipeline for short caches (another workgroup
+/// size), each call takes the pipeline its cache length asks for, its plan follows that
+/// pipeline's layout, and both match the float64 reference on the same op.
+#[test]
+fn short_and_long_caches_take_their_own_subgroup_pipelines() {
+    let gpu = common::gpu();
+    let cfg = cfg(Mode::Diff, 8, 2, 64, KvDtype::F16);
+    let mut op = attention::AttentionOp::new(&gpu, cfg).unwrap();
+    if !op.paths().contains(&Kernel::DecodeSubgroup) {
+        eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
+        return;
+    }
+    let tuning = attention::DecodeTuning {
+        serial: false,
+        subgroup_workgroup_size: 64,
+        subgroup_short_workgroup_size: 128,
+        subgroup_short_max_keys: 1000,
+        ..attention::DecodeTuning::for_layer(&gpu.info, 64)
+    };
+    op.set_decode_tuning(&gpu, tuning).unwrap();
+    let long = attention::subgroup_decode_shape(&gpu, &cfg, &tuning).unwrap();
+    let short_tuning = attention::DecodeTuning {
+        subgroup_workgroup_size: 128,
+        ..tuning
+    };
+    let short = attention::subgroup_decode_shape(&gpu, &cfg, &short_tuning).unwrap();
+    assert_ne!(long.block_keys(), short.block_keys());
+    for seq in [300u32, 1000, 1001, 4000, 20] {
+        let c = call(1, seq, true, seq - 1);
+        let plan = op.plan(&c, Kernel::Auto).unwrap();
+        assert_eq!(plan.kernel, Kernel::DecodeSubgroup, "S={seq}");
+        assert_eq!(plan.short_cache, seq <= 1000, "S={seq}");
+        let shape = if plan.short_cache { short } else { long };
+        assert_eq!(plan.chunk_len, shape.block_keys(), "S={seq}");
+        let case = Case {
+            cfg,
+            call: c,
+            kernel: Kernel::Auto,
+            q_scale: 1.0,
+            seed: common::fresh_seed("short subgroup pipeline") + seq as u64,
+            target_workgroups: None,
+            blocks: None,
+            subgroup: None,
+        };
+        let (q, k, v, lam) = case.inputs();
+        let x = HostInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            lam: &lam,
+        };
+        let got = pollster::block_on(attention::attention_with(
+            &gpu,
+            &mut op,
+            &c,
+            &x,
+            Kernel::Auto,
+        ))
+        .unwrap();
+        let want = reference::attention(&cfg, &c, &x).unwrap();
+        let (_, rel) = reference::compare(&got, &want);
+        assert!(rel < case.tolerance(), "S={seq}: rel L2 {rel:.3e}");
+    }
+}
