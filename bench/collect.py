@@ -216,6 +216,7 @@ def build_rows(ours, torch_rows):
                                  f"process {counts[k]}", "us", r["median_us"], "first process",
                                  f["median_us"]))
 
+    rows.extend(gemm_rows(ours, torch_rows))
     rows.extend(generate_rows(ours, torch_rows))
 
     for r in ours:
@@ -223,6 +224,22 @@ def build_rows(ours, torch_rows):
             rows.append(make_row(r["work"], r.get("unit", ""), r.get("diffattn"),
                                  r.get("baseline", ""), r.get("baseline_value"),
                                  r.get("bw_fraction")))
+    return rows
+
+
+def gemm_rows(ours, torch_rows):
+    """The prompt products and the tensor-core ceiling (TFLOP/s), each against PyTorch's fp16
+    matmul of the same shape (its best case: both operands f16)."""
+    tg = {(r.get("m"), r.get("n"), r.get("k")): r for r in torch_rows
+          if r.get("bench") == "gemm" and "error" not in r}
+    rows = []
+    for r in ours:
+        if r.get("bench") != "gemm" or not has_time(r):
+            continue
+        t = tg.get((r.get("m"), r.get("n"), r.get("k")))
+        rows.append(make_row(f"gemm {r.get('kernel')} {r.get('m')}x{r.get('n')}x{r.get('k')}",
+                             "TFLOP/s", r.get("tflop_s"), "pytorch fp16 matmul",
+                             t.get("tflop_s") if t else None))
     return rows
 
 
@@ -408,6 +425,9 @@ def self_test():
                         "two_dispatches_us": 6.0}),
             json.dumps(_att("diff", 65536, 100.0, kv_dtype="f16", kv_bytes=kvb, rotate=1)),
             json.dumps(_att("standard", 65536, 95.0, kv_dtype="f16", kv_bytes=kvb)),
+            json.dumps({"bench": "gemm", "kernel": "gemm_coop", "m": 64, "n": 32, "k": 16,
+                        "median_us": 10.0, "tflop_s": 50.0}),
+            json.dumps({"bench": "gemm", "kernel": "ceiling 2x4 x2", "error": "not available"}),
             json.dumps(_att("diff", 16384, 80.0, kv_dtype="f32")),  # no torch row, no kv_bytes
             json.dumps(_att("diff", 4096, 50000.0, mode="prefill", kv_dtype="f32",
                             tflop_s=5.5)),
@@ -432,6 +452,8 @@ def self_test():
             json.dumps({"bench": "bandwidth", "impl": "pytorch", "read_gb_s": 4400.0,
                         "copy_gb_s": 3600.0, "one_dispatch_us": 2.0, "two_dispatches_us": 3.0}),
             json.dumps(_att("diff", 65536, 150.0, impl="pytorch", dtype="fp16")),
+            json.dumps({"bench": "gemm", "impl": "pytorch", "m": 64, "n": 32, "k": 16,
+                        "median_us": 5.0, "tflop_s": 200.0}),
             json.dumps(_att("standard", 65536, 76.0, impl="pytorch", dtype="fp16")),
             json.dumps(_att("diff", 4096, 40000.0, mode="prefill", impl="pytorch",
                             dtype="fp32", gqa="repeat")),
@@ -470,6 +492,10 @@ def self_test():
 
         r = rows["read bandwidth"]
         assert r["unit"] == "GB/s" and r["baseline"] == "pytorch sum" and close(r["ratio"], 4000 / 4400)
+        r = rows["gemm gemm_coop 64x32x16"]
+        assert r["unit"] == "TFLOP/s" and r["baseline"] == "pytorch fp16 matmul"
+        assert close(r["ratio"], 0.25), r  # a rate: ours / torch
+        assert not any(w.startswith("gemm ceiling") for w in rows), "an error row was kept"
         r = rows["two dependent tiny dispatches"]
         assert r["unit"] == "us" and r["baseline"] == "pytorch two tiny kernels"
         assert r["diffattn"] == 6.0 and close(r["ratio"], 0.5), r

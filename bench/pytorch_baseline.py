@@ -144,6 +144,22 @@ def bandwidth_line(repeats):
     }
 
 
+# ---------------------------------------------------------------- gemm
+
+# The product shapes `diffattn bench gemm` times in bench/run.sh: (m, n, k).
+GEMM_SHAPES = [(4096, 4096, 4096), (4096, 1536, 384)]
+
+
+def gemm_line(m, n, k, repeats):
+    """fp16 x fp16 -> fp16 matmul (x W^T), CUDA-event timed: the tensor cores' rate in PyTorch."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    us = time_calls(lambda i: x @ w.T, WARMUP, repeats)
+    del x, w
+    return {"bench": "gemm", "impl": "pytorch", "m": m, "n": n, "k": k, "median_us": us,
+            "tflop_s": 2.0 * m * n * k / (us * 1e-6) / 1e12}
+
+
 # ---------------------------------------------------------------- attention
 
 
@@ -321,6 +337,12 @@ def main():
     except Exception as e:
         log(f"bandwidth failed: {e}")
         emit({"bench": "bandwidth", "impl": "pytorch", "error": str(e)})
+    for m, n, k in GEMM_SHAPES:
+        try:
+            emit(gemm_line(m, n, k, 10 if args.quick else 20))
+        except Exception as e:
+            log(f"gemm {m}x{n}x{k} failed: {e}")
+            emit({"bench": "gemm", "impl": "pytorch", "m": m, "n": n, "k": k, "error": str(e)})
     for mode, variant, dtype, shape, seq in attention_cases(args.quick):
         h, hk, d = shape
         label = f"{mode} {variant} {dtype} h={h} h_kv={hk} d={d} S={seq}"

@@ -3,7 +3,8 @@
 #
 #   bench/run.sh [BIN]        (BIN: .dev/diffattn if present, else target/release/diffattn)
 #
-# It builds nothing. In one call, on one machine, it runs the read-bandwidth probe, the
+# It builds nothing. In one call, on one machine, it runs the read-bandwidth probe (with the
+# dispatch floor), `diffattn bench gemm` (the prompt products and the tensor-core ceiling), the
 # `diffattn bench attention` rows, the `diffattn bench generate` rows, a placement check (one row
 # again in six fresh processes), bench/pytorch_baseline.py and bench/pytorch_generate.py, then
 # bench/collect.py. Everything goes to OUTDIR=${OUT:-bench/out}:
@@ -85,6 +86,9 @@ fi
 ours bench bandwidth --json
 
 if want attention; then
+    # The prompt products and the tensor-core ceiling (the figure prefill is compared with).
+    ours bench gemm --json
+    ours bench gemm --m 4096 --n 1536 --k 384 --kernel gemm_coop --json
     # Decode, f16 K/V: both layer shapes over the cache lengths.
     for shape in "32 8 128" "16 4 64"; do
         read -r H K D <<<"$shape"

@@ -222,6 +222,58 @@ fn bench_bandwidth_reports_read_and_copy() {
     assert_eq!(row["bytes"], 16u64 << 20);
     assert!(row["read_gb_s"].as_f64().unwrap() > 0.0);
     assert!(row["copy_gb_s"].as_f64().unwrap() > 0.0);
+    let one = row["one_dispatch_us"].as_f64().unwrap();
+    let two = row["two_dispatches_us"].as_f64().unwrap();
+    assert!(one > 0.0 && two > 0.0, "{row}");
+}
+
+#[test]
+fn bench_gemm_times_checked_products_and_refuses_bad_shapes() {
+    let out = diffattn(&[
+        "bench",
+        "gemm",
+        "--m",
+        "64",
+        "--n",
+        "48",
+        "--k",
+        "64",
+        "--repeats",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // `all`: both products and six ceiling shapes, each a timing or the reason it did not run.
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    let simt = rows.iter().find(|r| r["kernel"] == "gemm").unwrap();
+    assert!(simt["tflop_s"].as_f64().unwrap() > 0.0, "{simt}");
+    assert!(simt["rel_l2"].as_f64().unwrap() <= 1e-5, "{simt}");
+    for r in &rows {
+        assert!(
+            r["tflop_s"].as_f64().is_some() || r["error"].as_str().is_some(),
+            "{r}"
+        );
+    }
+    for bad in [
+        &["--k", "12"][..],
+        &["--kernel", "nope"][..],
+        &["--kernel", "ceiling", "--tiles", "3x3"][..],
+    ] {
+        let mut args = vec!["bench", "gemm", "--m", "64", "--n", "64"];
+        args.extend_from_slice(bad);
+        let out = diffattn(&args);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
 }
 
 #[test]
