@@ -57,9 +57,7 @@ impl Case {
         }
         if let Some((rows, ahead, wg)) = self.subgroup {
             split += &format!(" rows<={rows}");
-            if ahead > 0 {
-                split += &format!(" ahead={ahead}");
-            }
+            split += &format!(" ahead={ahead}");
             if wg > 0 {
                 split += &format!(" wg={wg}");
             }

@@ -429,35 +429,44 @@ fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
         assert_eq!(plan.heads_per_wg, shape.rows, "S={seq}");
         assert_eq!(plan.direct, seq <= tuning.direct_max_keys, "S={seq}");
         assert_eq!(plan.n_chunks > 1, seq > tuning.direct_max_keys, "S={seq}");
-        let case = Case {
-            cfg,
-            call: c,
-            kernel: Kernel::Auto,
-            q_scale: 1.0,
-            seed: common::fresh_seed("auto subgroup") + seq as u64,
-            target_workgroups: None,
-            blocks: None,
-            subgroup: None,
-        };
-        let (q, k, v, lam) = case.inputs();
-        let x = HostInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            lam: &lam,
-        };
-        let got = pollster::block_on(attention::attention_with(
+        auto_matches_reference(
             &gpu,
             &mut op,
-            &c,
-            &x,
-            Kernel::Auto,
-        ))
-        .unwrap();
-        let want = reference::attention(&cfg, &c, &x).unwrap();
-        let (_, rel) = reference::compare(&got, &want);
-        assert!(rel < case.tolerance(), "S={seq}: rel L2 {rel:.3e}");
+            c,
+            common::fresh_seed("auto subgroup") + seq as u64,
+        );
     }
+}
+
+/// Runs one call on `op` with `Auto` on fresh inputs and checks it against float64.
+fn auto_matches_reference(
+    gpu: &diffattn::Gpu,
+    op: &mut attention::AttentionOp,
+    c: attention::AttentionCall,
+    seed: u64,
+) {
+    let cfg = *op.config();
+    let case = Case {
+        cfg,
+        call: c,
+        kernel: Kernel::Auto,
+        q_scale: 1.0,
+        seed,
+        target_workgroups: None,
+        blocks: None,
+        subgroup: None,
+    };
+    let (q, k, v, lam) = case.inputs();
+    let x = HostInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        lam: &lam,
+    };
+    let got = pollster::block_on(attention::attention_with(gpu, op, &c, &x, Kernel::Auto)).unwrap();
+    let want = reference::attention(&cfg, &c, &x).unwrap();
+    let (_, rel) = reference::compare(&got, &want);
+    assert!(rel < case.tolerance(), "S={}: rel L2 {rel:.3e}", c.seq_len);
 }
 
 /// Where the subgroup decode kernel has a second pipeline for short caches (another workgroup
@@ -494,33 +503,7 @@ fn short_and_long_caches_take_their_own_subgroup_pipelines() {
         assert_eq!(plan.short_cache, seq <= 1000, "S={seq}");
         let shape = if plan.short_cache { short } else { long };
         assert_eq!(plan.chunk_len, shape.block_keys(), "S={seq}");
-        let case = Case {
-            cfg,
-            call: c,
-            kernel: Kernel::Auto,
-            q_scale: 1.0,
-            seed: common::fresh_seed("short subgroup pipeline") + seq as u64,
-            target_workgroups: None,
-            blocks: None,
-            subgroup: None,
-        };
-        let (q, k, v, lam) = case.inputs();
-        let x = HostInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            lam: &lam,
-        };
-        let got = pollster::block_on(attention::attention_with(
-            &gpu,
-            &mut op,
-            &c,
-            &x,
-            Kernel::Auto,
-        ))
-        .unwrap();
-        let want = reference::attention(&cfg, &c, &x).unwrap();
-        let (_, rel) = reference::compare(&got, &want);
-        assert!(rel < case.tolerance(), "S={seq}: rel L2 {rel:.3e}");
+        let seed = common::fresh_seed("short subgroup pipeline") + seq as u64;
+        auto_matches_reference(&gpu, &mut op, c, seed);
     }
 }

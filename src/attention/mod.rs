@@ -92,7 +92,8 @@ fn subgroup_workgroup_size(head_dim: u32) -> u32 {
     if head_dim > 64 { 256 } else { 128 }
 }
 /// Invocations per workgroup of the subgroup decode kernel for short caches (up to
-/// [`SUBGROUP_SHORT_MAX_KEYS`]): 128 at every head dim. Measured on an H100 (2026-12-08, one
+/// [`SUBGROUP_SHORT_MAX_KEYS`]): 128 at every head dim (where a head dim's default is already
+/// 128 no second pipeline is built; d=256 was not measured). Measured on an H100 (2026-12-08, one
 /// call, default split target): at d=128, 128 invocations against 256 took 19.3 / 17.2 against
 /// 23.5 / 20.4 us (DIFF V2 / standard, h=32 h_kv=8, S=1024) and 26.3 / 21.3 against 29.0 / 26.2
 /// (S=4096); the H200 run of 2026-12-04 agreed at S=4096 (DIFF V2 25.1 against 28.1).
@@ -823,10 +824,13 @@ impl AttentionOp {
         {
             return Err(Error::config(format!("decode tuning: {why}")));
         }
-        if self.decode_subgroup.is_some()
-            && let Err(why) = subgroup_decode_shape(gpu, &self.cfg, &tuning)
-        {
-            return Err(Error::config(format!("decode tuning: {why}")));
+        if self.decode_subgroup.is_some() {
+            let short = short_tuning(&tuning);
+            for t in std::iter::once(&tuning).chain(short.as_ref()) {
+                if let Err(why) = subgroup_decode_shape(gpu, &self.cfg, t) {
+                    return Err(Error::config(format!("decode tuning: {why}")));
+                }
+            }
         }
         let rebuild = tuning.profile != self.tuning.profile
             || tuning.workgroup_size != self.tuning.workgroup_size

@@ -277,6 +277,8 @@ struct Row {
     tflop_s: f64,
     kv_bytes: f64,
     chunks: u32,
+    /// The subgroup decode kernel ran its short-cache pipeline.
+    short_cache: bool,
     timer: &'static str,
 }
 
@@ -408,6 +410,7 @@ fn bench_variant(
         tflop_s: flops / median_s / 1e12,
         kv_bytes,
         chunks: plan.n_chunks,
+        short_cache: plan.short_cache,
         timer,
     })
 }
@@ -460,7 +463,8 @@ fn run_attention(b: &AttentionBench, opts: &GpuOptions) -> Result<()> {
                     "head_dim": b.head_dim, "seq": b.seq, "queries": queries,
                     "kv_dtype": b.kv_dtype, "median_us": r.seconds * 1e6, "gb_s": r.gb_s,
                     "tflop_s": r.tflop_s, "kv_bytes": r.kv_bytes, "rotate": copies,
-                    "chunks": r.chunks, "timer": r.timer, "instance": r.instance,
+                    "chunks": r.chunks, "short_cache": r.short_cache, "timer": r.timer,
+                    "instance": r.instance,
                     "adapter": adapter,
                 })
             );
@@ -622,7 +626,6 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         b.m > 0 && b.n > 0 && b.k > 0 && b.k.is_multiple_of(8),
         "--m, --n and --k must be positive and --k a multiple of 8"
     );
-    let gpu = super::open_gpu(opts)?;
     let one_ceiling = (parse_tiles(&b.tiles)?, b.subgroups);
     anyhow::ensure!(
         [1, 2, 4, 8].contains(&b.subgroups),
@@ -639,6 +642,7 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         "ceiling" => vec![("ceiling", Some(one_ceiling))],
         other => anyhow::bail!("--kernel {other}: expected gemm_coop, gemm, ceiling or all"),
     };
+    let gpu = super::open_gpu(opts)?;
     let (m, n, k) = (b.m as usize, b.n as usize, b.k as usize);
     let mut rng = Rng::new(0x6E44);
     let x = rng.normals(m * k, 1.0);
@@ -683,44 +687,44 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
                 .sum()
         })
         .collect();
-    for (kernel, ceiling) in kernels {
-        if kernel != "gemm"
-            && let Some(why) = diffattn::model::plan::coop_gemm_unavailable(&gpu)
-        {
-            let msg = format!("gemm_coop: not available on this adapter ({why})");
-            if b.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": "gemm", "kernel": kernel, "error": msg})
-                );
-            } else {
-                println!("{msg}");
-            }
-            continue;
+    // A row that did not run: printed as such, and the next kernel still runs.
+    let error_row = |label: &str, msg: String| {
+        if b.json {
+            println!(
+                "{}",
+                serde_json::json!({"bench": "gemm", "kernel": label, "m": b.m, "n": b.n,
+                    "k": b.k, "error": msg})
+            );
+        } else {
+            println!("{label}: {msg}");
         }
-        // The grids of plan.rs: gemm_coop 64 x 64 blocks; matmul.wgsl's gemm 4 outputs per
-        // workgroup and 8 tokens per layer of the grid.
+    };
+    let mut wrong = vec![];
+    for (kernel, ceiling) in kernels {
         let label = match ceiling {
             Some(((tm, tn), sg)) => format!("ceiling {tm}x{tn} x{sg}"),
             None => kernel.to_string(),
         };
+        if kernel != "gemm"
+            && let Some(why) = diffattn::model::plan::coop_gemm_unavailable(&gpu)
+        {
+            error_row(&label, format!("not available on this adapter ({why})"));
+            continue;
+        }
         if let Some(((tm, tn), sg)) = ceiling {
             let (bm, bn) = (tm * 16, tn * 16 * sg);
             if !b.m.is_multiple_of(bm) || !b.n.is_multiple_of(bn) || !b.k.is_multiple_of(16) {
-                let msg = format!(
-                    "{label}: --m, --n and --k must be multiples of {bm}, {bn} and 16 for these tiles"
+                error_row(
+                    &label,
+                    format!(
+                        "--m, --n and --k must be multiples of {bm}, {bn} and 16 for these tiles"
+                    ),
                 );
-                if b.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"bench": "gemm", "kernel": label, "error": msg})
-                    );
-                } else {
-                    println!("{msg}");
-                }
                 continue;
             }
         }
+        // The grids of plan.rs: gemm_coop 64 x 64 blocks; matmul.wgsl's gemm 4 outputs per
+        // workgroup and 8 tokens per layer of the grid.
         let (spec, groups, with_norm) = match (kernel, ceiling) {
             ("gemm_coop", _) => (
                 ShaderSpec::new("gemm_coop"),
@@ -785,10 +789,16 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
         // The tensor-core kernels round x to f16 (~5e-4 relative per element); gemm widens W
         // exactly.
         let tol = if kernel == "gemm" { 1e-5 } else { 3e-3 };
-        anyhow::ensure!(
-            rel <= tol,
-            "{label}: {GEMM_CHECKS} sampled outputs off float64 by {rel:.3e} relative L2 (tolerance {tol:.0e}); not timed"
-        );
+        if rel.is_nan() || rel > tol {
+            error_row(
+                &label,
+                format!(
+                    "{GEMM_CHECKS} sampled outputs off float64 by {rel:.3e} relative L2 (tolerance {tol:.0e}); not timed"
+                ),
+            );
+            wrong.push(label);
+            continue;
+        }
         let tflop_s = 2.0 * m as f64 * n as f64 * k as f64 / t / 1e12;
         if b.json {
             println!(
@@ -804,6 +814,11 @@ fn run_gemm(b: &GemmBench, opts: &GpuOptions) -> Result<()> {
             );
         }
     }
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "wrong results (not timed): {}",
+        wrong.join(", ")
+    );
     Ok(())
 }
 
