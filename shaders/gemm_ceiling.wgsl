@@ -51,11 +51,29 @@ fn store_c(m: coop_mat16x16<f32, C>, r: u32, o: u32) {
     coopStoreT(m, &c[at], s);
 }
 
+// One row of a subgroup's tiles: the first TN of them.
+fn store_row(
+    m0: coop_mat16x16<f32, C>,
+    m1: coop_mat16x16<f32, C>,
+    m2: coop_mat16x16<f32, C>,
+    m3: coop_mat16x16<f32, C>,
+    r: u32,
+    o: u32,
+) {
+    store_c(m0, r, o);
+    if TN > 1u { store_c(m1, r, o + TILE); }
+    if TN > 2u {
+        store_c(m2, r, o + 2u * TILE);
+        store_c(m3, r, o + 3u * TILE);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
     let r0 = wid.y * TM * TILE;
     let o0 = (wid.x * SG + sg) * TN * TILE;
     // Accumulators: row i of tiles, column j (named, not an array: see decode_subgroup.wgsl).
+    // Every guard below is on constants, so a shape keeps only its own loads and products.
     var c00 = coop_mat16x16<f32, C>();
     var c01 = coop_mat16x16<f32, C>();
     var c02 = coop_mat16x16<f32, C>();
@@ -74,72 +92,56 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sg: u32) {
     var c33 = coop_mat16x16<f32, C>();
     for (var kk = 0u; kk < dims.k; kk += TILE) {
         let a0 = load_a(r0, kk);
+        var a1 = coop_mat16x16<f16, A>();
+        var a2 = coop_mat16x16<f16, A>();
+        var a3 = coop_mat16x16<f16, A>();
+        if TM > 1u { a1 = load_a(r0 + TILE, kk); }
+        if TM > 2u {
+            a2 = load_a(r0 + 2u * TILE, kk);
+            a3 = load_a(r0 + 3u * TILE, kk);
+        }
         let b0 = load_w(o0, kk);
+        var b1 = coop_mat16x16<f16, B>();
+        var b2 = coop_mat16x16<f16, B>();
+        var b3 = coop_mat16x16<f16, B>();
+        if TN > 1u { b1 = load_w(o0 + TILE, kk); }
+        if TN > 2u {
+            b2 = load_w(o0 + 2u * TILE, kk);
+            b3 = load_w(o0 + 3u * TILE, kk);
+        }
         c00 = coopMultiplyAdd(a0, b0, c00);
-        if TN > 1u {
-            let b1 = load_w(o0 + TILE, kk);
-            c01 = coopMultiplyAdd(a0, b1, c01);
-            if TM > 1u {
-                let a1 = load_a(r0 + TILE, kk);
-                c10 = coopMultiplyAdd(a1, b0, c10);
-                c11 = coopMultiplyAdd(a1, b1, c11);
-                if TN > 2u {
-                    let b2 = load_w(o0 + 2u * TILE, kk);
-                    let b3 = load_w(o0 + 3u * TILE, kk);
-                    c02 = coopMultiplyAdd(a0, b2, c02);
-                    c03 = coopMultiplyAdd(a0, b3, c03);
-                    c12 = coopMultiplyAdd(a1, b2, c12);
-                    c13 = coopMultiplyAdd(a1, b3, c13);
-                    if TM > 2u {
-                        let a2 = load_a(r0 + 2u * TILE, kk);
-                        let a3 = load_a(r0 + 3u * TILE, kk);
-                        c20 = coopMultiplyAdd(a2, b0, c20);
-                        c21 = coopMultiplyAdd(a2, b1, c21);
-                        c22 = coopMultiplyAdd(a2, b2, c22);
-                        c23 = coopMultiplyAdd(a2, b3, c23);
-                        c30 = coopMultiplyAdd(a3, b0, c30);
-                        c31 = coopMultiplyAdd(a3, b1, c31);
-                        c32 = coopMultiplyAdd(a3, b2, c32);
-                        c33 = coopMultiplyAdd(a3, b3, c33);
-                    }
-                } else if TM > 2u {
-                    let a2 = load_a(r0 + 2u * TILE, kk);
-                    let a3 = load_a(r0 + 3u * TILE, kk);
-                    c20 = coopMultiplyAdd(a2, b0, c20);
-                    c21 = coopMultiplyAdd(a2, b1, c21);
-                    c30 = coopMultiplyAdd(a3, b0, c30);
-                    c31 = coopMultiplyAdd(a3, b1, c31);
-                }
+        if TN > 1u { c01 = coopMultiplyAdd(a0, b1, c01); }
+        if TN > 2u {
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+        }
+        if TM > 1u {
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            if TN > 1u { c11 = coopMultiplyAdd(a1, b1, c11); }
+            if TN > 2u {
+                c12 = coopMultiplyAdd(a1, b2, c12);
+                c13 = coopMultiplyAdd(a1, b3, c13);
+            }
+        }
+        if TM > 2u {
+            c20 = coopMultiplyAdd(a2, b0, c20);
+            c30 = coopMultiplyAdd(a3, b0, c30);
+            if TN > 1u {
+                c21 = coopMultiplyAdd(a2, b1, c21);
+                c31 = coopMultiplyAdd(a3, b1, c31);
+            }
+            if TN > 2u {
+                c22 = coopMultiplyAdd(a2, b2, c22);
+                c23 = coopMultiplyAdd(a2, b3, c23);
+                c32 = coopMultiplyAdd(a3, b2, c32);
+                c33 = coopMultiplyAdd(a3, b3, c33);
             }
         }
     }
-    store_c(c00, r0, o0);
-    if TN > 1u {
-        store_c(c01, r0, o0 + TILE);
-        if TM > 1u {
-            store_c(c10, r0 + TILE, o0);
-            store_c(c11, r0 + TILE, o0 + TILE);
-            if TN > 2u {
-                store_c(c02, r0, o0 + 2u * TILE);
-                store_c(c03, r0, o0 + 3u * TILE);
-                store_c(c12, r0 + TILE, o0 + 2u * TILE);
-                store_c(c13, r0 + TILE, o0 + 3u * TILE);
-                if TM > 2u {
-                    store_c(c20, r0 + 2u * TILE, o0);
-                    store_c(c21, r0 + 2u * TILE, o0 + TILE);
-                    store_c(c22, r0 + 2u * TILE, o0 + 2u * TILE);
-                    store_c(c23, r0 + 2u * TILE, o0 + 3u * TILE);
-                    store_c(c30, r0 + 3u * TILE, o0);
-                    store_c(c31, r0 + 3u * TILE, o0 + TILE);
-                    store_c(c32, r0 + 3u * TILE, o0 + 2u * TILE);
-                    store_c(c33, r0 + 3u * TILE, o0 + 3u * TILE);
-                }
-            } else if TM > 2u {
-                store_c(c20, r0 + 2u * TILE, o0);
-                store_c(c21, r0 + 2u * TILE, o0 + TILE);
-                store_c(c30, r0 + 3u * TILE, o0);
-                store_c(c31, r0 + 3u * TILE, o0 + TILE);
-            }
-        }
+    store_row(c00, c01, c02, c03, r0, o0);
+    if TM > 1u { store_row(c10, c11, c12, c13, r0 + TILE, o0); }
+    if TM > 2u {
+        store_row(c20, c21, c22, c23, r0 + 2u * TILE, o0);
+        store_row(c30, c31, c32, c33, r0 + 3u * TILE, o0);
     }
 }

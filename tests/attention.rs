@@ -409,11 +409,9 @@ fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
     let gpu = common::gpu();
     // A DIFF V2 group of 4: one workgroup per group, so a short cache is written directly.
     let cfg = cfg(Mode::Diff, 4, 2, 64, KvDtype::F16);
-    let mut op = attention::AttentionOp::new(&gpu, cfg).unwrap();
-    if !op.paths().contains(&Kernel::DecodeSubgroup) {
-        eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
+    let Some(mut op) = subgroup_op(&gpu, cfg) else {
         return;
-    }
+    };
     // CPU adapters decode with the serial kernel; this is what every other adapter does.
     let tuning = attention::DecodeTuning {
         serial: false,
@@ -435,6 +433,18 @@ fn auto_decodes_with_the_subgroup_kernel_where_it_runs() {
             c,
             common::fresh_seed("auto subgroup") + seq as u64,
         );
+    }
+}
+
+/// An op for the layer where the adapter runs the subgroup decode kernel for it; `None` (the
+/// test skipped, said on stderr) elsewhere.
+fn subgroup_op(gpu: &diffattn::Gpu, cfg: AttentionConfig) -> Option<attention::AttentionOp> {
+    let op = attention::AttentionOp::new(gpu, cfg).unwrap();
+    if op.paths().contains(&Kernel::DecodeSubgroup) {
+        Some(op)
+    } else {
+        eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
+        None
     }
 }
 
@@ -476,11 +486,9 @@ fn auto_matches_reference(
 fn short_and_long_caches_take_their_own_subgroup_pipelines() {
     let gpu = common::gpu();
     let cfg = cfg(Mode::Diff, 8, 2, 64, KvDtype::F16);
-    let mut op = attention::AttentionOp::new(&gpu, cfg).unwrap();
-    if !op.paths().contains(&Kernel::DecodeSubgroup) {
-        eprintln!("skipped: no subgroup decode kernel on {}", gpu.describe());
+    let Some(mut op) = subgroup_op(&gpu, cfg) else {
         return;
-    }
+    };
     let tuning = attention::DecodeTuning {
         serial: false,
         subgroup_workgroup_size: 64,

@@ -20,6 +20,20 @@ fn diffattn(args: &[&str]) -> Output {
         .expect("run diffattn")
 }
 
+/// Runs diffattn, which must succeed, and parses each line it prints as JSON.
+fn json_rows(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = diffattn(args);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("diffattn-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -55,17 +69,7 @@ fn adapters_lists_at_least_one_adapter_as_json() {
 
 #[test]
 fn verify_json_passes_and_summarises() {
-    let out = diffattn(&["verify", "--json"]);
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_rows(&["verify", "--json"]);
     let summary = lines.last().unwrap();
     let cases = summary["cases"].as_u64().unwrap();
     assert!(cases >= 40, "{summary}");
@@ -229,7 +233,7 @@ fn bench_bandwidth_reports_read_and_copy() {
 
 #[test]
 fn bench_gemm_times_checked_products_and_refuses_bad_shapes() {
-    let out = diffattn(&[
+    let rows = json_rows(&[
         "bench",
         "gemm",
         "--m",
@@ -242,16 +246,6 @@ fn bench_gemm_times_checked_products_and_refuses_bad_shapes() {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     // `all`: both products and six ceiling shapes, each a timing or the reason it did not run.
     assert_eq!(rows.len(), 8, "{rows:?}");
     let simt = rows.iter().find(|r| r["kernel"] == "gemm").unwrap();
@@ -597,7 +591,7 @@ fn attn_rejects_bad_files_with_one_line_and_exit_code_2() {
 
 #[test]
 fn bench_prints_both_variants_and_their_ratio() {
-    let out = diffattn(&[
+    let rows = json_rows(&[
         "bench",
         "attention",
         "--seq",
@@ -610,16 +604,6 @@ fn bench_prints_both_variants_and_their_ratio() {
         "3",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["variant"], "diff");
     assert_eq!(rows[1]["variant"], "standard");

@@ -219,7 +219,7 @@ fn tensor_core_specialisations_translate() {
             translate_native(&format!("flash_coop d={d}"), &s);
         }
     }
-    // The bench's tensor-core ceiling, in every tile shape it is written for.
+    // The bench's tensor-core ceiling, in every tile shape `bench gemm --tiles` takes.
     for (tm, tn) in [(1u32, 1u32), (1, 2), (2, 2), (2, 4), (4, 2), (4, 4)] {
         for sg in [1u32, 4] {
             let consts = [

@@ -600,7 +600,7 @@ const CEILING_SHAPES: [CeilingShape; 6] = [
     ((2, 4), 4),
 ];
 
-/// `MxN` tiles of the ceiling kernel, one of the shapes its accumulators are written for.
+/// `MxN` tiles of the ceiling kernel, one of the shapes the translation test checks.
 fn parse_tiles(s: &str) -> Result<(u32, u32)> {
     let bad = || anyhow::anyhow!("--tiles {s}: expected 1x1, 1x2, 2x2, 2x4, 4x2 or 4x4");
     let (a, b) = s.split_once('x').ok_or_else(bad)?;
